@@ -1,0 +1,40 @@
+# Set-up and everyday commands. `make test` and `make demo` each install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# AUTO: build the CUDA kernels when torch has CUDA and nvcc is found; ON: fail if they cannot be built.
+RWKV_VISION_WITH_CUDA ?= AUTO
+RWKV_VISION_CUDA_ARCHITECTURES ?= 90
+export RWKV_VISION_WITH_CUDA RWKV_VISION_CUDA_ARCHITECTURES
+
+.PHONY: venv install test test-cuda bench demo clean
+
+$(VENV)/.deps-stamp:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q "scikit-build-core>=0.10" ninja "cmake>=3.26" pytest hypothesis expecttest \
+		numpy safetensors huggingface_hub timm pillow pyrwkv-tokenizer
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# The build is an error, never a silent fallback to the pure-PyTorch path.
+install: venv
+	$(PIP) install -q --no-build-isolation --no-deps -e . \
+		-Ccmake.define.RWKV_VISION_WITH_CUDA=$(RWKV_VISION_WITH_CUDA) \
+		-Ccmake.define.RWKV_VISION_CUDA_ARCHITECTURES="$(RWKV_VISION_CUDA_ARCHITECTURES)"
+	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -c "import rwkv_vision, json; print(json.dumps(rwkv_vision.ops.backend_info()))"
+
+test: install
+	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m "not cuda" tests
+
+test-cuda: install
+	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m cuda tests
+
+bench: install
+	$(PY) benchmarks/wkv6.py
+
+clean:
+	rm -rf build dist src/*.egg-info

@@ -1,0 +1,50 @@
+// Shared declarations of the WKV6 op family: shape checks and the per-device entry points.
+//
+// Layout (letters as everywhere in rwkv_vision: b batch, t time, h heads, n head size):
+//   r, k, v, w, dy:   [b, t, h, n], contiguous
+//   u:                [h, n]
+//   s0, sT, dsT, ds0: [b, h, n, n], state[b, h, j, i] with j the key channel, i the value channel
+// Dtypes: r, k, v, dy (and y, dr, dk, dv) share one dtype T in {float32, bfloat16, float16, float64};
+// w, u and every state tensor (and their gradients) are the accumulation dtype F: float64 when T is
+// float64, float32 otherwise. The Python layer casts to this contract before calling.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace rwkv_vision {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+struct Wkv6Dims {
+  int64_t B, T, H, N;
+};
+
+// Validates the whole contract above; returns the dimensions. `what` names the calling op.
+Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
+                           const Tensor& w, const Tensor& u, const Tensor& s0);
+
+void check_same_layout(const char* what, const char* name, const Tensor& x, const Tensor& like);
+void check_state(const char* what, const char* name, const Tensor& s, const Wkv6Dims& d,
+                 ScalarType acc);
+ScalarType acc_type(ScalarType t);
+
+std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
+                                            Tensor s0);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+
+#ifdef RWKV_VISION_WITH_CUDA
+std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
+                                             Tensor s0);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+#endif
+
+}  // namespace rwkv_vision

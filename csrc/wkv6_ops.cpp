@@ -1,0 +1,93 @@
+// Op schemas of the rwkv_vision namespace and the checks every backend shares.
+#include "wkv6.h"
+
+#include <string>
+
+namespace rwkv_vision {
+
+namespace {
+const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Half: return "float16";
+    default: return "an unsupported dtype";
+  }
+}
+}  // namespace
+
+ScalarType acc_type(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
+void check_same_layout(const char* what, const char* name, const Tensor& x, const Tensor& like) {
+  STD_TORCH_CHECK(x.dim() == 4, what, ": ", name, " must be [b, t, h, n], got ", x.dim(), " dims");
+  for (int64_t d = 0; d < 4; ++d) {
+    STD_TORCH_CHECK(x.size(d) == like.size(d), what, ": ", name, " must have the shape of r; dim ",
+                    d, " is ", x.size(d), ", expected ", like.size(d));
+  }
+  STD_TORCH_CHECK(x.is_contiguous(), what, ": ", name, " must be contiguous");
+  STD_TORCH_CHECK(x.get_device_index() == like.get_device_index() && x.is_cuda() == like.is_cuda(),
+                  what, ": ", name, " is on another device than r");
+}
+
+void check_state(const char* what, const char* name, const Tensor& s, const Wkv6Dims& d,
+                 ScalarType acc) {
+  STD_TORCH_CHECK(s.dim() == 4 && s.size(0) == d.B && s.size(1) == d.H && s.size(2) == d.N &&
+                      s.size(3) == d.N,
+                  what, ": ", name, " must be [b, h, n, n] = [", d.B, ", ", d.H, ", ", d.N, ", ",
+                  d.N, "]");
+  STD_TORCH_CHECK(s.scalar_type() == acc, what, ": ", name, " must be ", dtype_name(acc), ", got ",
+                  dtype_name(s.scalar_type()));
+  STD_TORCH_CHECK(s.is_contiguous(), what, ": ", name, " must be contiguous");
+}
+
+Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
+                           const Tensor& w, const Tensor& u, const Tensor& s0) {
+  STD_TORCH_CHECK(r.dim() == 4, what, ": r must be [b, t, h, n], got ", r.dim(), " dims");
+  const ScalarType T = r.scalar_type();
+  STD_TORCH_CHECK(T == ScalarType::Float || T == ScalarType::Double ||
+                      T == ScalarType::BFloat16 || T == ScalarType::Half,
+                  what, ": r must be float32, float64, bfloat16 or float16");
+  STD_TORCH_CHECK(r.is_contiguous(), what, ": r must be contiguous");
+  check_same_layout(what, "k", k, r);
+  check_same_layout(what, "v", v, r);
+  check_same_layout(what, "w", w, r);
+  STD_TORCH_CHECK(k.scalar_type() == T && v.scalar_type() == T, what,
+                  ": k and v must have the dtype of r (", dtype_name(T), ")");
+  const ScalarType F = acc_type(T);
+  STD_TORCH_CHECK(w.scalar_type() == F, what, ": w must be ", dtype_name(F), ", got ",
+                  dtype_name(w.scalar_type()));
+  Wkv6Dims d{r.size(0), r.size(1), r.size(2), r.size(3)};
+  STD_TORCH_CHECK(d.T >= 1, what, ": the sequence length t must be at least 1");
+  STD_TORCH_CHECK(u.dim() == 2 && u.size(0) == d.H && u.size(1) == d.N, what,
+                  ": u must be [h, n] = [", d.H, ", ", d.N, "]");
+  STD_TORCH_CHECK(u.scalar_type() == F && u.is_contiguous(), what, ": u must be contiguous ",
+                  dtype_name(F));
+  check_state(what, "initial_state", s0, d, F);
+  return d;
+}
+
+}  // namespace rwkv_vision
+
+STABLE_TORCH_LIBRARY(rwkv_vision, m) {
+  // y, final_state = wkv6_forward(r, k, v, w, u, initial_state)
+  m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0) -> (Tensor, Tensor)");
+  // dr, dk, dv, dw, du, ds0 = wkv6_backward(..., dy, d_final_state)
+  m.def(
+      "wkv6_backward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, "
+      "Tensor dsT) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CPU, m) {
+  m.impl("wkv6_forward", TORCH_BOX(&rwkv_vision::wkv6_forward_cpu));
+  m.impl("wkv6_backward", TORCH_BOX(&rwkv_vision::wkv6_backward_cpu));
+}
+
+#ifdef RWKV_VISION_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CUDA, m) {
+  m.impl("wkv6_forward", TORCH_BOX(&rwkv_vision::wkv6_forward_cuda));
+  m.impl("wkv6_backward", TORCH_BOX(&rwkv_vision::wkv6_backward_cuda));
+}
+#endif

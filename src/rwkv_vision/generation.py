@@ -1,0 +1,259 @@
+"""Text generation for recurrent models: prefill once, then O(1) work per new token from the cached state.
+
+Letter legend: b batch, t time, v vocabulary.
+
+Works with any model called as ``model(input_ids=ids [b, t], state=state) -> (logits [b, t, v], state)``
+(``RWKV6``, or a multimodal wrapper whose state also came from a prefill it ran itself: pass that state and
+the last logits as ``state=`` and ``next_logits=``).
+
+The loop, per step: pick a token from the last logits (greedy, or sampled with temperature / top-k / top-p),
+hand it to the streamer, stop a row when it picks a stop token (the stop token is kept in its output, as the
+original VisualRWKV does), then feed the picked tokens back in as a [b, 1] batch. Rows that have stopped keep
+their state unchanged (when the state has ``where``, as ``RWKVState`` does) while the others go on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = [
+    "GenerationConfig",
+    "GenerationOutput",
+    "generate",
+    "sample_next_token",
+    "TextStreamer",
+    "CHAT_STOP_TOKENS",
+]
+
+#: The stop tokens of the RWKV World chat format and of VisualRWKV: "\n\n" (261) and end-of-text (0).
+CHAT_STOP_TOKENS = (261, 0)
+
+
+@dataclass
+class GenerationConfig:
+    """How to pick tokens and when to stop.
+
+    Attributes:
+        max_new_tokens: the most tokens generated per row (the stop token counts).
+        do_sample: False for greedy decoding (argmax); True to sample with the settings below.
+        temperature: divides the logits before sampling (> 0; 0 means greedy).
+        top_k: sample among the k most likely tokens only (0: all).
+        top_p: sample among the most likely tokens whose probabilities add up to top_p (1.0: all).
+        stop_tokens: ids that end a row; the stop token is included in the output. E.g. CHAT_STOP_TOKENS.
+        prefill_chunk_size: read the prompt this many tokens at a time (bounded memory for long prompts).
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_tokens: tuple[int, ...] = ()
+    prefill_chunk_size: int | None = None
+
+    def __post_init__(self):
+        self.stop_tokens = tuple(int(t) for t in self.stop_tokens)
+        if self.max_new_tokens < 0:
+            raise ValueError(f"GenerationConfig: max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"GenerationConfig: temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationConfig: top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"GenerationConfig: top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationOutput:
+    """What ``generate`` returns.
+
+    Attributes:
+        tokens: per row, the generated ids (a stop token, if reached, is the last one).
+        finish_reasons: per row, "stop" (a stop token) or "length" (max_new_tokens).
+        state: the model state after the prompt and every generated token of a row except its last one;
+            to continue a conversation, feed that last token (e.g. the stop token "\\n\\n") first. (A row that
+            stopped early keeps its state only if the state has ``where``; otherwise it ran on.)
+    """
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    state: Any = field(repr=False, default=None)
+
+
+def sample_next_token(
+    logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick one token per row: logits [b, v] -> ids [b] (int64)."""
+    logits = logits.float()
+    if not config.do_sample or config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / config.temperature
+    if config.top_k > 0:
+        kth = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the more likely ones already reach top_p; the most likely one always stays.
+        drop = probs.cumsum(dim=-1) - probs >= config.top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class TextStreamer:
+    """A streamer that turns token ids into text as they arrive, one incremental UTF-8 decoder per row.
+
+    ``generate(..., streamer=TextStreamer(tokenizer))`` prints the text as it is generated; a character split
+    across tokens is printed once its last byte arrives. ``on_text(row, text)`` replaces printing.
+    ``texts`` holds the text so far per row.
+    """
+
+    def __init__(self, tokenizer, on_text: Callable[[int, str], None] | None = None):
+        self.tokenizer = tokenizer
+        self.on_text = on_text or (lambda row, text: print(text, end="", file=sys.stdout, flush=True))
+        self.texts: dict[int, str] = {}
+        self._decoders: dict[int, Any] = {}
+
+    def __call__(self, row: int, token: int) -> None:
+        if row not in self._decoders:
+            make = getattr(self.tokenizer, "stream_decoder", None)
+            self._decoders[row] = make() if make else None
+            self.texts[row] = ""
+        decoder = self._decoders[row]
+        text = decoder.decode([token]) if decoder is not None else self.tokenizer.decode([token])
+        if text:
+            self.texts[row] += text
+            self.on_text(row, text)
+
+
+def _accepts(model, name: str) -> bool:
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _as_rows(input_ids) -> list[list[int]] | torch.Tensor:
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.dim() != 2:
+            raise ValueError(f"generate: input_ids must be [t] or [b, t], got shape {tuple(input_ids.shape)}")
+        return input_ids
+    if isinstance(input_ids, Sequence) and input_ids and all(isinstance(i, int) for i in input_ids):
+        return [list(input_ids)]
+    if isinstance(input_ids, Sequence) and input_ids and all(isinstance(r, Sequence) for r in input_ids):
+        return [list(r) for r in input_ids]
+    raise ValueError("generate: input_ids must be a tensor [t] or [b, t], a list of ints, or a list of lists of ints")
+
+
+@torch.no_grad()
+def _prefill(model, rows, state, config: GenerationConfig, device) -> tuple[torch.Tensor, Any]:
+    kwargs = {}
+    if config.prefill_chunk_size is not None and _accepts(model, "chunk_size"):
+        kwargs["chunk_size"] = config.prefill_chunk_size
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
+
+    def run(ids: torch.Tensor, row_state):
+        if ids.shape[1] == 0:
+            raise ValueError("generate: a prompt is empty; give at least one token (or pass state and next_logits)")
+        logits, new_state = model(input_ids=ids.to(device), state=row_state, **kwargs)
+        return logits[:, -1], new_state
+
+    if isinstance(rows, torch.Tensor) or len({len(r) for r in rows}) == 1:
+        ids = rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
+        return run(ids, state)
+    # Ragged prompts: a recurrent model has no attention mask to hide padding, so each prompt is read on its
+    # own and the states are joined along the batch.
+    if state is not None and not hasattr(state, "select"):
+        raise ValueError("generate: prompts of different lengths need a state with select() (or no state)")
+    results = [
+        run(torch.tensor([r], dtype=torch.long), None if state is None else state.select(i))
+        for i, r in enumerate(rows)
+    ]
+    states = [s for _, s in results]
+    if not hasattr(type(states[0]), "cat"):
+        raise ValueError("generate: prompts of different lengths need a state class with cat(); pad them instead")
+    return torch.cat([logit for logit, _ in results]), type(states[0]).cat(states)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids=None,
+    config: GenerationConfig | None = None,
+    *,
+    state=None,
+    next_logits: torch.Tensor | None = None,
+    streamer: Callable[[int, int], None] | None = None,
+    generator: torch.Generator | None = None,
+    **overrides,
+) -> GenerationOutput:
+    """Generate tokens after a prompt, decoding from the cached state one token per step.
+
+    Args:
+        model: called as ``model(input_ids=[b, t] int64, state=...) -> (logits [b, t, v], state)``.
+        input_ids: the prompt: a tensor [t] or [b, t], a list of ints, or a list of lists (prompts of different
+            lengths are read one by one and their states joined). Or None, with ``next_logits``.
+        config: a ``GenerationConfig``; keyword ``overrides`` replace its fields (``max_new_tokens=20``).
+        state: the state to start from (None: a fresh sequence). With ``next_logits`` [b, v] and no
+            ``input_ids``, the prompt has already been read (e.g. a multimodal prefill) and decoding starts.
+        streamer: called as ``streamer(row, token_id)`` for every new token, as soon as it is picked.
+        generator: a ``torch.Generator`` for reproducible sampling.
+
+    Returns:
+        ``GenerationOutput`` (tokens per row, stop token included; finish reasons; the final state).
+    """
+    config = replace(config or GenerationConfig(), **overrides)
+    device = _model_device(model)
+    if input_ids is None:
+        if next_logits is None or state is None:
+            raise ValueError("generate: pass input_ids, or state and next_logits from a prefill you ran")
+        if next_logits.dim() != 2:
+            raise ValueError(f"generate: next_logits must be [b, v], got shape {tuple(next_logits.shape)}")
+        logits = next_logits
+    else:
+        if next_logits is not None:
+            raise ValueError("generate: pass input_ids or next_logits, not both")
+        logits, state = _prefill(model, _as_rows(input_ids), state, config, device)
+
+    b = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    reasons = ["length"] * b
+    stop = set(config.stop_tokens)
+    for step in range(config.max_new_tokens):
+        picked = sample_next_token(logits, config, generator)
+        for row, token in enumerate(picked.tolist()):  # one device sync per step, not per row
+            if reasons[row] == "stop":
+                continue
+            tokens[row].append(token)
+            if streamer is not None:
+                streamer(row, token)
+            if token in stop:
+                reasons[row] = "stop"
+        if all(r == "stop" for r in reasons) or step == config.max_new_tokens - 1:
+            break  # the last picked token is not fed: its logits would never be used
+        logits, new_state = model(input_ids=picked.view(b, 1), state=state)
+        logits = logits[:, -1]
+        if "stop" in reasons and hasattr(new_state, "where"):
+            running = torch.tensor([r != "stop" for r in reasons], device=logits.device)
+            new_state = new_state.where(running, state)  # stopped rows keep their state
+        state = new_state
+    return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state)

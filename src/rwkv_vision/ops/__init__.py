@@ -1,0 +1,18 @@
+"""Functional ops of rwkv_vision: compiled kernels with pure-PyTorch twins.
+
+Letter legend used throughout the library: b batch, t time, h heads, n head size, c channels.
+"""
+
+from .extension import ExtensionError, backend_info, has_extension
+from .wkv6 import BACKENDS, CUDA_HEAD_SIZES, wkv6
+from .wkv6_ref import wkv6_ref
+
+__all__ = [
+    "wkv6",
+    "wkv6_ref",
+    "has_extension",
+    "backend_info",
+    "ExtensionError",
+    "CUDA_HEAD_SIZES",
+    "BACKENDS",
+]

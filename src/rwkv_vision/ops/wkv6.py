@@ -1,0 +1,159 @@
+"""``wkv6``: the RWKV-6 WKV recurrence, on the compiled kernels where they apply.
+
+Letter legend: b batch, t time, h heads, n head size.
+
+Per batch and head, with a state S[j, i] (j key channel, i value channel)::
+
+    y_t[i]  = sum_j r_t[j] * (u[j] * k_t[j] * v_t[i] + S[j, i])
+    S[j, i] = exp(w_t[j]) * S[j, i] + k_t[j] * v_t[i]
+
+``w`` is the log of the per-step decay (an RWKV-6 layer passes ``w = -exp(w_raw)``). There is no
+1/sqrt(n) scale, and the decay of step t applies after its output.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .wkv6_kernel import KERNEL_DEVICES, kernel_ops
+from .wkv6_ref import wkv6_ref
+
+__all__ = ["wkv6", "wkv6_ref", "CUDA_HEAD_SIZES", "BACKENDS"]
+
+#: Head sizes the CUDA kernels are compiled for. The CPU kernel takes any head size.
+CUDA_HEAD_SIZES = (32, 64, 128)
+#: Values of ``backend``: "auto" uses a kernel where one applies and the reference elsewhere.
+BACKENDS = ("auto", "kernel", "reference")
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_DEFAULT_BACKEND = os.environ.get("RWKV_VISION_WKV6_BACKEND", "auto")
+
+
+def _check(r, k, v, w, u, initial_state) -> None:
+    named = {"r": r, "k": k, "v": v, "w": w, "u": u}
+    if initial_state is not None:
+        named["initial_state"] = initial_state
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv6: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"wkv6: {name} must be a floating-point tensor, got {x.dtype}")
+    if r.dim() != 4:
+        raise ValueError(f"wkv6: r must be [b, t, h, n], got shape {tuple(r.shape)}")
+    b, t, h, n = r.shape
+    if r.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"wkv6: r must be float32, bfloat16, float16 or float64, got {r.dtype}")
+    for name in ("k", "v", "w"):
+        if named[name].shape != r.shape:
+            raise ValueError(
+                f"wkv6: {name} must have the shape of r [b, t, h, n] = {tuple(r.shape)}, "
+                f"got {tuple(named[name].shape)}"
+            )
+    for name in ("k", "v"):
+        if named[name].dtype != r.dtype:
+            raise TypeError(f"wkv6: {name} must have the dtype of r ({r.dtype}), got {named[name].dtype}")
+    if t == 0:
+        raise ValueError("wkv6: the sequence length t (dim 1 of r) must be at least 1, got 0")
+    if n == 0 or h == 0:
+        raise ValueError(f"wkv6: heads h and head size n must be positive, got r of shape {tuple(r.shape)}")
+    if u.shape != (h, n):
+        raise ValueError(f"wkv6: u must be [h, n] = [{h}, {n}], got {tuple(u.shape)}")
+    if initial_state is not None and initial_state.shape != (b, h, n, n):
+        raise ValueError(
+            f"wkv6: initial_state must be [b, h, n, n] = [{b}, {h}, {n}, {n}], "
+            f"got {tuple(initial_state.shape)}"
+        )
+    for name, x in named.items():
+        if x.device != r.device:
+            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; put all inputs on one device")
+
+
+def _kernel_reason(r: torch.Tensor) -> str | None:
+    """Why no compiled kernel applies to these inputs (None when one does)."""
+    ops = kernel_ops()
+    if ops is None:
+        return "the compiled extension is not loaded (see rwkv_vision.ops.backend_info())"
+    device = r.device.type
+    if device not in ("cpu", "cuda"):
+        return f"there is no kernel for device type {device!r}"
+    if device not in KERNEL_DEVICES:
+        return f"the extension was built without {device.upper()} kernels"
+    if device == "cpu":
+        return None
+    if r.dtype == torch.float64:
+        return "the CUDA kernel takes float32, bfloat16 and float16, not float64"
+    if r.shape[-1] not in CUDA_HEAD_SIZES:
+        return f"the CUDA kernel supports head sizes n in {CUDA_HEAD_SIZES}, got n = {r.shape[-1]}"
+    return None
+
+
+def wkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The RWKV-6 WKV recurrence over a whole sequence, with state in and out.
+
+    Args:
+        r, k, v: [b, t, h, n] receptance, key and value, one floating dtype.
+        w: [b, t, h, n] log of the per-step decay (w <= 0); float32 is best (it is used in float32).
+        u: [h, n] the bonus for the current token.
+        initial_state: optional [b, h, n, n] state to start from (zeros if None).
+        output_final_state: return the state after the last step (else None is returned).
+        backend: "auto" (default; the ``RWKV_VISION_WKV6_BACKEND`` variable overrides it), "kernel"
+            (a compiled kernel or an error saying why not) or "reference" (``wkv6_ref``).
+
+    Returns:
+        y: [b, t, h, n] in the dtype of r.
+        final_state: [b, h, n, n] float32 (float64 for float64 inputs), or None.
+
+    Gradients flow to r, k, v, w, u and initial_state, including through final_state, so a model can
+    be trained across segments with the state carried. Arithmetic and the state are float32 (float64
+    for float64 inputs) whatever the input dtype.
+
+    Example::
+
+        >>> b, t, h, n = 2, 7, 4, 64
+        >>> r, k, v = (torch.randn(b, t, h, n) for _ in range(3))
+        >>> w = -torch.exp(torch.randn(b, t, h, n))       # log-decay, so decay = exp(w) in (0, 1)
+        >>> u = torch.randn(h, n)
+        >>> y, s = wkv6(r, k, v, w, u, output_final_state=True)
+        >>> y.shape, s.shape
+        (torch.Size([2, 7, 4, 64]), torch.Size([2, 4, 64, 64]))
+    """
+    backend = _DEFAULT_BACKEND if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"wkv6: backend must be one of {BACKENDS}, got {backend!r}")
+    _check(r, k, v, w, u, initial_state)
+    if backend == "reference":
+        return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
+    reason = _kernel_reason(r)
+    if reason is not None:
+        if backend == "kernel":
+            raise ValueError(f"wkv6: backend='kernel' but no kernel applies: {reason}")
+        return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
+
+    acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+    b, _, h, n = r.shape
+    if initial_state is None:
+        s0 = r.new_zeros(b, h, n, n, dtype=acc)
+    else:
+        s0 = initial_state.to(acc).contiguous()
+    # .to() and .contiguous() are differentiable, so gradients come back in each input's own dtype.
+    y, s_t = kernel_ops().wkv6_forward(
+        r.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        w.to(acc).contiguous(),
+        u.to(acc).contiguous(),
+        s0,
+    )
+    return y, (s_t if output_final_state else None)

@@ -1,0 +1,65 @@
+"""The compiled WKV6 ops: fake (meta) kernels and autograd, registered once the library loads.
+
+``rwkv_vision::wkv6_forward(r, k, v, w, u, s0) -> (y, sT)`` and
+``rwkv_vision::wkv6_backward(r, k, v, w, u, s0, dy, dsT) -> (dr, dk, dv, dw, du, ds0)`` are defined in
+``csrc/wkv6_ops.cpp``. Their contract (letters b t h n as everywhere): r, k, v, dy are [b, t, h, n] of one
+dtype T; w is [b, t, h, n], u is [h, n] and every state is [b, h, n, n], all in the accumulation dtype F
+(float64 when T is float64, float32 otherwise); all contiguous, one device. ``ops.wkv6`` casts to this.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .extension import has_extension, has_kernel
+
+__all__ = ["kernel_ops", "KERNEL_DEVICES"]
+
+
+def _fake_forward(r, k, v, w, u, s0):
+    return r.new_empty(r.shape), s0.new_empty(s0.shape)
+
+
+def _fake_backward(r, k, v, w, u, s0, dy, dsT):
+    return (
+        r.new_empty(r.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
+        w.new_empty(w.shape),
+        u.new_empty(u.shape),
+        s0.new_empty(s0.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dy, dsT):
+    r, k, v, w, u, s0 = ctx.saved_tensors
+    # Autograd hands over None (or expanded zeros) for an output that took no part in the loss.
+    dy = torch.zeros_like(r) if dy is None else dy.contiguous()
+    dsT = torch.zeros_like(s0) if dsT is None else dsT.contiguous()
+    return torch.ops.rwkv_vision.wkv6_backward(r, k, v, w, u, s0, dy, dsT)
+
+
+def _register():
+    if not has_extension():
+        return None, frozenset()
+    torch.library.register_fake("rwkv_vision::wkv6_forward")(_fake_forward)
+    torch.library.register_fake("rwkv_vision::wkv6_backward")(_fake_backward)
+    torch.library.register_autograd(
+        "rwkv_vision::wkv6_forward", _backward, setup_context=_setup_context
+    )
+    devices = frozenset(d for d in ("cpu", "cuda") if has_kernel("wkv6_forward", d))
+    return torch.ops.rwkv_vision, devices
+
+
+# Resolved once at import (loading a prebuilt library, never compiling) so that code traced by
+# torch.compile only reads these constants.
+_OPS, KERNEL_DEVICES = _register()
+
+
+def kernel_ops():
+    """``torch.ops.rwkv_vision`` with fakes and autograd registered, or None without the extension."""
+    return _OPS

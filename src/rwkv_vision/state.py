@@ -1,0 +1,228 @@
+"""The recurrent state of an RWKV-6 model: everything it remembers about the tokens it has read.
+
+Letter legend: b batch, h heads, n head size, c channels.
+
+Per layer (``LayerState``) there are three tensors:
+
+- ``att_shift`` [b, c]: the last (LayerNorm-ed) input the time-mix saw, its x_{t-1} for the next token.
+- ``wkv`` [b, h, n, n] float32: the WKV matrix S[b, h, key j, value i] of the time-mix.
+- ``ffn_shift`` [b, c]: the last input the channel-mix saw.
+
+The state of a whole model (``RWKVState``) is a list of these, one per block. It is all a model needs to
+continue a sequence, so reading a prompt in one pass, in chunks with the state carried, or token by token
+gives the same state and the same logits. Its size does not depend on how many tokens were read.
+
+``RWKVState`` is a plain container: ``clone``, ``detach``, ``to``, batch selection (``select``, ``cat``,
+``where``) and a flat ``state_dict`` of tensors that safetensors can store (``save``/``load``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+__all__ = ["LayerState", "RWKVState"]
+
+_FIELDS = ("att_shift", "wkv", "ffn_shift")
+
+
+@dataclass
+class LayerState:
+    """The state of one RWKV-6 block.
+
+    Attributes:
+        att_shift: [b, c] previous token's time-mix input (model dtype).
+        wkv: [b, h, n, n] WKV state S[b, h, key j, value i], float32.
+        ffn_shift: [b, c] previous token's channel-mix input (model dtype).
+    """
+
+    att_shift: torch.Tensor
+    wkv: torch.Tensor
+    ffn_shift: torch.Tensor
+
+    def map(self, fn) -> "LayerState":
+        """A new LayerState with ``fn`` applied to each tensor (fn(name, tensor) -> tensor)."""
+        return LayerState(*(fn(name, getattr(self, name)) for name in _FIELDS))
+
+    @property
+    def batch_size(self) -> int:
+        return self.wkv.shape[0]
+
+
+class RWKVState:
+    """The recurrent state of an ``RWKV6`` model: one ``LayerState`` per block.
+
+    Index it by layer (``state[i]`` is a ``LayerState``), iterate over layers, ``len(state)`` is the number of
+    layers. Methods return new states and never modify this one in place.
+
+    Example::
+
+        >>> logits, state = model(input_ids=prompt)                  # [b, t] -> [b, t, vocab], state
+        >>> saved = state.clone()                                    # keep a copy (e.g. a cached system prompt)
+        >>> logits, state = model(input_ids=next_ids, state=state)   # continue: O(1) memory per token
+    """
+
+    def __init__(self, layers: Sequence[LayerState]):
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, LayerState):
+                raise TypeError(f"RWKVState: layers[{i}] must be a LayerState, got {type(layer).__name__}")
+
+    @classmethod
+    def zeros(
+        cls,
+        *,
+        n_layer: int,
+        batch_size: int,
+        n_embd: int,
+        n_head: int,
+        head_size: int,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "RWKVState":
+        """The state before any token: zero shift states (in ``dtype``) and zero WKV states (float32)."""
+
+        def layer():
+            return LayerState(
+                att_shift=torch.zeros(batch_size, n_embd, device=device, dtype=dtype),
+                wkv=torch.zeros(batch_size, n_head, head_size, head_size, device=device, dtype=torch.float32),
+                ffn_shift=torch.zeros(batch_size, n_embd, device=device, dtype=dtype),
+            )
+
+        return cls([layer() for _ in range(n_layer)])
+
+    # --- a list of layers -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> LayerState:
+        return self.layers[i]
+
+    def __setitem__(self, i: int, layer: LayerState) -> None:
+        if not isinstance(layer, LayerState):
+            raise TypeError(f"RWKVState: a layer must be a LayerState, got {type(layer).__name__}")
+        self.layers[i] = layer
+
+    def __iter__(self) -> Iterator[LayerState]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        if not self.layers:
+            return "RWKVState(n_layer=0)"
+        first = self.layers[0]
+        return (
+            f"RWKVState(n_layer={len(self)}, batch_size={self.batch_size}, "
+            f"wkv={tuple(first.wkv.shape)} {first.wkv.dtype}, shift={tuple(first.att_shift.shape)} "
+            f"{first.att_shift.dtype}, device={first.wkv.device})"
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].wkv.device
+
+    def _map(self, fn) -> "RWKVState":
+        return RWKVState([layer.map(fn) for layer in self.layers])
+
+    # --- copies and conversions ---------------------------------------------------------------------------
+
+    def clone(self) -> "RWKVState":
+        return self._map(lambda _, x: x.clone())
+
+    def detach(self) -> "RWKVState":
+        """Cut the autograd graph (truncated backpropagation through time across segments)."""
+        return self._map(lambda _, x: x.detach())
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "RWKVState":
+        """Move to ``device``; ``dtype`` converts the shift states only, the WKV state stays float32."""
+        return self._map(lambda name, x: x.to(device=device, dtype=None if name == "wkv" else dtype))
+
+    # --- batch --------------------------------------------------------------------------------------------
+
+    def select(self, index) -> "RWKVState":
+        """Rows of the batch: ``index`` is an int, a slice, a list or a 1-D index/bool tensor.
+
+        An int keeps the batch dimension (``state.select(2)`` has batch size 1), so the result can be fed
+        straight back into the model.
+        """
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        if isinstance(index, (list, tuple)):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        return self._map(lambda _, x: x[index])
+
+    @staticmethod
+    def cat(states: Sequence["RWKVState"]) -> "RWKVState":
+        """Join states along the batch (e.g. prompts prefilled one by one, decoded together)."""
+        if not states:
+            raise ValueError("RWKVState.cat: states must not be empty")
+        n_layer = len(states[0])
+        if any(len(s) != n_layer for s in states):
+            raise ValueError(f"RWKVState.cat: all states must have {n_layer} layers, got {[len(s) for s in states]}")
+        return RWKVState(
+            [
+                LayerState(*(torch.cat([getattr(s[i], name) for s in states]) for name in _FIELDS))
+                for i in range(n_layer)
+            ]
+        )
+
+    def where(self, mask: torch.Tensor, other: "RWKVState") -> "RWKVState":
+        """Row by row, this state where ``mask`` [b] (bool) is True, ``other`` where it is False."""
+        mask = mask.to(device=self.device, dtype=torch.bool)
+
+        def pick(name, x, y):
+            return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, y)
+
+        return RWKVState(
+            [
+                LayerState(*(pick(name, getattr(a, name), getattr(b, name)) for name in _FIELDS))
+                for a, b in zip(self.layers, other.layers)
+            ]
+        )
+
+    # --- saving and loading -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A flat dict ``{"blocks.{i}.{att_shift|wkv|ffn_shift}": tensor}`` (contiguous; safetensors-ready)."""
+        return {
+            f"blocks.{i}.{name}": getattr(layer, name).contiguous()
+            for i, layer in enumerate(self.layers)
+            for name in _FIELDS
+        }
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> "RWKVState":
+        """The inverse of ``state_dict``; raises listing the missing and unexpected keys."""
+        n_layer = 0
+        while f"blocks.{n_layer}.wkv" in state_dict:
+            n_layer += 1
+        expected = {f"blocks.{i}.{name}" for i in range(n_layer) for name in _FIELDS}
+        missing = sorted(expected - state_dict.keys())
+        unexpected = sorted(state_dict.keys() - expected)
+        if missing or unexpected or n_layer == 0:
+            raise ValueError(
+                f"RWKVState.from_state_dict: not a state dict of {n_layer} layers; "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        return cls(
+            [LayerState(*(state_dict[f"blocks.{i}.{name}"] for name in _FIELDS)) for i in range(n_layer)]
+        )
+
+    def save(self, path: str) -> None:
+        """Write the state to a safetensors file."""
+        from safetensors.torch import save_file
+
+        save_file(self.state_dict(), str(path))
+
+    @classmethod
+    def load(cls, path: str, device="cpu") -> "RWKVState":
+        """Read a state written by ``save``."""
+        from safetensors.torch import load_file
+
+        return cls.from_state_dict(load_file(str(path), device=str(device)))

@@ -1,0 +1,29 @@
+"""Vision side of the data path: ``ImagePreprocessor`` (PIL -> pixel_values), timm encoders with feature
+selection (``VisionEncoder``), and the Hugging Face CLIP <-> timm weight converter."""
+
+from .convert_clip import (
+    clip_config_from_state_dict,
+    clip_to_timm_state_dict,
+    encoder_from_clip_state_dict,
+    find_clip_prefix,
+    load_clip_state_dict,
+    timm_to_clip_state_dict,
+)
+from .encoders import (
+    VisionEncoder,
+    clip_vit_l14_336,
+    create_encoder,
+    list_encoders,
+    register_encoder,
+    timm_vit,
+    tiny_clip,
+)
+from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor, to_rgb
+
+__all__ = [
+    "ImagePreprocessor", "to_rgb", "CLIP_MEAN", "CLIP_STD",
+    "VisionEncoder", "timm_vit", "clip_vit_l14_336", "tiny_clip", "create_encoder", "register_encoder",
+    "list_encoders",
+    "find_clip_prefix", "clip_config_from_state_dict", "clip_to_timm_state_dict", "timm_to_clip_state_dict",
+    "load_clip_state_dict", "encoder_from_clip_state_dict",
+]
