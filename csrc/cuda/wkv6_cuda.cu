@@ -11,16 +11,17 @@
 // Backward: dS evolves row by row (row j only needs e[j], r[j] and the vector dy) and column by
 // column (column i only needs e, r and dy[i]). The gradients reducing over value channels (dr, dk,
 // dw, du) are therefore computed by a row-owned kernel and the one reducing over key channels (dv)
-// by a column-owned kernel, neither needing a cross-thread reduction. The row-owned kernel also needs
-// the state *before* each step while walking time backwards; as on the CPU the recurrence is not
-// run in reverse (dividing by a decay that may underflow) but recomputed from checkpoints: a first
-// forward sweep keeps the state every C steps, then chunk by chunk from the end the chunk's states
-// are rebuilt into global scratch and walked backwards. C ~ sqrt(t) minimises the scratch
-// ((t / C + C) states per block). Scratch blocks are stored transposed ([i][j]) so that the n threads
-// of a block touch n consecutive floats; each thread only ever reads back what it wrote itself, so
-// the scratch needs no synchronisation. dS is parked in scratch while a chunk is rebuilt, so at most
-// one n-float row array is live per thread. The u gradient is shared by the batch: each block writes
-// its partial sum and a last kernel adds them over b in a fixed order (deterministic, no atomics).
+// by a column-owned kernel, neither needing a cross-thread reduction. The row-owned kernel also
+// needs the state *before* each step while walking time backwards; as on the CPU the recurrence is
+// not run in reverse (dividing by a decay that may underflow) but recomputed from checkpoints: a
+// first forward sweep keeps the state every C steps, then chunk by chunk from the end the chunk's
+// states are rebuilt into global scratch and walked backwards. C ~ sqrt(t) minimises the scratch
+// ((t / C + C) states per block). Scratch blocks are stored transposed ([i][j]) so that the n
+// threads of a block touch n consecutive floats; each thread only ever reads back what it wrote
+// itself, so the scratch needs no synchronisation. dS is parked in scratch while a chunk is
+// rebuilt, so at most one n-float row array is live per thread. The u gradient is shared by the
+// batch: each block writes its partial sum and a last kernel adds them over b in a fixed order
+// (deterministic, no atomics).
 //
 // Everything accumulates in float32; float64 inputs are left to the CPU kernels. expf becomes the
 // hardware approximation under --use_fast_math (a few ulp, well inside float32 tolerances). All
@@ -58,7 +59,9 @@ __device__ __forceinline__ T from_f(float x);
 template <>
 __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 template <>
 __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
@@ -72,9 +75,10 @@ __device__ __forceinline__ float load_scratch(const float* p) { return __ldcg(p)
 // Element (b, t, h, c) of a [b, t, h, n] tensor is at ((b * T + t) * H + h) * N + c, so consecutive
 // steps of one (b, h) are H * N apart.
 //
-// The per-step vectors are double-buffered in shared memory: step s writes buffer s & 1, syncs once,
-// then reads it. Step s + 2 writes that buffer again only after passing the sync of step s + 1, which
-// every thread reaches after its reads of step s, so one __syncthreads per step is enough.
+// The per-step vectors are double-buffered in shared memory: step s writes buffer s & 1, syncs
+// once, then reads it. Step s + 2 writes that buffer again only after passing the sync of step
+// s + 1, which every thread reaches after its reads of step s, so one __syncthreads per step is
+// enough. The rows kernel keeps one running parity over all its phases, so this holds across them.
 
 template <typename T, int N>
 __global__ void __launch_bounds__(N)

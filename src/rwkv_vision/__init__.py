@@ -20,3 +20,16 @@ from .state import RWKVState  # noqa: E402
 from .tokenizer import WorldTokenizer  # noqa: E402
 
 __all__ += ["RWKV6", "RWKVState", "create_model", "generate", "GenerationConfig", "WorldTokenizer"]
+
+# The multimodal side: scan policies, prompt layouts, projectors, vision encoders and preprocessing.
+from . import prompt, scan, vision  # noqa: E402
+from .layers.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector  # noqa: E402
+from .prompt import IMAGE_TOKEN_INDEX, ImageFirst, ImageLast, Sandwich  # noqa: E402
+from .scan import BiDir, Custom, ImageSpan, MultiDir, ScannedBlock, Snake, UniDir, Zigzag  # noqa: E402
+from .vision import ImagePreprocessor, VisionEncoder  # noqa: E402
+
+__all__ += [
+    "scan", "prompt", "vision", "IMAGE_TOKEN_INDEX", "ImageFirst", "ImageLast", "Sandwich",
+    "UniDir", "BiDir", "MultiDir", "Snake", "Zigzag", "Custom", "ImageSpan", "ScannedBlock",
+    "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "ImagePreprocessor", "VisionEncoder",
+]

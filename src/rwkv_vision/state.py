@@ -18,6 +18,7 @@ gives the same state and the same logits. Its size does not depend on how many t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -199,9 +200,8 @@ class RWKVState:
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> "RWKVState":
         """The inverse of ``state_dict``; raises listing the missing and unexpected keys."""
-        n_layer = 0
-        while f"blocks.{n_layer}.wkv" in state_dict:
-            n_layer += 1
+        indices = [int(key.split(".")[1]) for key in state_dict if re.match(r"blocks\.\d+\.", key)]
+        n_layer = max(indices) + 1 if indices else 0
         expected = {f"blocks.{i}.{name}" for i in range(n_layer) for name in _FIELDS}
         missing = sorted(expected - state_dict.keys())
         unexpected = sorted(state_dict.keys() - expected)

@@ -75,11 +75,11 @@ def test_clip_vit_l14_336_shape_without_allocating():
 
 
 def test_any_timm_vit_and_registry():
-    enc = timm_vit("vit_tiny_patch16_224", img_size=32, layer=5, cls="first")
+    enc = timm_vit("vit_tiny_patch16_224", img_size=32, depth=2, layer=1, cls="first")
     assert enc.grid == (2, 2) and enc(torch.randn(1, 3, 32, 32)).shape == (1, 5, 192)
     assert {"clip-vit-l14-336", "tiny-clip"} <= set(list_encoders())
     assert isinstance(create_encoder("tiny-clip", dtype=torch.float64), VisionEncoder)
-    assert create_encoder("vit_tiny_patch16_224", img_size=32).width == 192
+    assert create_encoder("vit_tiny_patch16_224", img_size=32, depth=1, device="meta").width == 192
 
 
 def test_encoder_errors():

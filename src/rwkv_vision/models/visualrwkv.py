@@ -1,0 +1,386 @@
+"""VisualRWKV: vision encoder + projector + prompt layout + scan policy + RWKV-6.
+
+Letter legend: b batch, t time (prompt ids, one placeholder per image), T time after each placeholder is
+replaced by its image tokens, n images, k tokens per image, w vision width, c channels, v vocabulary.
+
+The data path::
+
+    pixel_values [n, 3, H, W] --encoder--> [n, k, w] --proj--> [n, k, c] --+
+    input_ids [b, t] (IMAGE_TOKEN_INDEX once per image) --emb-------------+--> x [b, T, c] + image spans
+    for layer i: x = unpermute(block_i(permute(x, spans, scan, i)))      # block 0 applies ln0 to all of x
+    logits = head(ln_out(x))                                               # [b, T, v]
+
+The scan policy is plain data (``model.scan = MultiDir()`` switches it); the blocks know nothing about
+images. Generation prefills the whole prompt this way, layer by layer with each layer's order, keeps every
+layer's state, then decodes text tokens one at a time from that state (no image spans are involved after
+the prompt, so decoding costs O(1) per token).
+
+Parameter names: ``rwkv.*`` are the official names; ``proj.weight`` is the official key;
+the encoder is a timm ViT under ``encoder.vit.*`` (``official_state_dict`` maps it back to the
+``vit.vision_model.*`` Hugging Face names of the released checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..generation import CHAT_STOP_TOKENS, GenerationConfig, GenerationOutput, generate
+from ..layers.projector import LinearProjector
+from ..prompt import IMAGE_TOKEN_INDEX, PromptLayout, Sandwich, expand_image_embeddings, get_layout
+from ..scan import BiDir, ImageSpan, ScanPolicy, get_scan_policy, scanned_call
+from ..state import RWKVState
+from ..vision.convert_clip import (
+    clip_config_from_state_dict,
+    load_clip_state_dict,
+    timm_to_clip_state_dict,
+)
+from ..vision.encoders import VisionEncoder, timm_vit
+from ..vision.preprocess import ImagePreprocessor
+from .rwkv6 import RWKV6, StateDictError, config_from_official_state_dict
+
+__all__ = ["VisualRWKV", "OFFICIAL_PREFIXES"]
+
+#: Prefixes of the released flat checkpoints: language model, CLIP tower (transformers 4.x names), projector.
+OFFICIAL_PREFIXES = {"rwkv": "rwkv.", "vit": "vit.vision_model.", "proj": "proj.weight"}
+_OPTIONAL_VIT_KEYS = ("embeddings.position_ids", "post_layernorm.weight", "post_layernorm.bias")
+
+
+class VisualRWKV(nn.Module):
+    """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
+
+    Args (keyword only):
+        rwkv: the language model (:class:`RWKV6`).
+        encoder: a :class:`~rwkv_vision.vision.VisionEncoder` (its grid and CLS position define the image
+            spans).
+        proj: maps ``[.., w] -> [.., c]``; default ``LinearProjector(w, c)`` (v6.0).
+        scan: a :class:`~rwkv_vision.scan.ScanPolicy` (default :class:`BiDir`, the released weights).
+        layout: a :class:`~rwkv_vision.prompt.PromptLayout` for :meth:`chat` (default :class:`Sandwich`);
+            its grid is set from the encoder.
+        tokenizer: anything with ``encode``/``decode``, used by :meth:`chat` (default: the World tokenizer,
+            created on first use).
+        preprocessor: PIL -> pixel_values for :meth:`chat` (default: CLIP preprocessing at the encoder's size).
+        freeze_encoder: turn off gradients of the encoder (VisualRWKV keeps CLIP frozen).
+    """
+
+    def __init__(
+        self,
+        *,
+        rwkv: RWKV6,
+        encoder: VisionEncoder,
+        proj: nn.Module | None = None,
+        scan: ScanPolicy | str | None = None,
+        layout: PromptLayout | str | None = None,
+        tokenizer: Any = None,
+        preprocessor: ImagePreprocessor | None = None,
+        freeze_encoder: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(rwkv, RWKV6):
+            raise TypeError(f"rwkv must be an RWKV6, got {type(rwkv).__name__}")
+        if not isinstance(encoder, VisionEncoder):
+            raise TypeError(f"encoder must be a VisionEncoder, got {type(encoder).__name__}")
+        self.rwkv = rwkv
+        self.encoder = encoder
+        if proj is None:
+            w = rwkv.emb.weight
+            proj = LinearProjector(encoder.width, rwkv.n_embd, device=w.device, dtype=w.dtype)
+        self.proj = proj
+        self.scan = BiDir() if scan is None else scan
+        self.layout = Sandwich() if layout is None else layout
+        self.tokenizer = tokenizer
+        self.preprocessor = preprocessor
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    # --- configuration -----------------------------------------------------------------------------------
+
+    @property
+    def scan(self) -> ScanPolicy:
+        """The scan policy; assign a policy (or its name) to switch: ``model.scan = MultiDir()``."""
+        return self._scan
+
+    @scan.setter
+    def scan(self, policy: ScanPolicy | str) -> None:
+        self._scan = get_scan_policy(policy)
+
+    @property
+    def layout(self) -> PromptLayout:
+        """The prompt layout used by :meth:`chat`, matched to the encoder's grid."""
+        return self._layout
+
+    @layout.setter
+    def layout(self, layout: PromptLayout | str) -> None:
+        rows, cols = self.encoder.grid
+        self._layout = get_layout(layout).with_grid(rows, cols, cls=self.encoder.cls)
+
+    @property
+    def image_tokens(self) -> int:
+        """k: embeddings per image (577 for CLIP ViT-L/14-336 with CLS last)."""
+        return self.encoder.num_tokens
+
+    def get_tokenizer(self):
+        if self.tokenizer is None:
+            from ..tokenizer import WorldTokenizer
+
+            self.tokenizer = WorldTokenizer()
+        return self.tokenizer
+
+    def get_preprocessor(self) -> ImagePreprocessor:
+        if self.preprocessor is None:
+            self.preprocessor = ImagePreprocessor(self.encoder.image_size[0])
+        return self.preprocessor
+
+    # --- loading -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_official_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        scan: ScanPolicy | str | None = None,
+        layout: PromptLayout | str | None = None,
+        vision_layer: int = -1,
+        vision_head_dim: int = 64,
+        device=None,
+        dtype=None,
+        **kwargs: Any,
+    ) -> VisualRWKV:
+        """Build from a released flat checkpoint (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``).
+
+        Every size is read from tensor shapes (vision heads = width / ``vision_head_dim``). The unused
+        ``vit.vision_model.post_layernorm.*`` and an optional ``embeddings.position_ids`` are accepted;
+        any other missing, unexpected or mis-shaped key raises a ``StateDictError`` listing all of them.
+        Tensors keep the checkpoint's dtype unless ``dtype`` is given. ``kwargs`` go to the constructor.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+        rp, vp, pk = OFFICIAL_PREFIXES["rwkv"], OFFICIAL_PREFIXES["vit"], OFFICIAL_PREFIXES["proj"]
+        rwkv_sd = {k[len(rp):]: v for k, v in state_dict.items() if k.startswith(rp)}
+        vit_sd = {k: v for k, v in state_dict.items() if k.startswith(vp)}
+        missing, unexpected, mismatched = [], [], []
+        unexpected += [k for k in state_dict if not (k.startswith(rp) or k.startswith(vp) or k == pk)]
+        if not rwkv_sd:
+            raise StateDictError([], [], [], hint=f"state_dict has no '{rp}*' keys: not a VisualRWKV checkpoint")
+        if not any(k.endswith("embeddings.patch_embedding.weight") for k in vit_sd):
+            raise StateDictError([vp + "embeddings.patch_embedding.weight"], unexpected, [],
+                                 hint="cannot size the vision tower without its patch embedding")
+
+        # Language model: sizes from shapes, then every key checked against a meta-device model.
+        rwkv = RWKV6(**config_from_official_state_dict(rwkv_sd), device="meta")
+        try:
+            rwkv.check_state_dict(rwkv_sd)
+        except StateDictError as e:
+            missing += [rp + k for k in e.missing]
+            unexpected += [rp + k for k in e.unexpected]
+            mismatched += [(rp + k, got, want) for k, got, want in e.mismatched]
+
+        # Vision tower: the keys a tower of the inferred size has, in the checkpoint's naming.
+        vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
+        encoder = timm_vit(
+            "vit_base_patch16_clip_224", layer=vision_layer, cls="last", device="meta", pre_norm=True,
+            act_layer="quick_gelu", **vcfg,
+        )
+        expected_vit = {k: tuple(v.shape) for k, v in timm_to_clip_state_dict(encoder.vit.state_dict(), prefix=vp).items()}
+        optional = {vp + k for k in _OPTIONAL_VIT_KEYS}
+        missing += sorted(k for k in expected_vit if k not in vit_sd and k not in optional)
+        unexpected += sorted(k for k in vit_sd if k not in expected_vit and k not in optional)
+        mismatched += [
+            (k, tuple(vit_sd[k].shape), s) for k, s in expected_vit.items() if k in vit_sd and tuple(vit_sd[k].shape) != s
+        ]
+
+        # Projector: Linear(w, c) without bias.
+        want = (rwkv.n_embd, encoder.width)
+        if pk not in state_dict:
+            missing.append(pk)
+        elif tuple(state_dict[pk].shape) != want:
+            mismatched.append((pk, tuple(state_dict[pk].shape), want))
+        if missing or unexpected or mismatched:
+            raise StateDictError(missing, unexpected, mismatched)
+
+        rwkv.load_state_dict(rwkv_sd, strict=True, assign=True)
+        load_clip_state_dict(encoder, {k: v for k, v in vit_sd.items() if not k.endswith("position_ids")},
+                             prefix=vp, assign=True)
+        proj = LinearProjector(encoder.width, rwkv.n_embd, device="meta")
+        proj.load_state_dict({"weight": state_dict[pk]}, assign=True)
+        model = cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, **kwargs)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters under the released checkpoint's names (``rwkv.*``, ``vit.vision_model.*``,
+        ``proj.weight``); only for the v6.0 linear projector."""
+        if not isinstance(self.proj, LinearProjector) or self.proj.bias is not None:
+            raise ValueError("official_state_dict: the official layout has a bias-free LinearProjector as proj")
+        sd = {OFFICIAL_PREFIXES["rwkv"] + k: v for k, v in self.rwkv.state_dict().items()}
+        sd.update(timm_to_clip_state_dict(self.encoder.vit.state_dict(), prefix=OFFICIAL_PREFIXES["vit"]))
+        sd[OFFICIAL_PREFIXES["proj"]] = self.proj.weight
+        return sd
+
+    # --- the model ---------------------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [n, 3, H, W] -> image embeddings [n, k, c] in the LM's dtype."""
+        feats = self.encoder(pixel_values)
+        proj_param = next(self.proj.parameters(), None)
+        if proj_param is not None:
+            feats = feats.to(proj_param.dtype)
+        return self.proj(feats).to(self.rwkv.emb.weight.dtype)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        *,
+        image_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[list[ImageSpan]]]:
+        """input_ids [b, t] (+ images) -> (embeddings [b, T, c], image spans per batch row).
+
+        Images come as ``pixel_values`` [n, 3, H, W] or already projected ``image_embeds`` [n, k, c] (to reuse
+        an encoding), one per :data:`IMAGE_TOKEN_INDEX`, taken in order, row 0 first.
+        """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a [b, t] tensor, got {got}")
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("pass pixel_values or image_embeds, not both")
+        input_ids = input_ids.to(self.rwkv.emb.weight.device)
+        n = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        if pixel_values is None and image_embeds is None:
+            if n:
+                raise ValueError(
+                    f"input_ids hold {n} image placeholders (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but no "
+                    "pixel_values were given"
+                )
+            return self.rwkv.embed(input_ids), [[] for _ in range(input_ids.shape[0])]
+        if pixel_values is not None:
+            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+                got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+                raise ValueError(f"pixel_values must be [n, 3, H, W] (one image per placeholder), got {got}")
+            if pixel_values.shape[0] != n:
+                raise ValueError(
+                    f"input_ids hold {n} image placeholders (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but "
+                    f"pixel_values has {pixel_values.shape[0]} images"
+                )
+            image_embeds = self.encode_images(pixel_values) if n else []
+        return expand_image_embeddings(
+            input_ids, image_embeds, self.rwkv.embed, grids=self.encoder.grid, cls=self.encoder.cls
+        )
+
+    def forward_embeds(
+        self,
+        x: torch.Tensor,
+        spans: Sequence[Sequence[ImageSpan]] | None = None,
+        state: RWKVState | None = None,
+        *,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, RWKVState]:
+        """The scanned language model on embeddings: x [b, T, c] -> (logits [b, T, v] (or the last
+        ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``)."""
+        if x.dim() != 3 or x.shape[-1] != self.rwkv.n_embd:
+            raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("the sequence is empty (T = 0)")
+        self.rwkv._check_state(state, x.shape[0])
+        spans = spans if spans and any(spans) else None
+        layers = []
+        for i, block in enumerate(self.rwkv.blocks):
+            layer_state = None if state is None else state[i]
+            if spans is None:
+                x, layer_state = block(x, layer_state)
+            else:
+                x, layer_state = scanned_call(block, x, layer_state, policy=self.scan, layer_index=i, spans=spans)
+            layers.append(layer_state)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.rwkv.unembed(x), RWKVState(layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        state: RWKVState | None = None,
+        *,
+        image_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, RWKVState]:
+        """Logits over the expanded sequence.
+
+        Args:
+            input_ids: [b, t] ids with :data:`IMAGE_TOKEN_INDEX` once per image.
+            pixel_values: [n, 3, H, W], one image per placeholder in order (row 0 first); None for text.
+            state: the state after earlier tokens (None: a fresh sequence). Images must lie wholly in one call.
+            image_embeds: instead of pixel_values, projected image embeddings [n, k, c].
+            logits_to_keep: 0 for every position, k > 0 for the last k.
+        Returns:
+            (logits [b, T, v], RWKVState) with T = t + n_row * (k - 1).
+        """
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        x, spans = self.embed(input_ids, pixel_values, image_embeds=image_embeds)
+        return self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep)
+
+    # --- generation --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        config: GenerationConfig | None = None,
+        *,
+        state: RWKVState | None = None,
+        streamer=None,
+        generator: torch.Generator | None = None,
+        **overrides: Any,
+    ) -> GenerationOutput:
+        """Prefill the prompt (images and scans included) once, then decode from the cached state.
+
+        input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. ``config``/``overrides`` as in
+        :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, stop_tokens=CHAT_STOP_TOKENS``).
+        Returns a ``GenerationOutput`` (tokens per row, the stop token included).
+        """
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
+        return generate(
+            self, None, config, state=state, next_logits=logits[:, -1], streamer=streamer, generator=generator,
+            **overrides,
+        )
+
+    @torch.no_grad()
+    def chat(
+        self,
+        image: Any,
+        question: str | Sequence[Any],
+        *,
+        layout: PromptLayout | str | None = None,
+        tokenizer: Any = None,
+        max_new_tokens: int = 128,
+        streamer=None,
+        **overrides: Any,
+    ) -> str:
+        """Answer ``question`` about ``image`` (a PIL image, a list of them, or None for text only).
+
+        ``question`` is a string or a conversation (see :mod:`rwkv_vision.prompt`); the layout (default:
+        the model's, Sandwich for the released weights) places the image. Greedy by default; stops on
+        "\\n\\n" (261) or 0; the answer is the decoded text up to the first "\\n\\n", stripped.
+        """
+        tok = tokenizer if tokenizer is not None else self.get_tokenizer()
+        rows, cols = self.encoder.grid
+        lay = self.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=self.encoder.cls)
+        images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
+        prompt = lay.tokenize(question, tok, num_images=len(images))
+        device = self.rwkv.emb.weight.device
+        pixels = None
+        if images:
+            pixels = self.get_preprocessor()(images, device=device, dtype=next(self.encoder.parameters()).dtype)
+        overrides.setdefault("stop_tokens", CHAT_STOP_TOKENS)
+        out = self.generate(
+            prompt.to_tensor(device=device), pixels, max_new_tokens=max_new_tokens, streamer=streamer, **overrides
+        )
+        return tok.decode(out.tokens[0]).split("\n\n")[0].strip()

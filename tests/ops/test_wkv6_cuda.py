@@ -1,0 +1,112 @@
+"""wkv6 on the CUDA kernel: the CPU suite's comparisons, on a GPU. Run with `pytest -m cuda`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rwkv_vision.ops import CUDA_HEAD_SIZES, backend_info, wkv6
+
+from .wkv6_cases import NAMES, assert_matches_reference, make_inputs, rel_rms, run_with_grads
+
+pytestmark = pytest.mark.cuda
+
+
+def cuda_wkv6(*args, **kw):
+    return wkv6(*args, backend="kernel", **kw)
+
+
+def test_cuda_kernels_are_built_and_visible():
+    info = backend_info()
+    assert info["cuda_kernels"] and info["cuda_available"], info
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("t", (1, 2, 7, 63, 64, 65, 257))
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_float32_matches_float64_reference(n, t, with_state):
+    inputs = make_inputs(2, t, 2, n, device="cuda", with_state=with_state, seed=t + n)
+    assert_matches_reference(cuda_wkv6, inputs, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", (1, 65, 257, 1000))
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_half_precision_matches_float64_reference(n, t, dtype):
+    inputs = make_inputs(2, t, 3, n, dtype=dtype, device="cuda", seed=t)
+    assert_matches_reference(cuda_wkv6, inputs, 5e-3)
+
+
+def test_output_only_loss_and_many_heads():
+    inputs = make_inputs(3, 50, 17, 64, device="cuda", seed=2)
+    assert_matches_reference(cuda_wkv6, inputs, 1e-5, state_loss=False)
+
+
+def test_cpu_and_cuda_kernels_agree():
+    inputs = make_inputs(2, 129, 2, 64, seed=3)
+    y_c, s_c, g_c = run_with_grads(cuda_wkv6, {k: x.cuda() for k, x in inputs.items()})
+    y_h, s_h, g_h = run_with_grads(cuda_wkv6, inputs)
+    assert rel_rms(y_c, y_h) < 1e-5 and rel_rms(s_c, s_h) < 1e-5
+    for k in g_h:
+        assert rel_rms(g_c[k], g_h[k]) < 1e-5, k
+
+
+@pytest.mark.parametrize("split", [1, 64, 99])
+def test_segments_with_carried_state_equal_one_run(split):
+    inputs = make_inputs(2, 100, 2, 64, device="cuda", seed=split)
+    y_full, s_full, g_full = run_with_grads(cuda_wkv6, inputs)
+
+    def two_segments(r, k, v, w, u, s0, output_final_state):
+        y1, s1 = cuda_wkv6(r[:, :split], k[:, :split], v[:, :split], w[:, :split], u, s0, True)
+        y2, s2 = cuda_wkv6(r[:, split:], k[:, split:], v[:, split:], w[:, split:], u, s1, True)
+        return torch.cat([y1, y2], dim=1), s2
+
+    y_seg, s_seg, g_seg = run_with_grads(two_segments, inputs)
+    assert rel_rms(y_seg, y_full) < 1e-5 and rel_rms(s_seg, s_full) < 1e-5
+    for k in g_full:
+        assert rel_rms(g_seg[k], g_full[k]) < 1e-5, k
+
+
+def test_non_contiguous_inputs():
+    inputs = make_inputs(2, 9, 3, 32, device="cuda", seed=8)
+    strided = {k: (x.transpose(1, 2).contiguous().transpose(1, 2) if k in "rkvw" else x) for k, x in inputs.items()}
+    assert_matches_reference(cuda_wkv6, strided, 1e-5)
+
+
+def test_torch_compile_fullgraph():
+    inputs = make_inputs(2, 33, 2, 64, device="cuda", seed=7)
+    compiled = torch.compile(lambda *a: cuda_wkv6(*a, output_final_state=True), fullgraph=True)
+    y, s = compiled(*[inputs[k] for k in NAMES])
+    y_e, s_e = cuda_wkv6(*[inputs[k] for k in NAMES], output_final_state=True)
+    assert rel_rms(y, y_e) < 1e-6 and rel_rms(s, s_e) < 1e-6
+
+
+def test_runs_on_the_current_stream_and_in_a_cuda_graph():
+    inputs = make_inputs(1, 16, 2, 64, device="cuda", seed=9)
+    args = [inputs[k] for k in NAMES]
+    expected, _ = cuda_wkv6(*args)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        cuda_wkv6(*args)  # warm-up outside capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y, _ = cuda_wkv6(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_rms(y, expected) < 1e-6
+
+
+def test_unsupported_head_size_falls_back_or_says_why():
+    inputs = make_inputs(1, 4, 2, 48, device="cuda")
+    args = [inputs[k] for k in NAMES]
+    y, _ = wkv6(*args)  # auto: the reference takes over
+    assert y.shape == (1, 4, 2, 48)
+    with pytest.raises(ValueError, match="head sizes"):
+        wkv6(*args, backend="kernel")
+
+
+def test_float64_on_cuda_falls_back_or_says_why():
+    inputs = make_inputs(1, 4, 2, 64, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match="float64"):
+        wkv6(*[inputs[k] for k in NAMES], backend="kernel")
