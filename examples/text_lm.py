@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_vision import RWKV6, WorldTokenizer, generate
-from rwkv_vision.generation import CHAT_STOP_TOKENS, TextStreamer
+from rwkv_vision.generation import CHAT_STOP_TOKENS
 
 TEXT = (
     "User: What colour is the sky?\n\nAssistant: The sky is blue.\n\n"
@@ -28,10 +28,17 @@ TEXT = (
 
 def main(steps: int = 150, seed: int = 0, verbose: bool = True) -> dict:
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # a model this small gains nothing from more threads, only synchronisation
     tokenizer = WorldTokenizer()
-    data = torch.tensor(tokenizer.encode(TEXT))  # [t]
+    world_ids = tokenizer.encode(TEXT)
 
-    model = RWKV6(n_layer=2, n_embd=64, head_size=32, d_mix=8, d_decay=16, vocab_size=tokenizer.vocab_size)
+    # The toy text uses a few dozen of the 65536 World tokens; a model over just those trains in seconds
+    # (a real model keeps vocab_size=65536 and needs no mapping).
+    vocab = sorted(set(world_ids))
+    to_small = {world: small for small, world in enumerate(vocab)}
+    data = torch.tensor([to_small[i] for i in world_ids])  # [t]
+
+    model = RWKV6(n_layer=2, n_embd=64, head_size=32, d_mix=8, d_decay=16, vocab_size=len(vocab))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
 
     # Next-token prediction on random windows of the text: x = window[:-1], target = window[1:].
@@ -55,12 +62,12 @@ def main(steps: int = 150, seed: int = 0, verbose: bool = True) -> dict:
         print(prompt, end="", flush=True)
     out = generate(
         model,
-        tokenizer.encode(prompt),
+        [to_small[i] for i in tokenizer.encode(prompt)],
         max_new_tokens=16,
-        stop_tokens=CHAT_STOP_TOKENS,  # "\n\n" ends the answer, and is kept in the output
-        streamer=TextStreamer(tokenizer) if verbose else None,
+        stop_tokens=[to_small[i] for i in CHAT_STOP_TOKENS if i in to_small],  # "\n\n" ends the answer
+        streamer=(lambda row, token: print(tokenizer.decode([vocab[token]]), end="", flush=True)) if verbose else None,
     )
-    answer = tokenizer.decode(out.tokens[0]).strip()
+    answer = tokenizer.decode([vocab[i] for i in out.tokens[0]]).strip()
     if verbose:
         print(f"[{out.finish_reasons[0]}]")
     return {"losses": losses, "answer": answer}

@@ -110,7 +110,8 @@ def test_works_with_any_model_following_the_protocol():
     class Counter:  # next token = last token + 1; the "state" is the last token
         def __call__(self, input_ids, state=None):
             last = input_ids[:, -1]
-            return torch.nn.functional.one_hot((last + 1) % 10, 10).float()[:, None].repeat(1, input_ids.shape[1], 1), last
+            logits = torch.nn.functional.one_hot((last + 1) % 10, 10).float()[:, None]
+            return logits.repeat(1, input_ids.shape[1], 1), last
 
     out = generate(Counter(), [[1, 2], [5, 6]], max_new_tokens=5, stop_tokens=[9])
     assert out.tokens == [[3, 4, 5, 6, 7], [7, 8, 9]]

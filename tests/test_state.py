@@ -58,8 +58,9 @@ def test_state_dict_round_trip_and_safetensors(model, tmp_path):
     state.save(tmp_path / "state.safetensors")
     loaded = RWKVState.load(tmp_path / "state.safetensors")
     assert _equal(loaded, state.detach())
-    with pytest.raises(ValueError, match="missing keys \\['blocks.1.wkv'\\]"):
-        RWKVState.from_state_dict({k: v for k, v in flat.items() if k != "blocks.1.wkv"} | {"blocks.1.wkv2": flat["blocks.1.wkv"]})
+    broken = {k: v for k, v in flat.items() if k != "blocks.1.wkv"} | {"blocks.1.wkv2": flat["blocks.1.wkv"]}
+    with pytest.raises(ValueError, match="missing keys \\['blocks.1.wkv'\\], unexpected keys \\['blocks.1.wkv2'\\]"):
+        RWKVState.from_state_dict(broken)
 
 
 def test_to_keeps_wkv_in_float32(model):

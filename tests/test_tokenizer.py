@@ -17,7 +17,10 @@ def test_known_ids(tok, text, ids):
     assert tok.decode(ids) == text
 
 
-@pytest.mark.parametrize("text", ["hello world", "你好，世界", "emoji 😀🎉 mixed 中文 and ünïcödé", "", "a\n\nb\tc"])
+TEXTS = ["hello world", "你好，世界", "emoji 😀🎉 mixed 中文 and ünïcödé", "", "a\n\nb\tc"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
 def test_round_trip(tok, text):
     assert tok.decode(tok.encode(text)) == text
 

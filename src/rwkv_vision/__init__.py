@@ -27,9 +27,11 @@ from .layers.projector import GatedMLPProjector, LinearProjector, MLPProjector, 
 from .prompt import IMAGE_TOKEN_INDEX, ImageFirst, ImageLast, Sandwich  # noqa: E402
 from .scan import BiDir, Custom, ImageSpan, MultiDir, ScannedBlock, Snake, UniDir, Zigzag  # noqa: E402
 from .vision import ImagePreprocessor, VisionEncoder  # noqa: E402
+from .models.visualrwkv import VisualRWKV  # noqa: E402
 
 __all__ += [
     "scan", "prompt", "vision", "IMAGE_TOKEN_INDEX", "ImageFirst", "ImageLast", "Sandwich",
     "UniDir", "BiDir", "MultiDir", "Snake", "Zigzag", "Custom", "ImageSpan", "ScannedBlock",
     "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "ImagePreprocessor", "VisionEncoder",
+    "VisualRWKV",
 ]

@@ -240,14 +240,14 @@ class ScanPolicy(abc.ABC):
         return order is None or order == list(range(rows * cols))
 
     def permutation(self, layer_index: int, rows: int, cols: int, *, device=None) -> torch.Tensor:
-        """LongTensor ``[rows*cols]``: ``permuted[k] = span[perm[k]]``."""
+        """LongTensor ``[rows*cols]``: ``permuted[k] = span[perm[k]]`` (a fresh copy; safe to modify)."""
         self._check(layer_index, rows, cols)
-        return _cached_perm(self, layer_index % self.period, rows, cols, False, _device_key(device))
+        return _cached_perm(self, layer_index % self.period, rows, cols, False, _device_key(device)).clone()
 
     def inverse(self, layer_index: int, rows: int, cols: int, *, device=None) -> torch.Tensor:
-        """LongTensor ``[rows*cols]``: ``span[p] = permuted[inv[p]]``."""
+        """LongTensor ``[rows*cols]``: ``span[p] = permuted[inv[p]]`` (a fresh copy; safe to modify)."""
         self._check(layer_index, rows, cols)
-        return _cached_perm(self, layer_index % self.period, rows, cols, True, _device_key(device))
+        return _cached_perm(self, layer_index % self.period, rows, cols, True, _device_key(device)).clone()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -471,10 +471,10 @@ def _gather_index(
                 )
             if policy.is_identity(layer_index, s.rows, s.cols):
                 continue
-            fn = policy.inverse if inverse else policy.permutation
             if idx is None:
                 idx = torch.arange(t, device=device)
-            idx[lo:hi] = fn(layer_index, s.rows, s.cols, device=device) + lo
+            perm = _cached_perm(policy, layer_index % policy.period, s.rows, s.cols, inverse, _device_key(device))
+            idx[lo:hi] = perm + lo
         per_row.append(idx)
     if all(i is None for i in per_row):
         return None

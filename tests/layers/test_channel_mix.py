@@ -21,6 +21,7 @@ def test_matches_formula_and_official_shapes():
     x_prev = torch.cat([state[:, None], x[:, :-1]], 1)
     xk = x + (x_prev - x) * ffn.time_maa_k
     xr = x + (x_prev - x) * ffn.time_maa_r
-    expected = torch.sigmoid(xr @ ffn.receptance.weight.T) * (torch.relu(xk @ ffn.key.weight.T) ** 2 @ ffn.value.weight.T)
+    hidden = torch.relu(xk @ ffn.key.weight.T) ** 2
+    expected = torch.sigmoid(xr @ ffn.receptance.weight.T) * (hidden @ ffn.value.weight.T)
     torch.testing.assert_close(out, expected)
     assert torch.equal(new_state, x[:, -1])

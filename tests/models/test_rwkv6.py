@@ -130,6 +130,18 @@ def test_chunk_size_argument_equals_one_pass(model, chunk_size):
     assert _close(state[-1].wkv, whole_state[-1].wkv)
 
 
+def test_chunked_prefill_never_feeds_a_block_more_than_a_chunk(model):
+    seen = []
+    hooks = [b.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1])) for b in model.blocks]
+    try:
+        with torch.no_grad():
+            logits, _ = model(input_ids=_ids(1, 50), chunk_size=8, logits_to_keep=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert max(seen) == 8 and logits.shape == (1, 1, 50)
+
+
 def test_prefill_then_token_by_token_decode_equals_one_pass(model):
     ids = _ids(2, 14)
     whole, _ = model(input_ids=ids)

@@ -63,8 +63,9 @@ def add_ddlerp_parameters(
     if data_dependent:
         # Small but non-zero: the block starts close to a static lerp, yet both LoRA factors get a gradient
         # from the first step (a zero factor would block the other's gradient).
-        module.time_maa_w1 = nn.Parameter(torch.empty(n_embd, 5 * d_mix, device=device, dtype=dtype).uniform_(-1e-2, 1e-2))
-        module.time_maa_w2 = nn.Parameter(torch.empty(5, d_mix, n_embd, device=device, dtype=dtype).uniform_(-1e-2, 1e-2))
+        factory = dict(device=device, dtype=dtype)
+        module.time_maa_w1 = nn.Parameter(torch.empty(n_embd, 5 * d_mix, **factory).uniform_(-1e-2, 1e-2))
+        module.time_maa_w2 = nn.Parameter(torch.empty(5, d_mix, n_embd, **factory).uniform_(-1e-2, 1e-2))
 
 
 def ddlerp(x: torch.Tensor, x_prev: torch.Tensor, params: nn.Module) -> tuple[torch.Tensor, ...]:

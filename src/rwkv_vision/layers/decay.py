@@ -46,8 +46,9 @@ def add_decay_parameters(
     module.time_decay = nn.Parameter(speed.view(1, 1, n_embd).to(dtype=dtype or torch.get_default_dtype()))
     if data_dependent:
         # Small, non-zero LoRA: starts near the static decay, both factors get gradients at once.
-        module.time_decay_w1 = nn.Parameter(torch.empty(n_embd, d_decay, device=device, dtype=dtype).uniform_(-1e-2, 1e-2))
-        module.time_decay_w2 = nn.Parameter(torch.empty(d_decay, n_embd, device=device, dtype=dtype).uniform_(-1e-2, 1e-2))
+        factory = dict(device=device, dtype=dtype)
+        module.time_decay_w1 = nn.Parameter(torch.empty(n_embd, d_decay, **factory).uniform_(-1e-2, 1e-2))
+        module.time_decay_w2 = nn.Parameter(torch.empty(d_decay, n_embd, **factory).uniform_(-1e-2, 1e-2))
 
 
 def log_decay(x_w: torch.Tensor, params: nn.Module) -> torch.Tensor:

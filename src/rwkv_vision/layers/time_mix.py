@@ -65,8 +65,11 @@ class TimeMix(nn.Module):
         factory = dict(device=device, dtype=dtype)
         depth = dict(layer_id=layer_id, n_layer=n_layer)
 
+        # Flat on this module under the official names (att.time_maa_x, att.time_decay_w1, ...), as in checkpoints.
         add_ddlerp_parameters(self, n_embd=n_embd, d_mix=d_mix, data_dependent=data_dependent_lerp, **depth, **factory)
-        add_decay_parameters(self, n_embd=n_embd, d_decay=d_decay, data_dependent=data_dependent_decay, **depth, **factory)
+        add_decay_parameters(
+            self, n_embd=n_embd, d_decay=d_decay, data_dependent=data_dependent_decay, **depth, **factory
+        )
 
         # The bonus u for the current token: a depth-dependent ramp plus a small ripple across channels.
         ratio_0_to_1, _ = depth_ratios(layer_id, n_layer)

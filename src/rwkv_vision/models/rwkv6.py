@@ -305,15 +305,19 @@ class RWKV6(nn.Module):
                 )
             if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
                 raise TypeError(f"RWKV6.forward: input_ids must be an integer tensor, got {input_ids.dtype}")
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-                raise ValueError(
-                    f"RWKV6.forward: input_ids must be in [0, vocab_size = {self.vocab_size}), got values in "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-                )
+            if input_ids.numel():
+                # Checked here (one device sync) because an out-of-range id on CUDA is an opaque device assert.
+                low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
+                if low < 0 or high >= self.vocab_size:
+                    raise ValueError(
+                        f"RWKV6.forward: input_ids must be in [0, vocab_size = {self.vocab_size}), got values in "
+                        f"[{low}, {high}]"
+                    )
             b, t = input_ids.shape
         else:
-            if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.n_embd:
-                shape = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+            embeds = inputs_embeds
+            if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.shape[-1] != self.n_embd:
+                shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
                 raise ValueError(f"RWKV6.forward: inputs_embeds must be [b, t, c = {self.n_embd}], got {shape}")
             b, t, _ = inputs_embeds.shape
             inputs_embeds = inputs_embeds.to(self.emb.weight.dtype)

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
+# timm is imported where it is used: it costs ~2 s at import, and `import rwkv_vision` should not pay that
+# for text-only use.
 
 from ..scan import ClsPosition
 
@@ -55,6 +59,7 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, vit: VisionTransformer, *, layer: int = -1, cls: ClsPosition = "last"):
         super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
         if not isinstance(vit, VisionTransformer):
             raise TypeError(f"vit must be a timm VisionTransformer, got {type(vit).__name__}")
         if getattr(vit, "num_prefix_tokens", 1) != 1 or not getattr(vit, "has_class_token", True):
@@ -133,6 +138,8 @@ def timm_vit(
     ``timm_kwargs`` go to ``timm.create_model`` (``img_size``, ``act_layer``, ...); ``num_classes`` is 0.
     ``pretrained=True`` downloads timm's weights (network) — the default never touches the network.
     """
+    import timm
+
     if not isinstance(name, str) or name not in timm.list_models():
         raise ValueError(f"name must be a timm model name, got {name!r}")
     timm_kwargs.setdefault("num_classes", 0)
@@ -190,6 +197,9 @@ def create_encoder(name: str, **kwargs: Any) -> VisionEncoder:
     """A registered encoder (``"clip-vit-l14-336"``, ``"tiny-clip"``, ...) or, failing that, a timm ViT name."""
     if name in _ENCODERS:
         return _ENCODERS[name](**kwargs)
-    if isinstance(name, str) and name in timm.list_models():
-        return timm_vit(name, **kwargs)
+    if isinstance(name, str):
+        import timm
+
+        if name in timm.list_models():
+            return timm_vit(name, **kwargs)
     raise ValueError(f"name: unknown encoder {name!r}; registered: {list_encoders()}, or any timm ViT name")
