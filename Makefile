@@ -16,6 +16,8 @@ $(VENV)/.deps-stamp:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q "scikit-build-core>=0.10" ninja "cmake>=3.26" pytest hypothesis expecttest \
 		numpy safetensors huggingface_hub timm pillow pyrwkv-tokenizer
+	# test-only: the CLIP key converter and the preprocessing are checked against transformers
+	$(PIP) install -q transformers
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -32,6 +34,9 @@ test: install
 
 test-cuda: install
 	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m cuda tests
+
+demo: install
+	$(PY) examples/text_lm.py
 
 bench: install
 	$(PY) benchmarks/wkv6.py
