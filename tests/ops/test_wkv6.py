@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import rwkv_vision
 from rwkv_vision.ops import backend_info, has_extension, wkv6, wkv6_ref
 
-from .wkv6_cases import NAMES, assert_matches_reference, make_inputs, rel_rms, run_with_grads
+from .wkv6_cases import NAMES, assert_matches_reference, in_two_segments, make_inputs, rel_rms, run_with_grads
 
 LENGTHS = (1, 2, 7, 63, 64, 65, 257)
 kernel = pytest.mark.skipif(not has_extension(), reason="compiled extension not built")
@@ -147,12 +147,7 @@ def test_segments_with_carried_state_equal_one_run(backend, split):
     run = lambda *a, **kw: wkv6(*a, backend=backend, **kw)  # noqa: E731
     y_full, s_full, g_full = run_with_grads(run, inputs)
 
-    def two_segments(r, k, v, w, u, s0, output_final_state):
-        y1, s1 = run(r[:, :split], k[:, :split], v[:, :split], w[:, :split], u, s0, True)
-        y2, s2 = run(r[:, split:], k[:, split:], v[:, split:], w[:, split:], u, s1, True)
-        return torch.cat([y1, y2], dim=1), s2
-
-    y_seg, s_seg, g_seg = run_with_grads(two_segments, inputs)
+    y_seg, s_seg, g_seg = run_with_grads(in_two_segments(run, split), inputs)
     assert rel_rms(y_seg, y_full) < 1e-6 and rel_rms(s_seg, s_full) < 1e-6
     for k in g_full:
         assert rel_rms(g_seg[k], g_full[k]) < 1e-6, k

@@ -7,7 +7,7 @@ import torch
 
 from rwkv_vision.ops import CUDA_HEAD_SIZES, backend_info, wkv6
 
-from .wkv6_cases import NAMES, assert_matches_reference, make_inputs, rel_rms, run_with_grads
+from .wkv6_cases import NAMES, assert_matches_reference, in_two_segments, make_inputs, rel_rms, run_with_grads
 
 pytestmark = pytest.mark.cuda
 
@@ -56,12 +56,7 @@ def test_segments_with_carried_state_equal_one_run(split):
     inputs = make_inputs(2, 100, 2, 64, device="cuda", seed=split)
     y_full, s_full, g_full = run_with_grads(cuda_wkv6, inputs)
 
-    def two_segments(r, k, v, w, u, s0, output_final_state):
-        y1, s1 = cuda_wkv6(r[:, :split], k[:, :split], v[:, :split], w[:, :split], u, s0, True)
-        y2, s2 = cuda_wkv6(r[:, split:], k[:, split:], v[:, split:], w[:, split:], u, s1, True)
-        return torch.cat([y1, y2], dim=1), s2
-
-    y_seg, s_seg, g_seg = run_with_grads(two_segments, inputs)
+    y_seg, s_seg, g_seg = run_with_grads(in_two_segments(cuda_wkv6, split), inputs)
     assert rel_rms(y_seg, y_full) < 1e-5 and rel_rms(s_seg, s_full) < 1e-5
     for k in g_full:
         assert rel_rms(g_seg[k], g_full[k]) < 1e-5, k

@@ -65,3 +65,14 @@ def assert_matches_reference(fn, inputs, tol, *, state_loss=True):
     for k, grad in grads.items():
         assert grad.dtype == inputs[k].dtype, f"d{k} has dtype {grad.dtype}, expected {inputs[k].dtype}"
     return errors
+
+
+def in_two_segments(run, split):
+    """``run`` over [0, split) then [split, t) with the state carried, as one call with run's signature."""
+
+    def call(r, k, v, w, u, s0, output_final_state):
+        y1, s1 = run(r[:, :split], k[:, :split], v[:, :split], w[:, :split], u, s0, output_final_state=True)
+        y2, s2 = run(r[:, split:], k[:, split:], v[:, split:], w[:, split:], u, s1, output_final_state=True)
+        return torch.cat([y1, y2], dim=1), s2
+
+    return call
