@@ -1,8 +1,14 @@
-"""Command line: ``python -m rwkv_vision.cli {chat,convert,info} ...``.
+"""Command line: ``rwkv-vision {chat,convert,info} ...`` (or ``python -m rwkv_vision.cli``).
 
-    chat     answer a question about an image with a VisualRWKV checkpoint
-    convert  rewrite a released .pth checkpoint as .safetensors (no pickle needed to load it afterwards)
-    info     print the sizes read from a checkpoint's tensor shapes
+    chat     answer a question about an image, streaming the answer to stdout
+    convert  rewrite a checkpoint (e.g. a released .pth) as a save_pretrained directory (config.json +
+             model.safetensors), or as one official-names .safetensors file
+    info     what a checkpoint holds (sizes, encoder, projector, scan, layout, dtype, parameter count) as JSON;
+             reads no tensor data
+
+A checkpoint (``--model`` / ``SOURCE``) is anything ``VisualRWKV.from_pretrained`` takes: a save_pretrained
+directory, a .pth or .safetensors file, a Hub repo id (with ``--filename`` for one file), or a short name
+such as ``visualrwkv-6.0-1b6``. Errors are printed as one line on stderr with exit status 1.
 """
 
 from __future__ import annotations
@@ -11,82 +17,123 @@ import argparse
 import json
 import sys
 
-import torch
+from .model_config import parse_dtype
 
-from .hub import from_pretrained, load_checkpoint, resolve_checkpoint, save_pretrained
+_DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+_SCANS = ("unidir", "bidir", "multidir", "snake", "zigzag")
+_LAYOUTS = ("image_first", "image_last", "sandwich", "first", "last")
+DEFAULT_MODEL = "visualrwkv-6.0-1b6"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def _load(args, **kwargs):
+    from .models.visualrwkv import VisualRWKV
+
+    return VisualRWKV.from_pretrained(
+        args.model if hasattr(args, "model") else args.source, args.filename, args.revision,
+        dtype=parse_dtype(getattr(args, "dtype", None)), device=getattr(args, "device", None), **kwargs,
+    )
 
 
-def _info(args) -> int:
-    from .models.rwkv6 import config_from_official_state_dict
-    from .vision.convert_clip import clip_config_from_state_dict
+def _chat(args) -> int:
+    image_path, question = args.image, args.question
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    image = None
+    if image_path is not None:
+        from PIL import Image, UnidentifiedImageError
 
-    sd = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    rwkv = config_from_official_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("rwkv.")})
-    vision = clip_config_from_state_dict(sd, prefix="vit.vision_model.")
-    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in sd.values()})
-    info = dict(rwkv=rwkv, vision=vision, proj=list(sd["proj.weight"].shape) if "proj.weight" in sd else None,
-                tensors=len(sd), parameters=sum(v.numel() for v in sd.values()), dtypes=dtypes)
-    print(json.dumps(info, indent=2))
+        try:
+            image = Image.open(image_path)
+            image.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"IMAGE: cannot open {image_path!r} as an image ({e})") from None
+    model = _load(args, **({"scan": args.scan} if args.scan else {}))
+    tok = model.get_tokenizer()
+    if args.no_stream:
+        print(model.chat(image, question, layout=args.layout, max_new_tokens=args.max_new_tokens))
+        return 0
+    from .generation import TextStreamer
+
+    seen, shown = [""], [""]
+
+    def on_text(row: int, text: str) -> None:
+        # Print the answer as chat() returns it: up to the first blank line (the stop token "\n\n" is
+        # generated but not shown), without the space that follows "Assistant:".
+        seen[0] += text
+        answer = seen[0].split("\n\n")[0].lstrip()
+        if len(answer) > len(shown[0]) and answer.startswith(shown[0]):
+            sys.stdout.write(answer[len(shown[0]):])
+            sys.stdout.flush()
+            shown[0] = answer
+
+    model.chat(image, question, layout=args.layout, max_new_tokens=args.max_new_tokens,
+               streamer=TextStreamer(tok, on_text=on_text))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
     return 0
 
 
 def _convert(args) -> int:
-    model = from_pretrained(args.checkpoint)
-    out = save_pretrained(model, args.output, dtype=_DTYPES[args.dtype] if args.dtype else None)
+    kwargs = {k: v for k, v in (("scan", args.scan), ("layout", args.layout)) if v}
+    model = _load(args, **kwargs)
+    out = model.save_pretrained(args.output)
     print(f"wrote {out}")
     return 0
 
 
-def _chat(args) -> int:
-    from PIL import Image
+def _info(args) -> int:
+    from .hub import describe_checkpoint
 
-    from .generation import TextStreamer
-
-    model = from_pretrained(args.checkpoint, scan=args.scan, device=args.device,
-                            dtype=_DTYPES[args.dtype] if args.dtype else None).eval()
-    image = Image.open(args.image) if args.image else None
-    tok = model.get_tokenizer()
-    streamer = TextStreamer(tok) if args.stream else None
-    answer = model.chat(image, args.question, layout=args.layout, max_new_tokens=args.max_new_tokens,
-                        streamer=streamer)
-    if streamer is not None:
-        print()
-    else:
-        print(answer)
+    print(json.dumps(describe_checkpoint(args.source, args.filename, args.revision), indent=2))
     return 0
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filename", default=None, help="the file inside a Hub repo (or a local directory)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rwkv-vision", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("chat", help="answer a question about an image")
-    p.add_argument("checkpoint", help="file, released name (e.g. visualrwkv-6.0-1b6) or owner/repo/file")
-    p.add_argument("--image", help="image file (omit for text only)")
-    p.add_argument("--question", required=True)
-    p.add_argument("--layout", default=None, choices=["first", "last", "sandwich"], help="default: sandwich")
-    p.add_argument("--scan", default=None, choices=["unidir", "bidir", "multidir", "snake", "zigzag"],
-                   help="default: bidir (the released weights)")
+
+    p = sub.add_parser("chat", help="answer a question about an image (streamed to stdout)")
+    p.add_argument("image", nargs="?", default=None, metavar="IMAGE", help="an image file (omit for text only)")
+    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"directory, file, Hub repo id or released name (default {DEFAULT_MODEL}, downloads 3.8 GB)")
+    _add_source(p)
+    p.add_argument("--layout", default=None, choices=_LAYOUTS, help="where the image goes (default: the model's)")
+    p.add_argument("--scan", default=None, choices=_SCANS, help="patch order per layer (default: the model's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=sorted(_DTYPES))
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES, help="default: the checkpoint's")
+    p.add_argument("--device", default=None, help="e.g. cuda, cpu (default cpu)")
+    p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
     p.set_defaults(func=_chat)
-    p = sub.add_parser("convert", help="write a checkpoint as .safetensors")
-    p.add_argument("checkpoint")
-    p.add_argument("output", help="a .safetensors path")
-    p.add_argument("--dtype", default=None, choices=sorted(_DTYPES))
+
+    p = sub.add_parser("convert", help="write a checkpoint as a save_pretrained directory")
+    p.add_argument("source", help="directory, file, Hub repo id or released name")
+    p.add_argument("output", help="a directory (config.json + model.safetensors), or a path ending in .safetensors")
+    _add_source(p)
+    p.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES, help="cast the weights (default: keep)")
+    p.add_argument("--scan", default=None, choices=_SCANS, help="scan policy to record (default: the source's)")
+    p.add_argument("--layout", default=None, choices=_LAYOUTS, help="layout to record (default: the source's)")
     p.set_defaults(func=_convert)
-    p = sub.add_parser("info", help="sizes read from a checkpoint")
-    p.add_argument("checkpoint")
+
+    p = sub.add_parser("info", help="describe a checkpoint as JSON")
+    p.add_argument("source", help="directory, file, Hub repo id or released name")
+    _add_source(p)
     p.set_defaults(func=_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"rwkv-vision {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -134,7 +134,67 @@ class VisualRWKV(nn.Module):
             self.preprocessor = ImagePreprocessor(self.encoder.image_size[0])
         return self.preprocessor
 
-    # --- loading -----------------------------------------------------------------------------------------
+    @property
+    def image_preprocessor(self) -> ImagePreprocessor:
+        """PIL image(s) -> pixel_values [n, 3, H, W] for this encoder (CLIP preprocessing at the encoder's size
+        unless one was given); saved in and restored from ``config.json``."""
+        return self.get_preprocessor()
+
+    @image_preprocessor.setter
+    def image_preprocessor(self, preprocessor: ImagePreprocessor | None) -> None:
+        if preprocessor is not None and not callable(preprocessor):
+            raise TypeError(f"image_preprocessor must be an ImagePreprocessor (or None), got {type(preprocessor).__name__}")
+        self.preprocessor = preprocessor
+
+    # --- loading and saving ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Any,
+        filename: str | None = None,
+        revision: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> VisualRWKV:
+        """Load a model: a :meth:`save_pretrained` directory, a released ``.pth``, a ``.safetensors`` file with
+        the released key names, or a Hugging Face Hub repo id (with ``filename`` for a single file, e.g.
+        ``VisualRWKV.from_pretrained("howard-hou/visualrwkv-6", "VisualRWKV-v060-1B6-v1.0-20240612.pth")``).
+
+        ``dtype``/``device`` cast after reading (default: the file's dtype, on the CPU). Keyword options:
+        ``cache_dir``, ``progress`` (progress bar; default only for files >= 256 MiB), and ``scan``,
+        ``layout``, ``tokenizer``, ``preprocessor``, ``freeze_encoder`` replacing the checkpoint's. Returns
+        the model in eval mode. See :func:`rwkv_vision.hub.from_pretrained`.
+        """
+        from ..hub import from_pretrained
+
+        return from_pretrained(name_or_path, filename, revision, dtype, device, cls=cls, **kwargs)
+
+    def save_pretrained(
+        self, path: str | Any, *, dtype: torch.dtype | str | None = None, metadata: dict | None = None
+    ) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) into the directory ``path``
+        (or, for a ``.safetensors`` path, one file in the released flat layout). Returns the path.
+        See :func:`rwkv_vision.hub.save_pretrained` and :mod:`rwkv_vision.model_config`."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, path, dtype=dtype, metadata=metadata)
+
+    def to_config(self) -> dict[str, Any]:
+        """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.model_config`)."""
+        from ..model_config import model_to_config
+
+        return model_to_config(self)[0]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, device=None, dtype=None, **kwargs: Any) -> VisualRWKV:
+        """A freshly initialised model from :meth:`to_config` data (a ``"word"``/``"class"`` tokenizer entry
+        needs ``tokenizer=``, since its file is not part of the config)."""
+        from ..model_config import model_from_config
+
+        return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
+
 
     @classmethod
     def from_official_state_dict(
@@ -367,8 +427,9 @@ class VisualRWKV(nn.Module):
         """Answer ``question`` about ``image`` (a PIL image, a list of them, or None for text only).
 
         ``question`` is a string or a conversation (see :mod:`rwkv_vision.prompt`); the layout (default:
-        the model's, Sandwich for the released weights) places the image. Greedy by default; stops on
-        "\\n\\n" (261) or 0; the answer is the decoded text up to the first "\\n\\n", stripped.
+        the model's, Sandwich for the released weights) places the image. Greedy by default; stops on the
+        tokenizer's ``stop_token_ids`` if it has them, else "\\n\\n" (261) or 0; the answer is the decoded
+        text up to the first "\\n\\n", stripped.
         """
         tok = tokenizer if tokenizer is not None else self.get_tokenizer()
         rows, cols = self.encoder.grid
@@ -379,7 +440,8 @@ class VisualRWKV(nn.Module):
         pixels = None
         if images:
             pixels = self.get_preprocessor()(images, device=device, dtype=next(self.encoder.parameters()).dtype)
-        overrides.setdefault("stop_tokens", CHAT_STOP_TOKENS)
+        # A tokenizer of its own (e.g. WordTokenizer) knows its "\n\n" and end ids; World's are the default.
+        overrides.setdefault("stop_tokens", tuple(getattr(tok, "stop_token_ids", CHAT_STOP_TOKENS)))
         out = self.generate(
             prompt.to_tensor(device=device), pixels, max_new_tokens=max_new_tokens, streamer=streamer, **overrides
         )
