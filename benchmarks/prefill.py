@@ -1,0 +1,88 @@
+"""Prefill of a long prompt (24,576 tokens, batch 1) by a 7B model: time and peak memory.
+
+Systems, one at a time in this process (random weights, bf16 on a GPU):
+  - rwkv_vision RWKV6 chunked: ``RWKV6.forward(chunk_size=...)``, state carried, last logits only
+    (what ``Decoder.prefill`` runs); memory should be weights + one chunk's activations
+  - rwkv_vision RWKV6 one pass: the same without chunks (activations for the whole prompt)
+  - fla 0.6.0 RWKV6ForCausalLM: one pass, chunk_rwkv6 kernels (missing if not installed)
+  - transformers Llama-2-7B shape: one pass, SDPA, KV cache kept (as generation needs it)
+
+Per system: the median wall time of --repeat prefills after --warmup (CUDA events), the peak memory
+(max_memory_allocated, weights included) and the part above the weights.
+
+    python benchmarks/prefill.py                 # 7B, 24,576 tokens (GPU)
+    python benchmarks/prefill.py --tiny          # smoke run on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import _common as C
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(parser, default_repeat=3)
+    parser.set_defaults(warmup=1)
+    parser.add_argument("--tokens", type=int, default=None, help="prompt length (default 24576)")
+    parser.add_argument("--chunk-sizes", default=None, help="comma-separated chunk sizes of ours (default 2048)")
+    args = parser.parse_args(argv)
+    device, dtype = C.resolve(args)
+    tokens = args.tokens or (64 if args.tiny else 24576)
+    chunks = [int(c) for c in (args.chunk_sizes or ("16" if args.tiny else "2048")).split(",")]
+    rwkv_cfg, llama_cfg = (C.RWKV_TINY, C.LLAMA_TINY) if args.tiny else (C.RWKV_7B, C.LLAMA_7B)
+    C.header(f"prefill of {tokens} tokens, batch 1", device, dtype)
+
+    def ours(chunk):
+        def make():
+            model = C.build_rwkv(rwkv_cfg, device, dtype)
+            return model, C.OursForward(model, chunk)
+        return make
+
+    def hf(build, cfg):
+        def make():
+            model = build(cfg, device, dtype)
+            return model, C.HFCausal(model)
+        return make
+
+    systems = {f"rwkv_vision RWKV6 chunked ({c})": (ours(c), rwkv_cfg["vocab_size"]) for c in chunks}
+    systems["rwkv_vision RWKV6 one pass"] = (ours(None), rwkv_cfg["vocab_size"])
+    systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (hf(C.build_fla, rwkv_cfg), rwkv_cfg["vocab_size"])
+    systems["transformers Llama (SDPA) one pass"] = (hf(C.build_llama, llama_cfg), llama_cfg["vocab_size"])
+
+    rows = []
+    for name, (make, vocab) in systems.items():
+        if not C.wanted(args, name):
+            continue
+        model = runner = None
+        try:
+            model, runner = make()
+            weights = C.param_bytes(model) / C.GIB
+            ids = C.random_ids(1, tokens, vocab, device, seed=1)
+
+            def run():
+                runner.close()  # drop the last prompt's state / KV cache before reading the next
+                runner.prefill(ids)
+
+            C.free(device)
+            C.reset_peak(device)
+            ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
+            peak = C.peak_gib(device)
+            rows.append([name, tokens, C.fmt(ms / 1e3, 3), C.fmt(tokens / ms * 1e3, 0), C.fmt(peak),
+                         C.fmt(weights), C.fmt(peak - weights), ""])
+        except C.Missing as err:
+            rows.append([name, tokens, "missing", "", "", "", "", str(err)[:160]])
+        except Exception as err:  # noqa: BLE001 - an OOM or a peer's failure must not hide the rest
+            rows.append([name, tokens, "error", "", "", "", "", C.error_text(err)])
+        finally:
+            del model, runner
+            C.free(device)
+    C.print_table(["system", "tokens", "prefill s (median)", "tokens/s", "peak GiB", "weights GiB",
+                   "peak - weights GiB", "note"], rows)
+
+
+if __name__ == "__main__":
+    main()

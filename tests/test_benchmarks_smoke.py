@@ -1,0 +1,38 @@
+"""The model benchmarks run end to end in their --tiny mode (CPU, seconds each) and print their table.
+
+They are scripts for a GPU (docs/performance_gpu_plan.md); this only guards against them rotting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    "script,header",
+    [
+        ("decode.py", "| system | context | decode ms/token"),
+        ("prefill.py", "| system | tokens | prefill s"),
+        ("batched_decode.py", "| system | batch | context | step ms"),
+        ("vlm_e2e.py", "| ours vs LLaVA |"),
+    ],
+)
+def test_benchmark_runs_in_tiny_mode(script, header):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--tiny", "--device", "cpu", "--warmup", "1", "--repeat", "3"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert header in out
+    assert "| error |" not in out, out
+    # A peer that is not installed is reported, never silently dropped.
+    if script != "vlm_e2e.py":
+        assert "fla 0.6.0 RWKV6ForCausalLM" in out
