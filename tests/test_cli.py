@@ -115,3 +115,14 @@ def test_convert_to_one_safetensors_file_and_info_on_it(pth, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "official .safetensors" and info["dtype"] == "float32"
     assert info["parameters_by_part"]["projector"] == 32 * 64
+
+
+def test_console_script_is_installed():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "rwkv-vision"
+    assert script.exists(), "pip install did not create the rwkv-vision command"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "chat" in out and "convert" in out and "info" in out
