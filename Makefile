@@ -36,7 +36,7 @@ test-cuda: install
 	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m cuda tests
 
 demo: install
-	$(PY) examples/text_lm.py
+	$(PY) examples/demo.py
 
 bench: install
 	$(PY) benchmarks/wkv6.py

@@ -1,7 +1,8 @@
 """Train a small VisualRWKV from scratch on ShapesVQA, on one CPU, one GPU or several processes.
 
-    python examples/train_toy.py --steps 3000 --out runs/toy                  # one process (CPU or GPU)
-    torchrun --nproc_per_node 2 examples/train_toy.py --steps 3000 --out runs/toy   # DDP (gloo / nccl)
+    python examples/train_toy.py --out runs/toy                                   # one process (CPU or GPU)
+    torchrun --standalone --nproc_per_node 2 examples/train_toy.py --out runs/toy   # DDP (gloo / nccl)
+    python examples/train_toy.py --steps 300 --scan multidir --layout first --decay static   # a variant
 
 The model is built only from the library's public pieces: a CLIP-shaped timm ViT trained from scratch
 (``timm_vit``), a ``LinearProjector``, an ``RWKV6`` of a few layers and the ``WordTokenizer``, joined by
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -78,6 +80,7 @@ class ToyConfig:
     vit_width: int = 128
     vit_depth: int = 2
     vit_mlp_ratio: float = 4.0
+    pos_embed_std: float = 0.5
     n_layer: int = 4
     n_embd: int = 128
     head_size: int = 32
@@ -116,7 +119,8 @@ def build_model(
     encoder = timm_vit(
         "vit_base_patch16_clip_224", img_size=config.image_size, patch_size=config.patch_size,
         embed_dim=config.vit_width, depth=config.vit_depth, num_heads=config.vit_width // 64,
-        mlp_ratio=config.vit_mlp_ratio, pre_norm=True, act_layer="quick_gelu", cls="last", layer=-1,
+        mlp_ratio=config.vit_mlp_ratio, pre_norm=True, final_norm=False, act_layer="quick_gelu", cls="last",
+        layer=-1,
         device=device,
     )
     rwkv = RWKV6(
@@ -125,6 +129,12 @@ def build_model(
         data_dependent_lerp=config.data_dependent_lerp, data_dependent_decay=config.data_dependent_decay,
         device=device,
     )
+    with torch.no_grad():
+        # timm starts position embeddings near zero (std 0.02, |pos| ~ 0.2 against |patch| ~ 8). A recurrent
+        # LM has no other way to tell which image token is which cell than its content, so questions about
+        # one cell ("the top left") only become learnable once the position grows; starting it at the
+        # patch embeddings' scale makes every patch token say where it is from the first step.
+        encoder.vit.pos_embed.normal_(0.0, config.pos_embed_std)
     proj = LinearProjector(encoder.width, rwkv.n_embd, device=device)
     return VisualRWKV(
         rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, tokenizer=tokenizer,
@@ -296,9 +306,10 @@ def setup_distributed(device_arg: str, threads: int | None) -> tuple[int, int, t
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         # Processes on one machine share its cores; oversubscribing them makes every step slower.
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+        # One thread per process by default: at this size intra-op parallelism gains little, and on shared
+        # cores its spinning threads make every step several times slower.
+        torch.set_num_threads(threads or 1)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
@@ -312,25 +323,66 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int, final_fraction: floa
     return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    # Decay only matrices: decaying gains, biases, mixing coefficients and decay rates pulls them toward
-    # values (0) that mean something specific in RWKV, not toward "simpler".
-    decay, no_decay = [], []
+def fix_vit_attention(model: VisualRWKV) -> None:
+    """Keep each ViT block's query/key projections and the LayerNorm before the attention at their random
+    initialisation (no gradient reaches them); values, outputs, MLPs and embeddings still train.
+
+    Why: trained from scratch at a useful learning rate, this small ViT's attention logits grow until
+    every patch attends to the same token (the attention entropy falls from log(k) to ~0.5 within a few
+    hundred steps); the image features then become the same for every image and the model is left with
+    answer priors (loss stuck at ~0.73). Fixed random queries and keys keep the attention a near-uniform
+    mixing, which costs nothing here: each patch is one grid cell, so per-patch features carry the
+    perception, and the RWKV-6 layers relate the cells.
+    """
+    for block in model.encoder.vit.blocks:
+        qkv = block.attn.qkv
+        width = qkv.weight.shape[1]
+
+        def zero_qk(grad: torch.Tensor, width: int = width) -> torch.Tensor:
+            grad = grad.clone()
+            grad[: 2 * width] = 0  # rows [q; k; v]: only v learns
+            return grad
+
+        qkv.weight.register_hook(zero_qk)
+        if qkv.bias is not None:
+            qkv.bias.register_hook(zero_qk)
+        block.norm1.requires_grad_(False)
+
+
+def make_optimizer(
+    model: torch.nn.Module, *, lr: float, weight_decay: float, encoder_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """AdamW over four groups: (vision side | language model) x (decayed | not). Each group carries
+    ``lr_scale``; the training loop sets ``lr = lr_scale * schedule(step)``."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "time_" not in name and "pos_embed" not in name else no_decay).append(p)
+        # Decay only matrices: decaying gains, biases, mixing coefficients and decay rates pulls them toward
+        # values (0) that mean something specific in RWKV, not toward "simpler".
+        decay = p.dim() >= 2 and "time_" not in name and "pos_embed" not in name
+        # The ViT's position embedding is not image-dependent (it cannot collapse the features to one image),
+        # and it is what tells cells apart: it learns at the LM's rate.
+        vision = name.startswith(("encoder.", "proj.")) and not name.endswith("pos_embed")
+        groups.setdefault((vision, decay), []).append(p)
     return torch.optim.AdamW(
-        [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+        [dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=encoder_lr_scale if vision else 1.0)
+         for (vision, decay), ps in sorted(groups.items())],
         lr=lr, betas=(0.9, 0.99), eps=1e-8,
     )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split evenly over the processes)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate of the language model")
+    p.add_argument("--encoder-lr-scale", type=float, default=0.5,
+                   help="learning-rate factor of the ViT and projector (a from-scratch ViT trained at the LM's rate "
+                        "tends to collapse to image-independent features while the LM learns answer priors)")
+    p.add_argument("--vit-attention", default="fixed", choices=["fixed", "learned"],
+                   help="fixed: the ViT's query/key projections and the LayerNorm before them keep their random "
+                        "initialisation (see fix_vit_attention); learned: everything trains")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
@@ -347,6 +399,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-objects", type=int, default=None, help="default: min(5, grid**2)")
     p.add_argument("--min-objects", type=int, default=1)
     p.add_argument("--question-types", default=",".join(QUESTION_TYPES), help="comma-separated subset")
+    p.add_argument("--curriculum-fraction", type=float, default=0.25,
+                   help="the first fraction of the steps asks only --curriculum-types (0: the full mix throughout)")
+    p.add_argument("--curriculum-types", default="color_at,shape_at")
     p.add_argument("--instruction", action="store_true", help="append the short-answer instruction to questions")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
@@ -355,11 +410,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vit-depth", type=int, default=2)
     p.add_argument("--eval-size", type=int, default=1000, help="held-out test-split samples scored at the end")
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the test-split stream")
+    p.add_argument("--val-every", type=int, default=0,
+                   help="every this many steps, print greedy exact match on --val-size validation samples (0: never)")
+    p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of this save_pretrained directory instead of a fresh initialisation")
     p.add_argument("--out", type=Path, default=None, help="directory for save_pretrained (rank 0); none: no save")
+    p.add_argument("--result-json", type=Path, default=None, help="write the summary (losses, accuracy) here (rank 0)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--dump-rank-weights", type=Path, default=None,
                    help="(for tests) each rank writes its final weights, rank 0 also the initial ones, here")
@@ -373,7 +434,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--eval-size and --warmup must be >= 0")
     if args.lr <= 0:
         p.error("--lr must be > 0")
+    if not 0 <= args.curriculum_fraction < 1:
+        p.error(f"--curriculum-fraction must be in [0, 1), got {args.curriculum_fraction}")
     return args
+
+
+def curriculum_types(text: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in QUESTION_TYPES]
+    if not types or unknown:
+        raise ValueError(f"--curriculum-types: unknown {unknown} (choose from {','.join(QUESTION_TYPES)})")
+    return types
 
 
 def config_from_args(args: argparse.Namespace) -> ToyConfig:
@@ -390,6 +461,12 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
     )
 
 
+def launch_command(world: int, argv: Sequence[str]) -> str:
+    """The command line that reproduces this run (torchrun for several processes)."""
+    launcher = ["python"] if world == 1 else ["torchrun", "--standalone", f"--nproc_per_node={world}"]
+    return shlex.join([*launcher, "examples/train_toy.py", *argv])
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate on the test split, save (rank 0). Returns a summary dict (on every rank)."""
     rank, world, device = setup_distributed(args.device, args.threads)
@@ -401,6 +478,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)
     model = build_model(config, scan=args.scan, layout=args.layout, device=device)
+    if args.init_from is not None:
+        # Continue from a saved model (e.g. a longer schedule in two runs); sizes and variants must match.
+        saved = VisualRWKV.from_pretrained(args.init_from)
+        try:
+            model.load_state_dict(saved.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"--init-from {args.init_from}: its weights do not fit the model these arguments "
+                             f"build ({e})") from None
+        del saved
     n_params = sum(p.numel() for p in model.parameters())
     log(f"toy VisualRWKV: {n_params / 1e6:.2f} M parameters, {model.image_tokens} tokens per image, "
         f"scan={model.scan!r}, layout={type(model.layout).__name__}, processes={world}, device={device}")
@@ -410,28 +496,43 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         args.dump_rank_weights.mkdir(parents=True, exist_ok=True)
         save_file(flat_state_dict(model), str(args.dump_rank_weights / "init.safetensors"))
 
+    if args.vit_attention == "fixed":
+        fix_vit_attention(model)
     collator = ToyCollator(model, instruction=config.instruction)
-    train_set = config.dataset("train", size=args.steps * args.batch_size, seed=args.seed)
-    sampler = torch.utils.data.DistributedSampler(
-        train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
-    )
-    loader = torch.utils.data.DataLoader(train_set, batch_size=local_batch, sampler=sampler, collate_fn=collator)
+    # Stages of (steps, question types): an optional curriculum of questions about one cell first, then
+    # the full mix. Each stage is its own deterministic stream, split over the ranks by a DistributedSampler.
+    stages = [(args.steps, config.question_types)]
+    first = int(args.curriculum_fraction * args.steps)
+    if first:
+        stages = [(first, curriculum_types(args.curriculum_types)), (args.steps - first, config.question_types)]
+    loaders = []
+    for n_steps, types in stages:
+        stage_set = dataclasses.replace(config, question_types=types).dataset(
+            "train", size=n_steps * args.batch_size, seed=args.seed)
+        sampler = torch.utils.data.DistributedSampler(
+            stage_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+        )
+        loaders.append(torch.utils.data.DataLoader(stage_set, batch_size=local_batch, sampler=sampler,
+                                                   collate_fn=collator))
+    loader = itertools.chain(*loaders)
 
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay,
+                               encoder_lr_scale=args.encoder_lr_scale)
     model.train()
     start = last = time.perf_counter()
     history = []
     run_loss = run_correct = run_count = 0.0
+    val_samples, val_history = None, []
     for step, batch in enumerate(loader):
         if step >= args.steps:
             break
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps=args.steps, lr=args.lr, warmup=args.warmup)
+            group["lr"] = group["lr_scale"] * lr_at(step, steps=args.steps, lr=args.lr, warmup=args.warmup)
         logits, _ = net(batch["input_ids"].to(device), batch["pixel_values"].to(device))
         labels = batch["labels"].to(device)
         loss, correct = answer_loss(logits, labels)
@@ -447,12 +548,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             now = time.perf_counter()
             n = args.log_every if (step + 1) % args.log_every == 0 else (step + 1) % args.log_every
             entry = dict(step=step + 1, loss=run_loss / n, token_acc=run_correct / max(run_count, 1),
-                         lr=optimizer.param_groups[0]["lr"], elapsed=now - start)
+                         lr=lr_at(step, steps=args.steps, lr=args.lr, warmup=args.warmup), elapsed=now - start)
             history.append(entry)
             log(f"step {step + 1:5d}  loss {entry['loss']:.4f}  answer-token acc {100 * entry['token_acc']:5.1f}%  "
                 f"lr {entry['lr']:.2e}  {n / (now - last):.2f} steps/s  ({now - start:.0f}s)")
             run_loss = run_correct = run_count = 0.0
             last = now
+        if args.val_every and (step + 1) % args.val_every == 0 and step + 1 < args.steps:
+            # The val split (scenes disjoint from train and test), on rank 0 only: a progress signal.
+            if rank == 0:
+                if val_samples is None:
+                    val = config.dataset("val", size=args.val_size, seed=args.seed)
+                    val_samples = [val[i] for i in range(len(val))]
+                ev = evaluate(model, val_samples, batch_size=args.eval_batch_size, instruction=config.instruction)
+                val_history.append(dict(step=step + 1, accuracy=ev["accuracy"], per_type=ev["per_type"]))
+                log(f"  val exact match {100 * ev['accuracy']:.1f}%: " + ", ".join(
+                    f"{t} {100 * c / n:.0f}" for t, (c, n) in ev["per_type"].items()))
+            last = time.perf_counter()  # evaluation time is not training time
     train_seconds = time.perf_counter() - start
 
     if args.dump_rank_weights is not None:
@@ -460,7 +572,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         save_file(flat_state_dict(model), str(args.dump_rank_weights / f"rank{rank}.safetensors"))
 
-    result: dict[str, Any] = dict(parameters=n_params, train_seconds=train_seconds, history=history, world_size=world)
+    result: dict[str, Any] = dict(parameters=n_params, train_seconds=train_seconds, history=history,
+                                  val_history=val_history, world_size=world)
     if args.eval_size:
         # Each rank scores its own stride of the held-out samples; the counts are summed.
         test_set = config.dataset("test", size=args.eval_size, seed=args.eval_seed)
@@ -481,13 +594,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # The training recipe travels inside config.json, so evaluate_toy.py and the demo can rebuild the
         # matching dataset and anyone can see how the weights were made.
         metadata = dict(
-            trained_by="examples/train_toy.py", command=shlex.join(["python", "examples/train_toy.py", *args.argv]),
+            trained_by="examples/train_toy.py", command=launch_command(world, args.argv),
+            arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "argv"},
             toy_config=dataclasses.asdict(config), seed=args.seed, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, world_size=world, parameters=n_params, train_seconds=round(train_seconds, 1),
             eval=result.get("eval"),
         )
         save_model(model, args.out, dtype=dtype, metadata=metadata)
         log(f"saved to {args.out}")
+    if rank == 0 and args.result_json is not None:
+        args.result_json.parent.mkdir(parents=True, exist_ok=True)
+        args.result_json.write_text(json.dumps(dict(result, argv=args.argv, toy_config=dataclasses.asdict(config)),
+                                               indent=1) + "\n")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Command line: ``rwkv-vision {chat,convert,info} ...`` (or ``python -m rwkv_vision.cli``).
+"""Command line: ``rwkv-vision {chat,convert,info,demo} ...`` (or ``python -m rwkv_vision.cli``).
 
     chat     answer a question about an image, streaming the answer to stdout
     convert  rewrite a checkpoint (e.g. a released .pth) as a save_pretrained directory (config.json +
@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from . import demo
 from .model_config import parse_dtype
 
 _DTYPE_CHOICES = ("float32", "bfloat16", "float16")
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="directory, file, Hub repo id or released name")
     _add_source(p)
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="the shipped toy model answering questions about images, offline")
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.demo)
     return parser
 
 

@@ -68,7 +68,9 @@ class _TimedStreamer:
         self.times.append(time.perf_counter())
         self.tokens.append(token)
         if token not in self.stop:
-            self.out.write(self.tokenizer.decode([token]))
+            text = self.tokenizer.decode([token])
+            # The first answer token carries the space after "Assistant:"; the answer is shown without it.
+            self.out.write(text.lstrip() if len(self.tokens) == 1 else text)
             self.out.flush()
 
 
@@ -91,6 +93,23 @@ def answer_streamed(model, image, question: str, *, max_new_tokens: int = 8, out
         time_to_first_token=(times[0] - start) if times else None,
         time_per_token=((times[-1] - times[0]) / (len(times) - 1)) if len(times) > 1 else None,
     )
+
+
+EXAMPLE_QUESTIONS = (
+    "What color is the shape in the top left?", "What shape is in the center?", "How many red shapes are there?",
+    "How many circles are there?", "What is left of the red square?", "Is there a yellow circle?",
+)
+
+
+def _check_question(model, question: str) -> None:
+    """Tokenise the prompt once before anything is printed, so an unknown word is reported up front."""
+    try:
+        model.layout.tokenize(question, model.get_tokenizer(), num_images=1)
+    except ValueError as e:
+        raise ValueError(
+            f"question: {e}\nthe model knows only the ShapesVQA words (case-sensitive), e.g. "
+            + "; ".join(repr(q) for q in EXAMPLE_QUESTIONS)
+        ) from None
 
 
 def _ms(seconds: float | None) -> str:
@@ -149,6 +168,8 @@ def run_demo(
     elif not isinstance(model, torch.nn.Module):
         model = VisualRWKV.from_pretrained(model, device=device)
     model.eval()
+    if question:
+        _check_question(model, question)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"writing images to {output_dir.resolve()}", file=out)

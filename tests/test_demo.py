@@ -1,0 +1,63 @@
+"""The offline demo (examples/demo.py, rwkv_vision.demo): it streams answers, times them, writes PNGs."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
+from rwkv_vision import demo as demo_module
+from rwkv_vision.data import ShapesVQA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_script_streams_answers_and_writes_pngs(tmp_path):
+    out_dir = tmp_path / "pngs"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), "--num-images", "2", "--output-dir", str(out_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pngs = sorted(out_dir.glob("*.png"))
+    assert len(pngs) == 2
+    assert Image.open(pngs[0]).size == (48 * demo_module.PNG_SCALE,) * 2
+    data = ShapesVQA("test", size=2, seed=0, image_size=48, grid=3)
+    for i in range(2):
+        assert f"question: {data[i].question}" in proc.stdout
+        assert f"truth:    {data[i].answer}" in proc.stdout
+    assert proc.stdout.count("answer:   ") == 2 and proc.stdout.count("time to first token") == 2
+    assert str(out_dir.resolve()) in proc.stdout
+
+
+def test_own_image_and_question(tmp_path):
+    sample = ShapesVQA("test", size=1, seed=0, image_size=48, grid=3)[0]
+    image = tmp_path / "mine.png"
+    # A bigger image than the model's input: the preprocessor resizes it back to 48 px.
+    sample.image.resize((144, 144), Image.Resampling.NEAREST).save(image)
+    out = io.StringIO()
+    records = demo_module.run_demo(image=str(image), question=sample.question, output_dir=tmp_path / "o", out=out)
+    assert len(records) == 1 and records[0]["answer"] and records[0]["truth"] is None
+    text = out.getvalue()
+    assert f"question: {sample.question}" in text and f"answer:   {records[0]['answer']}" in text
+    assert (tmp_path / "o" / "your_image_model_view.png").is_file()
+    assert records[0]["time_to_first_token"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image", "x.png"], "needs --question"),
+        (["--image", "missing.png", "--question", "How many shapes are there?"], "cannot read"),
+        (["--num-images", "1", "--question", "how many dogs?"], "unknown piece"),
+    ],
+)
+def test_bad_input_is_reported(argv, message, tmp_path, capsys):
+    code = demo_module.main([*argv, "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
