@@ -61,3 +61,25 @@ def test_bad_input_is_reported(argv, message, tmp_path, capsys):
     code = demo_module.main([*argv, "--output-dir", str(tmp_path)])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_readme_own_image_command(tmp_path, capsys):
+    """The README's `rwkv-vision demo --image PATH --question "..."` line, run as written on a test image."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = re.search(r"`(rwkv-vision demo --image PATH [^`]*)`", readme)
+    assert line, "the README no longer shows the own-image demo command"
+    argv = shlex.split(line.group(1))[2:]
+    sample = ShapesVQA("test", size=1, seed=0, image_size=48, grid=3)[0]
+    sample.image.save(tmp_path / "mine.png")
+    argv[argv.index("PATH")] = str(tmp_path / "mine.png")
+    assert demo_module.main([*argv, "--output-dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "question: What color is the shape in the top left?" in out and "answer:   " in out
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    assert demo_module.main(["--num-images", "1", "--threads", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

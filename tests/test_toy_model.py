@@ -38,8 +38,8 @@ def test_shipped_files_are_small_and_say_how_they_were_made():
     assert sum(p.stat().st_size for p in directory.iterdir()) <= 10 * 2**20
     metadata = json.loads((directory / "config.json").read_text())["metadata"]
     assert "examples/train_toy.py" in metadata["command"]
-    # The measured held-out accuracy recorded with the weights (89.5 %: the 90 % goal is not reached yet).
-    assert metadata["eval"]["accuracy"] >= 0.89 and metadata["eval"]["total"] >= 1000
+    # The held-out accuracy measured at the end of training (96.9 % on 1000 test-split samples).
+    assert metadata["eval"]["accuracy"] >= 0.9 and metadata["eval"]["total"] >= 1000
     assert metadata["command"] in (directory / "README.md").read_text()
 
 
@@ -61,7 +61,7 @@ def test_answers_held_out_questions(model, samples):
     answers = [model.chat(s.image, s.question, max_new_tokens=4) for s in samples]
     right = [exact_match(a, s.answer) for a, s in zip(answers, samples)]
     report = [f"{s.question!r}: {a!r} (true {s.answer!r})" for a, s in zip(answers, samples)]
-    assert sum(right) >= N_QUESTIONS - 4, "\n".join(report)
+    assert sum(right) >= N_QUESTIONS - 2, "\n".join(report)
 
 
 def test_batched_evaluation_equals_one_by_one_chat(model, samples):

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the PNG files are written")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (1: this model is too small to gain from more, and on busy cores "
+                             "extra threads mostly wait for each other)")
     return parser
 
 
@@ -74,12 +77,14 @@ class _TimedStreamer:
             self.out.flush()
 
 
-def answer_streamed(model, image, question: str, *, max_new_tokens: int = 8, out: TextIO = sys.stdout) -> dict[str, Any]:
+def answer_streamed(model, image, question: str, *, max_new_tokens: int = 8, out: TextIO | None = None) -> dict[str, Any]:
     """Answer ``question`` about ``image`` (PIL) with ``model.chat``, printing the answer as it streams.
 
     Returns ``{"answer", "tokens", "time_to_first_token", "time_per_token"}`` (seconds; ``time_per_token``
     is the mean gap between consecutive tokens, None with a single token).
     """
+    # Looked up at call time, not import time, so a later redirection of sys.stdout is honoured.
+    out = sys.stdout if out is None else out
     tok = model.get_tokenizer()
     stop = tuple(getattr(tok, "stop_token_ids", ()) or ())
     streamer = _TimedStreamer(tok, stop, out)
@@ -144,7 +149,7 @@ def run_demo(
     output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     max_new_tokens: int = 8,
     device: str = "cpu",
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> list[dict[str, Any]]:
     """Run the demo and return one record per answered question (question, answer, truth, timings, png).
 
@@ -170,6 +175,7 @@ def run_demo(
     model.eval()
     if question:
         _check_question(model, question)
+    out = sys.stdout if out is None else out
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"writing images to {output_dir.resolve()}", file=out)
@@ -211,6 +217,12 @@ def run_demo(
 
 def demo(args: argparse.Namespace) -> int:
     """The ``rwkv-vision demo`` command (``args`` from a parser given :func:`add_arguments`)."""
+    if args.threads < 1:
+        print(f"rwkv-vision demo: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         run_demo(
             model=args.model, image=args.image, question=args.question, num_images=args.num_images,
