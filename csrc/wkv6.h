@@ -35,16 +35,23 @@ void check_state(const char* what, const char* name, const Tensor& s, const Wkv6
                  ScalarType acc);
 ScalarType acc_type(ScalarType t);
 
+// The one-token step (decoding): r, k, v [b, h, n] of dtype T, w [b, h, n] and u [h, n] of dtype F,
+// state [b, h, n, n] of dtype F updated in place; returns y [b, h, n] of dtype T.
+Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
+                                const Tensor& w, const Tensor& u, const Tensor& state);
+
 std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
                                             Tensor s0);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+Tensor wkv6_step_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 
 #ifdef RWKV_VISION_WITH_CUDA
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
                                              Tensor s0);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+Tensor wkv6_step_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 #endif
 
 }  // namespace rwkv_vision

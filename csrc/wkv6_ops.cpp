@@ -69,6 +69,42 @@ Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, c
   return d;
 }
 
+Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
+                                const Tensor& w, const Tensor& u, const Tensor& state) {
+  STD_TORCH_CHECK(r.dim() == 3, what, ": r must be [b, h, n], got ", r.dim(), " dims");
+  const ScalarType T = r.scalar_type();
+  STD_TORCH_CHECK(T == ScalarType::Float || T == ScalarType::Double ||
+                      T == ScalarType::BFloat16 || T == ScalarType::Half,
+                  what, ": r must be float32, float64, bfloat16 or float16");
+  const ScalarType F = acc_type(T);
+  const char* names[3] = {"k", "v", "w"};
+  const Tensor* xs[3] = {&k, &v, &w};
+  for (int a = 0; a < 3; ++a) {
+    const Tensor& x = *xs[a];
+    STD_TORCH_CHECK(x.dim() == 3 && x.size(0) == r.size(0) && x.size(1) == r.size(1) &&
+                        x.size(2) == r.size(2),
+                    what, ": ", names[a], " must have the shape of r [b, h, n]");
+    STD_TORCH_CHECK(x.is_contiguous(), what, ": ", names[a], " must be contiguous");
+    STD_TORCH_CHECK(x.get_device_index() == r.get_device_index() && x.is_cuda() == r.is_cuda(),
+                    what, ": ", names[a], " is on another device than r");
+    const ScalarType want = a < 2 ? T : F;
+    STD_TORCH_CHECK(x.scalar_type() == want, what, ": ", names[a], " must be ", dtype_name(want),
+                    ", got ", dtype_name(x.scalar_type()));
+  }
+  STD_TORCH_CHECK(r.is_contiguous(), what, ": r must be contiguous");
+  Wkv6Dims d{r.size(0), 1, r.size(1), r.size(2)};
+  STD_TORCH_CHECK(u.dim() == 2 && u.size(0) == d.H && u.size(1) == d.N, what,
+                  ": u must be [h, n] = [", d.H, ", ", d.N, "]");
+  STD_TORCH_CHECK(u.scalar_type() == F && u.is_contiguous(), what, ": u must be contiguous ",
+                  dtype_name(F));
+  STD_TORCH_CHECK(u.get_device_index() == r.get_device_index() && u.is_cuda() == r.is_cuda(),
+                  what, ": u is on another device than r");
+  check_state(what, "state", state, d, F);
+  STD_TORCH_CHECK(state.get_device_index() == r.get_device_index() && state.is_cuda() == r.is_cuda(),
+                  what, ": state is on another device than r");
+  return d;
+}
+
 }  // namespace rwkv_vision
 
 STABLE_TORCH_LIBRARY(rwkv_vision, m) {
@@ -78,16 +114,20 @@ STABLE_TORCH_LIBRARY(rwkv_vision, m) {
   m.def(
       "wkv6_backward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, "
       "Tensor dsT) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // y = wkv6_step(r, k, v, w, u, state): one token, the state advanced in place (decoding only).
+  m.def("wkv6_step(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor(a!) state) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CPU, m) {
   m.impl("wkv6_forward", TORCH_BOX(&rwkv_vision::wkv6_forward_cpu));
   m.impl("wkv6_backward", TORCH_BOX(&rwkv_vision::wkv6_backward_cpu));
+  m.impl("wkv6_step", TORCH_BOX(&rwkv_vision::wkv6_step_cpu));
 }
 
 #ifdef RWKV_VISION_WITH_CUDA
 STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CUDA, m) {
   m.impl("wkv6_forward", TORCH_BOX(&rwkv_vision::wkv6_forward_cuda));
   m.impl("wkv6_backward", TORCH_BOX(&rwkv_vision::wkv6_backward_cuda));
+  m.impl("wkv6_step", TORCH_BOX(&rwkv_vision::wkv6_step_cuda));
 }
 #endif

@@ -12,8 +12,8 @@ allocated once, and its step is the block written out for one token (``x`` [b, c
 
     xx  = att_shift - ln1(x);  att_shift <- ln1(x)
     r, k, v, g, w from the data-dependent lerp, as in TimeMix
-    y   = r @ S + (r . (u * k)) v            per head: [1, n] @ [n, n], plus the bonus for this token
-    S  <- exp(w) * S + k^T v                 in place: S.mul_(decay).addcmul_(k, v)
+    y   = r @ S + (r . (u * k)) v            per head, then S <- exp(w) * S + k^T v in place: one
+                                             ops.wkv6_step kernel, one pass over S
     x  += output(GroupNorm_h(y) * g);  then the channel-mix likewise
 
 On CUDA the whole step (embedding, 32 blocks, head) can be captured once into a ``torch.cuda.CUDAGraph``
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .generation import GenerationConfig, GenerationOutput, sample_next_token
 from .models.rwkv6 import RWKV6
+from .ops.wkv6_step import wkv6_step
 from .state import LayerState, RWKVState
 
 __all__ = ["Decoder"]
@@ -54,7 +55,7 @@ class _LayerWeights:
     static decay in float32. ``Decoder.refresh_weights`` rebuilds these after the parameters change.
     """
 
-    def __init__(self, block) -> None:
+    def __init__(self, block, batch_size: int) -> None:
         att, ffn = block.att, block.ffn
         c = att.n_embd
         self.ln0 = (block.ln0.weight, block.ln0.bias) if block.ln0 is not None else None
@@ -65,9 +66,11 @@ class _LayerWeights:
         self.maa_w1 = att.time_maa_w1 if hasattr(att, "time_maa_w1") else None  # [c, 5 d]
         self.maa_w2 = att.time_maa_w2 if hasattr(att, "time_maa_w2") else None  # [5, d, c]
         self.decay = att.time_decay.detach().float().reshape(1, c)
+        # w = -exp(decay) when the decay is static, laid out as the step takes it: [b, h, n], contiguous.
+        self.log_decay = torch.exp(self.decay).neg_().expand(batch_size, c).reshape(batch_size, att.n_head, -1).contiguous()
         self.decay_w1 = getattr(att, "time_decay_w1", None)
         self.decay_w2 = getattr(att, "time_decay_w2", None)
-        self.u = att.time_faaaa.detach().float().reshape(1, att.n_head, 1, att.head_size)  # [1, h, 1, n]
+        self.u = att.time_faaaa.detach().float().reshape(att.n_head, att.head_size).contiguous()  # [h, n]
         self.w_r, self.w_k, self.w_v = att.receptance.weight, att.key.weight, att.value.weight
         self.w_g, self.w_o = att.gate.weight, att.output.weight
         self.ln_x = (att.ln_x.weight, att.ln_x.bias, att.ln_x.eps)
@@ -142,7 +145,7 @@ class Decoder:
 
     def refresh_weights(self) -> None:
         """Re-read the model's parameters (call after loading new weights into it); drops a captured graph."""
-        self._layers = [_LayerWeights(block) for block in self.rwkv.blocks]
+        self._layers = [_LayerWeights(block, self.batch_size) for block in self.rwkv.blocks]
         self._graph = None
         self._graph_ids = self._graph_logits = None
 
@@ -324,20 +327,13 @@ class Decoder:
         k = F.linear(x_k, lw.w_k)
         v = F.linear(x_v, lw.w_v)
         g = F.silu(F.linear(x_g, lw.w_g))
-        w_raw = lw.decay
         if lw.decay_w1 is not None:
-            w_raw = (torch.tanh(x_w @ lw.decay_w1) @ lw.decay_w2).float().add_(w_raw)
-        decay = torch.exp(-torch.exp(w_raw))  # [b, c] float32, the per-step factor in (0, 1)
-
-        # The one-token WKV in float32, per head: y = r S + (r . u k) v, then S <- decay * S + k^T v.
-        S = self._wkv[i]  # [b, h, n, n], S[.., key j, value i]
-        r4 = r.float().view(b, h, 1, n)
-        k4 = k.float().view(b, h, n, 1)
-        v4 = v.float().view(b, h, 1, n)
-        bonus = torch.matmul(r4 * lw.u, k4)  # [b, h, 1, 1]
-        y = torch.matmul(r4, S).addcmul_(bonus, v4)  # [b, h, 1, n]
-        S.mul_(decay.view(-1, h, n, 1)).addcmul_(k4, v4)  # a static decay is [1, c]: broadcast
-        y = F.group_norm(y.view(b, c).to(xa.dtype), h, *lw.ln_x)
+            w = torch.exp((torch.tanh(x_w @ lw.decay_w1) @ lw.decay_w2).float().add_(lw.decay)).neg_()
+        else:
+            w = lw.log_decay
+        # The one-token WKV: one kernel reads and rewrites each head's float32 state S once, in place.
+        y = wkv6_step(r.view(b, h, n), k.view(b, h, n), v.view(b, h, n), w.reshape(b, h, n), lw.u, self._wkv[i])
+        y = F.group_norm(y.view(b, c), h, *lw.ln_x)
         return F.linear(y * g, lw.w_o)
 
     def _channel_mix(self, lw: _LayerWeights, xf: torch.Tensor, i: int) -> torch.Tensor:

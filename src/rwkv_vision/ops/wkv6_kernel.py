@@ -2,7 +2,8 @@
 
 ``rwkv_vision::wkv6_forward(r, k, v, w, u, s0) -> (y, sT)`` and
 ``rwkv_vision::wkv6_backward(r, k, v, w, u, s0, dy, dsT) -> (dr, dk, dv, dw, du, ds0)`` are defined in
-``csrc/wkv6_ops.cpp``. Their contract (letters b t h n as everywhere): r, k, v, dy are [b, t, h, n] of one
+``csrc/wkv6_ops.cpp``, with the decoding step ``rwkv_vision::wkv6_step(r, k, v, w, u, state) -> y`` (r, k, v,
+w [b, h, n]; the state updated in place). Their contract (letters b t h n as everywhere): r, k, v, dy are [b, t, h, n] of one
 dtype T; w is [b, t, h, n], u is [h, n] and every state is [b, h, n, n], all in the accumulation dtype F
 (float64 when T is float64, float32 otherwise); all contiguous, one device. ``ops.wkv6`` casts to this.
 """
@@ -31,6 +32,10 @@ def _fake_backward(r, k, v, w, u, s0, dy, dsT):
     )
 
 
+def _fake_step(r, k, v, w, u, state):
+    return r.new_empty(r.shape)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -48,6 +53,8 @@ def _register():
         return None, frozenset()
     torch.library.register_fake("rwkv_vision::wkv6_forward")(_fake_forward)
     torch.library.register_fake("rwkv_vision::wkv6_backward")(_fake_backward)
+    # wkv6_step mutates its state and has no autograd: it is for decoding (ops.wkv6_step refuses grads).
+    torch.library.register_fake("rwkv_vision::wkv6_step")(_fake_step)
     torch.library.register_autograd(
         "rwkv_vision::wkv6_forward", _backward, setup_context=_setup_context
     )

@@ -1,0 +1,78 @@
+// What the CUDA kernels of rwkv_vision share: element conversions and the host-side checks, stream
+// lookup and launch checks. Included by each .cu file; everything here is inline or a template.
+#pragma once
+
+#ifndef USE_CUDA
+#define USE_CUDA 1  // exposes the CUDA part of the AOTI shim (aoti_torch_get_current_cuda_stream)
+#endif
+
+#include "wkv6.h"
+
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/headeronly/util/shim_utils.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+
+namespace rwkv_vision {
+
+// ---------------------------------------------------------------------------------------------
+// Element conversions (T in float, bf16, fp16; accumulation always float32).
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+template <typename T>
+const T* cptr(const Tensor& x) { return reinterpret_cast<const T*>(x.const_data_ptr()); }
+template <typename T>
+T* mptr(const Tensor& x) { return reinterpret_cast<T*>(x.mutable_data_ptr()); }
+
+inline void check_on_device(const char* what, const char* name, const Tensor& x, const Tensor& r) {
+  STD_TORCH_CHECK(x.is_cuda(), what, ": ", name, " must be a CUDA tensor");
+  STD_TORCH_CHECK(x.get_device_index() == r.get_device_index(), what, ": ", name, " is on cuda:",
+                  x.get_device_index(), " but r is on cuda:", r.get_device_index());
+}
+
+inline void check_supported(const char* what, const Wkv6Dims& d, ScalarType t) {
+  STD_TORCH_CHECK(t != ScalarType::Double, what,
+                  ": float64 is not supported by the CUDA kernels; use float32, bfloat16 or "
+                  "float16 on CUDA (float64 runs on the CPU kernels)");
+  STD_TORCH_CHECK(d.N == 32 || d.N == 64 || d.N == 128, what,
+                  ": the CUDA kernels support head size n = 32, 64 or 128, got n = ", d.N);
+  STD_TORCH_CHECK(d.B * d.H <= int64_t(INT_MAX), what, ": b * h = ", d.B * d.H,
+                  " exceeds the CUDA grid limit of ", INT_MAX, " blocks");
+}
+
+inline cudaStream_t current_stream(int32_t device_index) {
+  void* stream = nullptr;
+  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
+  return static_cast<cudaStream_t>(stream);
+}
+
+inline void check_launch(const char* what, const char* kernel) {
+  const cudaError_t err = cudaGetLastError();
+  STD_TORCH_CHECK(err == cudaSuccess, what, ": launching the CUDA kernel ", kernel, " failed: ",
+                  cudaGetErrorString(err));
+}
+
+}  // namespace rwkv_vision

@@ -1,0 +1,96 @@
+// CUDA kernel of the one-token WKV6 step used while decoding.
+//
+// Decoding one token reads and rewrites the whole n x n state of every head: at batch 1 that is the
+// only large memory traffic of the WKV, so the kernel makes exactly one pass over it. One block per
+// (batch, head), one thread per value channel i: thread i walks column i of S row by row. For each
+// row j the n threads of the block touch n consecutive floats (coalesced), read S[j, i] once, add
+// r[j] * S[j, i] to y[i] and write S[j, i] * exp(w[j]) + k[j] * v[i] back. The bonus
+// r . (u * k) is a single block-wide sum. Replacing the eager sequence (casts, two exps, two
+// matmuls, three element-wise updates) by this one launch removes ~10 kernels per layer per token.
+#include "cuda/cuda_common.cuh"
+
+namespace rwkv_vision {
+namespace {
+
+template <typename T, int N>
+__global__ void __launch_bounds__(N)
+    wkv6_step_kernel(int H, const T* __restrict__ r, const T* __restrict__ k,
+                     const T* __restrict__ v, const float* __restrict__ w,
+                     const float* __restrict__ u, float* __restrict__ state, T* __restrict__ y) {
+  constexpr int kWarps = (N + 31) / 32;
+  __shared__ float r_s[N], k_s[N], e_s[N];
+  __shared__ float warp_sum[kWarps];
+  const int bh = blockIdx.x;
+  const int i = threadIdx.x;
+  const int64_t off = static_cast<int64_t>(bh) * N;
+  const float ri = to_f(r[off + i]);
+  const float ki = to_f(k[off + i]);
+  const float vi = to_f(v[off + i]);
+  r_s[i] = ri;
+  k_s[i] = ki;
+  e_s[i] = __expf(w[off + i]);
+  float part = ri * u[(bh % H) * N + i] * ki;
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) part += __shfl_xor_sync(0xffffffffu, part, m);
+  if ((i & 31) == 0) warp_sum[i >> 5] = part;
+  __syncthreads();
+  float bonus = 0.f;
+#pragma unroll
+  for (int q = 0; q < kWarps; ++q) bonus += warp_sum[q];
+
+  float* S = state + static_cast<int64_t>(bh) * N * N + i;
+  float acc = bonus * vi;
+#pragma unroll 8
+  for (int j = 0; j < N; ++j) {
+    const float s = S[j * N];
+    acc = fmaf(r_s[j], s, acc);
+    S[j * N] = fmaf(s, e_s[j], k_s[j] * vi);
+  }
+  y[off + i] = from_f<T>(acc);
+}
+
+template <typename T>
+Tensor step_impl(const char* what, const Wkv6Dims& d, const Tensor& r, const Tensor& k,
+                 const Tensor& v, const Tensor& w, const Tensor& u, Tensor& state) {
+  Tensor y = torch::stable::new_empty(r, {d.B, d.H, d.N});
+  const cudaStream_t stream = current_stream(r.get_device_index());
+  const unsigned blocks = static_cast<unsigned>(d.B * d.H);
+  const int H = static_cast<int>(d.H);
+#define RWKV_STEP_LAUNCH(NN)                                                                      \
+  wkv6_step_kernel<T, NN><<<blocks, NN, 0, stream>>>(H, cptr<T>(r), cptr<T>(k), cptr<T>(v),      \
+                                                     cptr<float>(w), cptr<float>(u),              \
+                                                     mptr<float>(state), mptr<T>(y))
+  switch (d.N) {
+    case 32: RWKV_STEP_LAUNCH(32); break;
+    case 64: RWKV_STEP_LAUNCH(64); break;
+    case 128: RWKV_STEP_LAUNCH(128); break;
+    default: STD_TORCH_CHECK(false, what, ": unsupported head size");
+  }
+#undef RWKV_STEP_LAUNCH
+  check_launch(what, "wkv6_step_kernel");
+  return y;
+}
+
+}  // namespace
+
+Tensor wkv6_step_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state) {
+  const char* what = "rwkv_vision::wkv6_step";
+  STD_TORCH_CHECK(r.is_cuda(), what, ": the CUDA kernel got r on another device");
+  check_on_device(what, "k", k, r);
+  check_on_device(what, "v", v, r);
+  check_on_device(what, "w", w, r);
+  check_on_device(what, "u", u, r);
+  check_on_device(what, "state", state, r);
+  const Wkv6Dims d = check_wkv6_step_inputs(what, r, k, v, w, u, state);
+  check_supported(what, d, r.scalar_type());
+  torch::stable::accelerator::DeviceGuard guard(r.get_device_index());
+  switch (r.scalar_type()) {
+    case ScalarType::Float: return step_impl<float>(what, d, r, k, v, w, u, state);
+    case ScalarType::BFloat16: return step_impl<__nv_bfloat16>(what, d, r, k, v, w, u, state);
+    case ScalarType::Half: return step_impl<__half>(what, d, r, k, v, w, u, state);
+    default: STD_TORCH_CHECK(false, what, ": unsupported dtype on CUDA");
+  }
+  return {};
+}
+
+}  // namespace rwkv_vision
