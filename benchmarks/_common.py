@@ -269,10 +269,10 @@ class OursForward:
 
 
 class OursDecoder:
-    """The static-state ``Decoder``, eager or with the CUDA graph."""
+    """The static-state ``Decoder``: eager or with the CUDA graph, optionally through torch.compile."""
 
-    def __init__(self, model: RWKV6, batch_size: int, chunk_size: int, graph: bool):
-        self.dec = Decoder(model, batch_size=batch_size, use_cuda_graph=graph)
+    def __init__(self, model: RWKV6, batch_size: int, chunk_size: int, graph: bool, compile: bool = False):
+        self.dec = Decoder(model, batch_size=batch_size, use_cuda_graph=graph, compile=compile)
         self.chunk_size = chunk_size
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
@@ -284,6 +284,41 @@ class OursDecoder:
 
     def close(self) -> None:
         self.dec.reset()  # the buffers stay: they are the decoder's fixed cost, reused for the next prompt
+
+
+def hf_system(build: Callable, cfg: dict, device, dtype, wrap: Callable = HFCausal) -> Callable:
+    """A ``make()`` for a Hugging Face-style peer: builds the model, returns (model, wrap(model))."""
+
+    def make():
+        model = build(cfg, device, dtype)
+        return model, wrap(model)
+
+    return make
+
+
+def for_each_system(args, systems: dict, device, measure: Callable, failed: Callable) -> list[list[Any]]:
+    """Build and measure the wanted systems one at a time, freeing each before the next.
+
+    ``systems``: name -> (make, vocab), ``make() -> (model, runner)``. ``measure(name, model, runner, vocab)``
+    returns table rows; a peer that is not installed or fails as a whole gives one row
+    ``failed(name, "missing" | "error", note)`` instead, so one failure never hides the other systems.
+    """
+    rows = []
+    for name, (make, vocab) in systems.items():
+        if not wanted(args, name):
+            continue
+        model = runner = None
+        try:
+            model, runner = make()
+            rows.extend(measure(name, model, runner, vocab))
+        except Missing as err:
+            rows.append(failed(name, "missing", str(err)[:160]))
+        except Exception as err:  # noqa: BLE001 - an OOM or a peer's failure must not hide the rest
+            rows.append(failed(name, "error", error_text(err)))
+        finally:
+            del model, runner
+            free(device)
+    return rows
 
 
 def random_ids(b: int, t: int, vocab: int, device, seed: int = 0) -> torch.Tensor:

@@ -33,52 +33,42 @@ def main(argv=None):
     rwkv_cfg, llama_cfg = (C.RWKV_TINY, C.LLAMA_TINY) if args.tiny else (C.RWKV_7B, C.LLAMA_7B)
     C.header(f"batched decode after {context} prompt tokens per row", device, dtype)
 
-    def ours(graph):
+    def ours(graph, compile=False):
         def make():
             model = C.build_rwkv(rwkv_cfg, device, dtype)
-            return model, lambda b: C.OursDecoder(model, b, args.chunk_size, graph=graph)
+            return model, lambda b: C.OursDecoder(model, b, args.chunk_size, graph=graph, compile=compile)
         return make
 
     def hf(build, cfg):
-        def make():
-            model = build(cfg, device, dtype)
-            return model, lambda b: C.HFCausal(model)
-        return make
+        return C.hf_system(build, cfg, device, dtype, wrap=lambda model: (lambda b: C.HFCausal(model)))
 
     systems = {}
     if device.type == "cuda":
+        systems["rwkv_vision Decoder + torch.compile + CUDA graph"] = (ours(True, True), rwkv_cfg["vocab_size"])
         systems["rwkv_vision Decoder + CUDA graph"] = (ours(True), rwkv_cfg["vocab_size"])
     systems["rwkv_vision Decoder eager"] = (ours(False), rwkv_cfg["vocab_size"])
     systems["fla 0.6.0 RWKV6ForCausalLM"] = (hf(C.build_fla, rwkv_cfg), rwkv_cfg["vocab_size"])
     systems["transformers Llama (SDPA, KV cache)"] = (hf(C.build_llama, llama_cfg), llama_cfg["vocab_size"])
 
-    rows = []
-    for name, (make, vocab) in systems.items():
-        if not C.wanted(args, name):
-            continue
-        model = None
-        try:
-            model, runner_for = make()
-            for b in batches:
-                runner = logits = None
-                C.free(device)
-                C.reset_peak(device)
-                try:
-                    runner = runner_for(b)
-                    logits = runner.prefill(C.random_ids(b, context, vocab, device, seed=b))
-                    ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
-                    rows.append([name, b, context, C.fmt(ms), C.fmt(b / ms * 1e3, 0), C.fmt(C.peak_gib(device)), ""])
-                except Exception as err:  # noqa: BLE001 - an OOM at one batch must not hide the others
-                    rows.append([name, b, context, "error", "", C.fmt(C.peak_gib(device)), C.error_text(err)])
-                finally:
-                    del runner, logits
-        except C.Missing as err:
-            rows.append([name, "all", context, "missing", "", "", str(err)[:160]])
-        except Exception as err:  # noqa: BLE001
-            rows.append([name, "all", context, "error", "", "", C.error_text(err)])
-        finally:
-            del model
+    def measure(name, model, runner_for, vocab):
+        rows = []
+        for b in batches:
+            runner = logits = None
             C.free(device)
+            C.reset_peak(device)
+            try:
+                runner = runner_for(b)
+                logits = runner.prefill(C.random_ids(b, context, vocab, device, seed=b))
+                ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
+                rows.append([name, b, context, C.fmt(ms), C.fmt(b / ms * 1e3, 0), C.fmt(C.peak_gib(device)), ""])
+            except Exception as err:  # noqa: BLE001 - an OOM at one batch must not hide the others
+                rows.append([name, b, context, "error", "", C.fmt(C.peak_gib(device)), C.error_text(err)])
+            finally:
+                del runner, logits
+        return rows
+
+    rows = C.for_each_system(args, systems, device, measure,
+                             lambda name, status, note: [name, "all", context, status, "", "", note])
     C.print_table(["system", "batch", "context", "step ms (median)", "tokens/s", "peak GiB", "note"], rows)
 
 

@@ -1,6 +1,7 @@
 """Decode speed of a 7B model at long context, batch 1: ms per token after a prefill of 1K, 8K, 24K tokens.
 
 Systems, one at a time in this process (random weights, bf16 on a GPU):
+  - rwkv_vision Decoder + torch.compile + CUDA graph: the step's element-wise work fused by Inductor
   - rwkv_vision Decoder + CUDA graph: static state, one graph replay per token
   - rwkv_vision Decoder eager: the same step launched from Python
   - rwkv_vision RWKV6.forward: the general forward with t = 1 (what generation.generate does)
@@ -31,6 +32,8 @@ def main(argv=None):
     parser.add_argument("--contexts", default=None, help="comma-separated prompt lengths (default 1024,8192,24576)")
     parser.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk of our systems")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="use this bandwidth for the floor")
+    parser.add_argument("--compile-on-cpu", action="store_true",
+                        help="also time the torch.compile'd Decoder on the CPU (on a GPU it always runs)")
     args = parser.parse_args(argv)
     device, dtype = C.resolve(args)
     tiny = args.tiny
@@ -46,51 +49,41 @@ def main(argv=None):
             model = C.build_rwkv(rwkv_cfg, device, dtype)
             if kind == "forward":
                 return model, C.OursForward(model, args.chunk_size)
-            return model, C.OursDecoder(model, 1, args.chunk_size, graph=(kind == "graph"))
-        return make
-
-    def hf(build, cfg):
-        def make():
-            model = build(cfg, device, dtype)
-            return model, C.HFCausal(model)
+            return model, C.OursDecoder(model, 1, args.chunk_size, graph="graph" in kind, compile="compile" in kind)
         return make
 
     systems = {}
     if device.type == "cuda":
+        systems["rwkv_vision Decoder + torch.compile + CUDA graph"] = (ours("compile graph"), rwkv_cfg["vocab_size"])
         systems["rwkv_vision Decoder + CUDA graph"] = (ours("graph"), rwkv_cfg["vocab_size"])
+    elif args.compile_on_cpu:
+        systems["rwkv_vision Decoder + torch.compile"] = (ours("compile"), rwkv_cfg["vocab_size"])
     systems["rwkv_vision Decoder eager"] = (ours("eager"), rwkv_cfg["vocab_size"])
     systems["rwkv_vision RWKV6.forward (t=1)"] = (ours("forward"), rwkv_cfg["vocab_size"])
-    systems["fla 0.6.0 RWKV6ForCausalLM"] = (hf(C.build_fla, rwkv_cfg), rwkv_cfg["vocab_size"])
-    systems["transformers Llama (SDPA, KV cache)"] = (hf(C.build_llama, llama_cfg), llama_cfg["vocab_size"])
+    systems["fla 0.6.0 RWKV6ForCausalLM"] = (C.hf_system(C.build_fla, rwkv_cfg, device, dtype), rwkv_cfg["vocab_size"])
+    systems["transformers Llama (SDPA, KV cache)"] = (C.hf_system(C.build_llama, llama_cfg, device, dtype),
+                                                      llama_cfg["vocab_size"])
 
-    rows = []
-    for name, (make, vocab) in systems.items():
-        if not C.wanted(args, name):
-            continue
-        model = runner = None
-        try:
-            model, runner = make()
-            weights = C.param_bytes(model)
-            for ctx in contexts:
-                floor_ms = C.step_bytes(model, ctx) / (bandwidth * 1e9) * 1e3
-                C.free(device)
-                C.reset_peak(device)
-                try:
-                    logits = runner.prefill(C.random_ids(1, ctx, vocab, device, seed=ctx))
-                    ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
-                    rows.append([name, ctx, C.fmt(ms), C.fmt(C.peak_gib(device)), C.fmt(weights / C.GIB),
-                                 C.fmt(floor_ms), C.fmt(ms / floor_ms, 1), ""])
-                except Exception as err:  # noqa: BLE001 - an OOM or a peer's failure must not hide the rest
-                    rows.append([name, ctx, "error", "", C.fmt(weights / C.GIB), "", "", C.error_text(err)])
-                logits = None
-                runner.close()
-        except C.Missing as err:
-            rows.append([name, "all", "missing", "", "", "", "", str(err)[:160]])
-        except Exception as err:  # noqa: BLE001
-            rows.append([name, "all", "error", "", "", "", "", C.error_text(err)])
-        finally:
-            del model, runner
+    def measure(name, model, runner, vocab):
+        rows = []
+        weights = C.param_bytes(model)
+        for ctx in contexts:
+            floor_ms = C.step_bytes(model, ctx) / (bandwidth * 1e9) * 1e3
             C.free(device)
+            C.reset_peak(device)
+            try:
+                logits = runner.prefill(C.random_ids(1, ctx, vocab, device, seed=ctx))
+                ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
+                rows.append([name, ctx, C.fmt(ms), C.fmt(C.peak_gib(device)), C.fmt(weights / C.GIB),
+                             C.fmt(floor_ms), C.fmt(ms / floor_ms, 1), ""])
+            except Exception as err:  # noqa: BLE001 - an OOM at one context must not hide the others
+                rows.append([name, ctx, "error", "", C.fmt(weights / C.GIB), "", "", C.error_text(err)])
+            logits = None
+            runner.close()
+        return rows
+
+    rows = C.for_each_system(args, systems, device, measure,
+                             lambda name, status, note: [name, "all", status, "", "", "", "", note])
     C.print_table(
         ["system", "context", "decode ms/token (median)", "peak GiB", "weights GiB", "floor ms", "x floor", "note"],
         rows,

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import _common as C
 
 
@@ -42,44 +40,30 @@ def main(argv=None):
             return model, C.OursForward(model, chunk)
         return make
 
-    def hf(build, cfg):
-        def make():
-            model = build(cfg, device, dtype)
-            return model, C.HFCausal(model)
-        return make
-
     systems = {f"rwkv_vision RWKV6 chunked ({c})": (ours(c), rwkv_cfg["vocab_size"]) for c in chunks}
     systems["rwkv_vision RWKV6 one pass"] = (ours(None), rwkv_cfg["vocab_size"])
-    systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (hf(C.build_fla, rwkv_cfg), rwkv_cfg["vocab_size"])
-    systems["transformers Llama (SDPA) one pass"] = (hf(C.build_llama, llama_cfg), llama_cfg["vocab_size"])
+    systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (C.hf_system(C.build_fla, rwkv_cfg, device, dtype),
+                                                      rwkv_cfg["vocab_size"])
+    systems["transformers Llama (SDPA) one pass"] = (C.hf_system(C.build_llama, llama_cfg, device, dtype),
+                                                     llama_cfg["vocab_size"])
 
-    rows = []
-    for name, (make, vocab) in systems.items():
-        if not C.wanted(args, name):
-            continue
-        model = runner = None
-        try:
-            model, runner = make()
-            weights = C.param_bytes(model) / C.GIB
-            ids = C.random_ids(1, tokens, vocab, device, seed=1)
+    def measure(name, model, runner, vocab):
+        weights = C.param_bytes(model) / C.GIB
+        ids = C.random_ids(1, tokens, vocab, device, seed=1)
 
-            def run():
-                runner.close()  # drop the last prompt's state / KV cache before reading the next
-                runner.prefill(ids)
+        def run():
+            runner.close()  # drop the last prompt's state / KV cache before reading the next
+            runner.prefill(ids)
 
-            C.free(device)
-            C.reset_peak(device)
-            ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
-            peak = C.peak_gib(device)
-            rows.append([name, tokens, C.fmt(ms / 1e3, 3), C.fmt(tokens / ms * 1e3, 0), C.fmt(peak),
-                         C.fmt(weights), C.fmt(peak - weights), ""])
-        except C.Missing as err:
-            rows.append([name, tokens, "missing", "", "", "", "", str(err)[:160]])
-        except Exception as err:  # noqa: BLE001 - an OOM or a peer's failure must not hide the rest
-            rows.append([name, tokens, "error", "", "", "", "", C.error_text(err)])
-        finally:
-            del model, runner
-            C.free(device)
+        C.free(device)
+        C.reset_peak(device)
+        ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
+        peak = C.peak_gib(device)
+        return [[name, tokens, C.fmt(ms / 1e3, 3), C.fmt(tokens / ms * 1e3, 0), C.fmt(peak),
+                 C.fmt(weights), C.fmt(peak - weights), ""]]
+
+    rows = C.for_each_system(args, systems, device, measure,
+                             lambda name, status, note: [name, tokens, status, "", "", "", "", note])
     C.print_table(["system", "tokens", "prefill s (median)", "tokens/s", "peak GiB", "weights GiB",
                    "peak - weights GiB", "note"], rows)
 

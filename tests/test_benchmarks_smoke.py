@@ -1,6 +1,6 @@
 """The model benchmarks run end to end in their --tiny mode (CPU, seconds each) and print their table.
 
-They are scripts for a GPU (docs/performance_gpu_plan.md); this only guards against them rotting."""
+They are scripts for a GPU (docs/gpu_benchmarks.md); this only guards against them rotting."""
 
 from __future__ import annotations
 

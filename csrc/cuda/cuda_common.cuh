@@ -18,6 +18,8 @@
 
 #include <climits>
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 
 namespace rwkv_vision {
 
@@ -51,6 +53,13 @@ inline void check_on_device(const char* what, const char* name, const Tensor& x,
   STD_TORCH_CHECK(x.is_cuda(), what, ": ", name, " must be a CUDA tensor");
   STD_TORCH_CHECK(x.get_device_index() == r.get_device_index(), what, ": ", name, " is on cuda:",
                   x.get_device_index(), " but r is on cuda:", r.get_device_index());
+}
+
+// Every named tensor must sit on r's CUDA device.
+inline void check_all_on_device(const char* what, const Tensor& r,
+                                std::initializer_list<std::pair<const char*, const Tensor*>> named) {
+  STD_TORCH_CHECK(r.is_cuda(), what, ": the CUDA kernel got r on another device");
+  for (const auto& [name, x] : named) check_on_device(what, name, *x, r);
 }
 
 inline void check_supported(const char* what, const Wkv6Dims& d, ScalarType t) {

@@ -423,12 +423,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
                                              Tensor s0) {
   const char* what = "rwkv_vision::wkv6_forward";
-  STD_TORCH_CHECK(r.is_cuda(), what, ": the CUDA kernel got r on another device");
-  check_on_device(what, "k", k, r);
-  check_on_device(what, "v", v, r);
-  check_on_device(what, "w", w, r);
-  check_on_device(what, "u", u, r);
-  check_on_device(what, "initial_state", s0, r);
+  check_all_on_device(what, r, {{"k", &k}, {"v", &v}, {"w", &w}, {"u", &u}, {"initial_state", &s0}});
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
   check_supported(what, d, r.scalar_type());
   torch::stable::accelerator::DeviceGuard guard(r.get_device_index());
@@ -444,14 +439,8 @@ std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tenso
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT) {
   const char* what = "rwkv_vision::wkv6_backward";
-  STD_TORCH_CHECK(r.is_cuda(), what, ": the CUDA kernel got r on another device");
-  check_on_device(what, "k", k, r);
-  check_on_device(what, "v", v, r);
-  check_on_device(what, "w", w, r);
-  check_on_device(what, "u", u, r);
-  check_on_device(what, "initial_state", s0, r);
-  check_on_device(what, "dy", dy, r);
-  check_on_device(what, "dsT", dsT, r);
+  check_all_on_device(what, r, {{"k", &k}, {"v", &v}, {"w", &w}, {"u", &u}, {"initial_state", &s0},
+                                {"dy", &dy}, {"dsT", &dsT}});
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
   check_same_layout(what, "dy", dy, r);
   STD_TORCH_CHECK(dy.scalar_type() == r.scalar_type(), what, ": dy must have the dtype of r");

@@ -75,12 +75,7 @@ Tensor step_impl(const char* what, const Wkv6Dims& d, const Tensor& r, const Ten
 
 Tensor wkv6_step_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state) {
   const char* what = "rwkv_vision::wkv6_step";
-  STD_TORCH_CHECK(r.is_cuda(), what, ": the CUDA kernel got r on another device");
-  check_on_device(what, "k", k, r);
-  check_on_device(what, "v", v, r);
-  check_on_device(what, "w", w, r);
-  check_on_device(what, "u", u, r);
-  check_on_device(what, "state", state, r);
+  check_all_on_device(what, r, {{"k", &k}, {"v", &v}, {"w", &w}, {"u", &u}, {"state", &state}});
   const Wkv6Dims d = check_wkv6_step_inputs(what, r, k, v, w, u, state);
   check_supported(what, d, r.scalar_type());
   torch::stable::accelerator::DeviceGuard guard(r.get_device_index());

@@ -93,6 +93,11 @@ class Decoder:
             on a CUDA device. True on a non-CUDA model raises.
         device, dtype: where and in what the shift states live; None means the model's (the only values
             accepted: the step reads the model's weights in place).
+        compile: run the step through ``torch.compile`` (``fullgraph=True``, static shapes), which fuses
+            the element-wise work between the matmuls (layer norms, lerps, activations, the decay) into a
+            few kernels; with a CUDA graph the compiled step is what gets captured. True for the defaults,
+            or a dict of ``torch.compile`` keyword arguments (e.g. ``{"mode": "max-autotune-no-cudagraphs"}``).
+            The first step then takes the compile time (seconds to a minute).
 
     Shapes: ``prefill(...) -> logits [b, v]``, ``step(input_ids [b] | [b, 1]) -> logits [b, v]``,
     ``state -> RWKVState`` (a copy), ``load_state(RWKVState)``.
@@ -106,6 +111,7 @@ class Decoder:
         use_cuda_graph: bool | None = None,
         device=None,
         dtype=None,
+        compile: bool | dict = False,
     ):
         rwkv = model if isinstance(model, RWKV6) else getattr(model, "rwkv", None)
         if not isinstance(rwkv, RWKV6):
@@ -133,6 +139,9 @@ class Decoder:
         self.batch_size = batch_size
         self.device, self.dtype = weight.device, weight.dtype
         self.use_cuda_graph = bool(use_cuda_graph)
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"Decoder: compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        self._compile_args = ({} if compile is True else dict(compile)) if compile else None
         L, b, c, h, n = rwkv.n_layer, batch_size, rwkv.n_embd, rwkv.n_head, rwkv.head_size
         # One tensor per kind rather than per layer: one copy_ loads or saves a whole state, and the CUDA
         # graph sees fixed addresses.
@@ -146,6 +155,11 @@ class Decoder:
     def refresh_weights(self) -> None:
         """Re-read the model's parameters (call after loading new weights into it); drops a captured graph."""
         self._layers = [_LayerWeights(block, self.batch_size) for block in self.rwkv.blocks]
+        self._step_fn = self._step_eager
+        if self._compile_args is not None:
+            # A fresh wrapper per weight set: the old one's guards name the old tensors.
+            args = {"fullgraph": True, "dynamic": False, **self._compile_args}
+            self._step_fn = torch.compile(self._step_eager, **args)
         self._graph = None
         self._graph_ids = self._graph_logits = None
 
@@ -377,7 +391,7 @@ class Decoder:
         """
         ids = self._as_ids(input_ids, validate)
         if not self.use_cuda_graph:
-            return self._step_eager(ids)
+            return self._step_fn(ids)
         if self._graph is None:
             self.capture()
         self._graph_ids.copy_(ids)
@@ -398,11 +412,11 @@ class Decoder:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                self._step_eager(self._graph_ids)
+                self._step_fn(self._graph_ids)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._graph_logits = self._step_eager(self._graph_ids)
+            self._graph_logits = self._step_fn(self._graph_ids)
         for buf, old in zip((self._att, self._ffn, self._wkv), saved):
             buf.copy_(old)
         self._graph = graph
