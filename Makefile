@@ -16,8 +16,9 @@ $(VENV)/.deps-stamp:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q "scikit-build-core>=0.10" ninja "cmake>=3.26" pytest hypothesis expecttest \
 		numpy safetensors huggingface_hub timm pillow pyrwkv-tokenizer
-	# test-only: the CLIP key converter and the preprocessing are checked against transformers
-	$(PIP) install -q transformers
+	# test-only: the CLIP key converter and the preprocessing are checked against transformers;
+	# matplotlib draws the ablation and benchmark plots (and their tests)
+	$(PIP) install -q transformers matplotlib
 	touch $@
 
 venv: $(VENV)/.deps-stamp

@@ -36,3 +36,24 @@ def test_benchmark_runs_in_tiny_mode(script, header):
     # A peer that is not installed is reported, never silently dropped.
     if script != "vlm_e2e.py":
         assert "fla 0.6.0 RWKV6ForCausalLM" in out
+
+
+def test_decode_plot_from_a_tiny_run(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "decode.py"), "--tiny", "--device", "cpu", "--warmup", "1", "--repeat", "2"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=BENCH.parent,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (tmp_path / "decode.md").write_text(run.stdout)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "decode.md"), "-o", str(tmp_path / "d.png")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rows not drawn" in proc.stdout and (tmp_path / "d.png").stat().st_size > 10_000
+    # The uninstalled peer is reported, not drawn.
+    assert "1 rows not drawn" in proc.stdout
+    bad = subprocess.run([sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "nope.md")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "error" in bad.stderr
