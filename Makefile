@@ -8,7 +8,7 @@ RWKV_VISION_WITH_CUDA ?= AUTO
 RWKV_VISION_CUDA_ARCHITECTURES ?= 90
 export RWKV_VISION_WITH_CUDA RWKV_VISION_CUDA_ARCHITECTURES
 
-.PHONY: venv install test test-cuda bench demo clean
+.PHONY: venv install test test-cuda bench demo toy-model ablations clean
 
 $(VENV)/.deps-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ test-cuda: install
 
 demo: install
 	$(PY) examples/demo.py
+
+# Retrain the shipped toy model with the two recorded runs (docs/toy_model.md; ~45 min on 2 CPU cores).
+TOY_OUT ?= src/rwkv_vision/pretrained/shapes-vqa-tiny
+toy-model: install
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 examples/train_toy.py --out out/toy-stage1 --val-every 500
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 examples/train_toy.py --init-from out/toy-stage1 \
+		--curriculum-fraction 0 --steps 5000 --lr 4e-4 --seed 1 --out $(TOY_OUT) --val-every 500
+	$(PY) examples/evaluate_toy.py --model $(TOY_OUT) --size 1000
+
+# Toy-scale ablations of scan, prompt layout and recurrence (docs/ablations.md; ~1.5 h on 2 CPU cores).
+ablations: install
+	$(PY) examples/ablations.py --jobs 2 --seeds 0 1 2 --steps 600
 
 bench: install
 	$(PY) benchmarks/wkv6.py
