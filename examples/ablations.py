@@ -50,7 +50,7 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("recurrence", "static shift + decay (RWKV-5-like)", dict(token_shift="static", decay="static")),
 ]
 PAPER = """\
-Paper (VisualRWKV, COLING 2025; `/work/shared/docs/visualrwkv-reference.md`, "Paper results"), for comparison
+The paper's ablations (VisualRWKV, COLING 2025; as collected in the project's reference notes), for comparison
 of direction only — the scale, data and benchmarks are unrelated to this toy task:
 
 | ablation | setting | VQAv2 | SQA | TextVQA | GQA |
@@ -96,6 +96,8 @@ def sweep(args: argparse.Namespace) -> None:
     todo = []
     for seed in args.seeds:
         for _, label, changes in CONFIGS:
+            if args.only and not any(o.lower() in label.lower() for o in args.only):
+                continue
             result = args.results / f"{run_name(changes, seed)}.json"
             if not result.exists():
                 todo.append((label, seed, train_command(changes, seed, args, result), result))
@@ -142,6 +144,37 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+NOTES_BEGIN, NOTES_END = "<!-- notes: kept when the report is rebuilt -->", "<!-- end of notes -->"
+
+
+def findings(by_label: dict) -> list[str]:
+    """One line per setting: its mean against the base, and whether the gap exceeds the seed-to-seed spread."""
+    base = [r["eval"]["accuracy"] for r in by_label[CONFIGS[0][1]]]
+    if len(base) < 2:
+        return ["(fewer than two seeds of the base: no comparison)"]
+    lines = []
+    for _, label, _ in CONFIGS[1:]:
+        accs = [r["eval"]["accuracy"] for r in by_label[label]]
+        if len(accs) < 2:
+            continue
+        delta = 100 * (statistics.fmean(accs) - statistics.fmean(base))
+        # Two-sample standard error of the difference of means, from the seeds.
+        se = 100 * (statistics.variance(accs) / len(accs) + statistics.variance(base) / len(base)) ** 0.5
+        verdict = "beyond" if abs(delta) > 2 * se else "within"
+        lines.append(f"* {label}: {delta:+.1f} points against the base ({verdict} two standard errors, "
+                     f"{2 * se:.1f}, of the seed-to-seed spread)")
+    return lines
+
+
+def _kept_notes(path: Path) -> str:
+    if not path.exists():
+        return f"{NOTES_BEGIN}\n{NOTES_END}"
+    text = path.read_text()
+    if NOTES_BEGIN in text and NOTES_END in text:
+        return text[text.index(NOTES_BEGIN):text.index(NOTES_END) + len(NOTES_END)]
+    return f"{NOTES_BEGIN}\n{NOTES_END}"
+
+
 def report(args: argparse.Namespace) -> str:
     by_label = load_results(args.results)
     types = TYPES
@@ -164,10 +197,23 @@ def report(args: argparse.Namespace) -> str:
                         f"{' | '.join(per)} | {loss} |")
     done = sum(len(v) for v in by_label.values())
     seconds = [r["train_seconds"] for v in by_label.values() for r in v]
-    any_run = next((r for v in by_label.values() for r in v), None)
-    steps = next((a for a in (any_run or {}).get("argv", [])[1:2]), None) if any_run else None
+    # The budget is read back from the runs themselves, so --report-only cannot misstate it.
+    budget = {}
+    for v in by_label.values():
+        for r in v:
+            argv = r.get("argv", [])
+            for flag in ("--steps", "--batch-size", "--lr", "--eval-size"):
+                if flag in argv:
+                    budget.setdefault(flag, set()).add(argv[argv.index(flag) + 1])
+    mixed = sorted(f for f, vals in budget.items() if len(vals) > 1)
+    if mixed:
+        raise SystemExit(f"ablations: the runs in {args.results} differ in {', '.join(mixed)}; use one budget per "
+                         "results directory")
+    steps, batch_size, lr, eval_size = (next(iter(budget[f])) if f in budget else str(d) for f, d in
+                                        (("--steps", args.steps), ("--batch-size", args.batch_size),
+                                         ("--lr", args.lr), ("--eval-size", args.eval_size)))
     cmd = (f"python examples/ablations.py --jobs {args.jobs} --seeds {' '.join(map(str, args.seeds))} "
-           f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --eval-size {args.eval_size}")
+           f"--steps {steps} --batch-size {batch_size} --lr {lr} --eval-size {eval_size}")
     md = [
         "# Ablations at toy scale",
         "",
@@ -178,10 +224,10 @@ def report(args: argparse.Namespace) -> str:
         f"* task: `{' '.join(TASK)}` — 48 px images, the 3 x 3 grid (one 16 px patch per cell: 9 patches + CLS), "
         "1-7 shapes; `color_at` asks about one specific cell, `count_color` about every cell of a colour named "
         "in the question",
-        f"* budget per run: {args.steps} steps of batch {args.batch_size}, peak lr {args.lr} (train_toy.py's other "
+        f"* budget per run: {steps} steps of batch {batch_size}, peak lr {lr} (train_toy.py's other "
         "defaults: ViT and projector at half that rate, fixed random ViT queries/keys), "
         "one CPU thread; accuracy is held-out exact match of greedily generated answers on the first "
-        f"{args.eval_size} test-split samples (seed 0; the same samples for every run)",
+        f"{eval_size} test-split samples (seed 0; the same samples for every run)",
         f"* runs finished: {done} of {len(CONFIGS) * len(args.seeds)} planned "
         f"({len(CONFIGS)} configurations x seeds {', '.join(map(str, args.seeds))})"
         + (f"; {statistics.fmean(seconds) / 60:.1f} min of training per run on average" if seconds else ""),
@@ -202,7 +248,14 @@ def report(args: argparse.Namespace) -> str:
         "",
         "![ablations](ablations.png)",
         "",
+        "## Differences from the base",
+        "",
+        *findings(by_label),
+        "",
+        "## Next to the paper",
+        "",
         PAPER,
+        _kept_notes(args.markdown),
     ]
     text = "\n".join(md) + "\n"
     args.markdown.write_text(text)
@@ -252,6 +305,8 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "ablations_results")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "ablations.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the markdown and plot")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="train only the settings whose label contains one of these (e.g. UniDir 'image first')")
     args = p.parse_args(argv)
     if args.jobs < 1 or args.steps < 1:
         p.error("--jobs and --steps must be >= 1")
