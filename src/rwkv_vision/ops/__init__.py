@@ -5,12 +5,14 @@ Letter legend used throughout the library: b batch, t time, h heads, n head size
 
 from .extension import ExtensionError, backend_info, has_extension
 from .wkv6 import BACKENDS, CUDA_HEAD_SIZES, wkv6
+from .wkv6_chunked import wkv6_chunked
 from .wkv6_ref import wkv6_ref
 from .wkv6_step import wkv6_step, wkv6_step_ref
 
 __all__ = [
     "wkv6",
     "wkv6_ref",
+    "wkv6_chunked",
     "wkv6_step",
     "wkv6_step_ref",
     "has_extension",

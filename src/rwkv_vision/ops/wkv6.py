@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from .wkv6_chunked import wkv6_chunked
 from .wkv6_kernel import KERNEL_DEVICES, kernel_ops
 from .wkv6_ref import wkv6_ref
 
@@ -24,8 +25,9 @@ __all__ = ["wkv6", "wkv6_ref", "CUDA_HEAD_SIZES", "BACKENDS"]
 
 #: Head sizes the CUDA kernels are compiled for. The CPU kernel takes any head size.
 CUDA_HEAD_SIZES = (32, 64, 128)
-#: Values of ``backend``: "auto" uses a kernel where one applies and the reference elsewhere.
-BACKENDS = ("auto", "kernel", "reference")
+#: Values of ``backend``: "auto" uses a compiled kernel where one applies and the chunked pure-PyTorch
+#: implementation elsewhere; "reference" is the step-by-step loop every other backend is tested against.
+BACKENDS = ("auto", "kernel", "chunked", "reference")
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _DEFAULT_BACKEND = os.environ.get("RWKV_VISION_WKV6_BACKEND", "auto")
@@ -108,8 +110,10 @@ def wkv6(
         u: [h, n] the bonus for the current token.
         initial_state: optional [b, h, n, n] state to start from (zeros if None).
         output_final_state: return the state after the last step (else None is returned).
-        backend: "auto" (default; the ``RWKV_VISION_WKV6_BACKEND`` variable overrides it), "kernel"
-            (a compiled kernel or an error saying why not) or "reference" (``wkv6_ref``).
+        backend: "auto" (default; the ``RWKV_VISION_WKV6_BACKEND`` variable overrides it): a compiled
+            kernel where one applies, else "chunked"; "kernel" (a compiled kernel or an error saying why
+            not); "chunked" (``wkv6_chunked``: pure PyTorch, t / 8 or t / 16 sequential steps, any device);
+            "reference" (``wkv6_ref``: the plain loop over time).
 
     Returns:
         y: [b, t, h, n] in the dtype of r.
@@ -135,11 +139,13 @@ def wkv6(
     _check(r, k, v, w, u, initial_state)
     if backend == "reference":
         return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
+    if backend == "chunked":
+        return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
     reason = _kernel_reason(r)
     if reason is not None:
         if backend == "kernel":
             raise ValueError(f"wkv6: backend='kernel' but no kernel applies: {reason}")
-        return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
+        return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
 
     acc = torch.float64 if r.dtype == torch.float64 else torch.float32
     b, _, h, n = r.shape

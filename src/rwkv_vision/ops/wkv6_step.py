@@ -87,7 +87,8 @@ def wkv6_step(
         w: [b, h, n] log of the decay (w <= 0), any floating dtype (used in the state's dtype).
         u: [h, n] the bonus for the current token.
         state: [b, h, n, n] float32 (float64 for float64 r), contiguous; updated in place.
-        backend: as for :func:`rwkv_vision.ops.wkv6` ("auto", "kernel", "reference").
+        backend: as for :func:`rwkv_vision.ops.wkv6`: "auto", "kernel", or "reference" / "chunked" (both
+            mean the pure-PyTorch twin here: one token has nothing to chunk).
 
     Returns:
         y: [b, h, n] in the dtype of r.
@@ -98,7 +99,7 @@ def wkv6_step(
     if backend not in BACKENDS:
         raise ValueError(f"wkv6_step: backend must be one of {BACKENDS}, got {backend!r}")
     _check(r, k, v, w, u, state)
-    if backend != "reference":
+    if backend not in ("reference", "chunked"):
         reason = _kernel_reason(r)
         if reason is None:
             acc = state.dtype
