@@ -15,8 +15,9 @@ step t (A_{-1} = 0, every w <= 0 so A only falls) and S0 the state at the chunk 
 
 Every exponent above is <= 0, so nothing overflows whatever the decays. (The usual factorisation of the
 within-chunk term into (r exp(A)) (k exp(-A))^T would put exp(-A) in the middle, which overflows float32
-once the decay over a chunk passes e^-88; the within-chunk coefficients are therefore formed pairwise,
-an [L, L, n] tensor per chunk, which bounds L in practice to a few tens.)
+once the decay over a chunk passes e^-88; the within-chunk coefficients are therefore formed pair by
+pair, one sub-diagonal of the L x L matrix at a time: L (L - 1) / 2 pairs of n channels per chunk, which
+bounds L in practice to a few tens.)
 """
 
 from __future__ import annotations
@@ -25,6 +26,22 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["wkv6_chunked", "default_chunk_size"]
+
+
+def _lower_triangular(diagonals: list[torch.Tensor], L: int, *, like: torch.Tensor) -> torch.Tensor:
+    """[..., L, L] with diagonals[d - 1] ([..., L - d]) on sub-diagonal d and zeros on and above the diagonal."""
+    batch = like.shape[:-2]
+    if L == 1:
+        return like.new_zeros(*batch, 1, 1)
+    # Row t of the result holds, at column s < t, diagonal t - s at position s: lay the diagonals out as
+    # [..., L - 1 (d), L (s)], zero-padded on the right, then gather.
+    padded = torch.stack([torch.nn.functional.pad(x, (0, d)) for d, x in enumerate(diagonals, 1)], dim=-2)
+    t = torch.arange(L, device=like.device)
+    d = t.view(L, 1) - t.view(1, L)  # [L(t), L(s)]
+    valid = d > 0
+    index = (d.clamp(min=1) - 1) * L + t.view(1, L)  # flat index into [L - 1, L]
+    flat = padded.flatten(-2)[..., index.flatten()].view(*batch, L, L)
+    return flat * valid
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -82,12 +99,14 @@ def wkv6_chunked(
     A_prev = A - wc  # A_{t-1}
     A_last = A[..., -1:, :]  # [b, h, m, 1, n]
 
-    # Within each chunk, all chunks at once.
-    causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)  # s < t
-    expo = A_prev.unsqueeze(-2) - A.unsqueeze(-3)  # [b, h, m, L(t), L(s), n]
-    # where() before exp: the masked (s >= t) exponents may be positive; they must give exactly 0.
-    coef = torch.exp(torch.where(causal.unsqueeze(-1), expo, torch.full_like(expo, float("-inf"))))
-    scores = torch.einsum("bhmtj,bhmsj,bhmtsj->bhmts", rc, kc, coef)
+    # Within each chunk, all chunks at once, one diagonal of the L x L score matrix at a time: offset d
+    # pairs step t with step s = t - d. Only the L (L - 1) / 2 pairs with s < t are formed, and each
+    # diagonal's exponents A_{t-1} - A_{t-d} are <= 0.
+    diagonals = []
+    for d in range(1, L):
+        coef = torch.exp(A_prev[..., d:, :] - A[..., : L - d, :])  # [b, h, m, L - d, n]
+        diagonals.append((rc[..., d:, :] * kc[..., : L - d, :] * coef).sum(-1))  # [b, h, m, L - d]
+    scores = _lower_triangular(diagonals, L, like=rc)  # [b, h, m, L(t), L(s)]
     bonus = (rc * u.view(1, h, 1, 1, n) * kc).sum(-1, keepdim=True)  # [b, h, m, L, 1]
     y = scores @ vc + bonus * vc  # [b, h, m, L, n]
 
