@@ -47,9 +47,9 @@ toy-model: install
 		--curriculum-fraction 0 --steps 5000 --lr 4e-4 --seed 1 --out $(TOY_OUT) --val-every 500
 	$(PY) examples/evaluate_toy.py --model $(TOY_OUT) --size 1000
 
-# Toy-scale ablations of scan, prompt layout and recurrence (docs/ablations.md; ~1.5 h on 2 CPU cores).
+# Toy-scale ablations of scan, prompt layout and recurrence (docs/ablations.md; ~75 min on 2 CPU cores).
 ablations: install
-	$(PY) examples/ablations.py --jobs 2 --seeds 0 1 2 --steps 600
+	$(PY) examples/ablations.py --jobs 2 --seeds 0 1 2 3 4 --steps 600
 
 bench: install
 	$(PY) benchmarks/wkv6.py
