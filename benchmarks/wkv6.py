@@ -87,7 +87,7 @@ def cpu_rows(quick):
     rows = []
     systems = {
         "rwkv_vision C++ kernel": lambda *a: wkv6(*a, backend="kernel")[0],
-        "wkv6_chunked (PyTorch, chunks of 8)": lambda *a: wkv6_chunked(*a)[0],
+        "wkv6_chunked (PyTorch, chunks of 16)": lambda *a: wkv6_chunked(*a)[0],
         "wkv6_ref (PyTorch loop)": lambda *a: wkv6_ref(*a)[0],
     }
     for name, call in systems.items():
@@ -156,7 +156,7 @@ def main():
         print(f"| {device} | {name} | {', '.join(map(str, shape))} | {dtype} | {f:.2f} | {b:.2f} | {fb:.2f} |")
     cpu = {name: times for device, name, _, _, *times in rows if device == "cpu"}
     kern, ref = cpu["rwkv_vision C++ kernel"], cpu["wkv6_ref (PyTorch loop)"]
-    chunk = cpu["wkv6_chunked (PyTorch, chunks of 8)"]
+    chunk = cpu["wkv6_chunked (PyTorch, chunks of 16)"]
     for label, other in (("wkv6_ref", ref), ("wkv6_chunked", chunk)):
         print(f"CPU kernel speed-up over {label}: forward {other[0] / kern[0]:.1f}x, backward {other[1] / kern[1]:.1f}x, "
               f"forward+backward {other[2] / kern[2]:.1f}x")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwkv_vision.ops import wkv6, wkv6_chunked, wkv6_ref
-from rwkv_vision.ops.wkv6_chunked import default_chunk_size
+from rwkv_vision.ops.wkv6_chunked import DEFAULT_CHUNK
 
 from .wkv6_cases import NAMES, assert_matches_reference, in_two_segments, make_inputs, rel_rms, run_with_grads
 
@@ -89,7 +89,7 @@ def test_is_the_backend_when_no_kernel_applies(monkeypatch):
 
 
 def test_default_chunk_and_bad_chunk_size():
-    assert default_chunk_size(torch.device("cpu")) == 8
+    assert DEFAULT_CHUNK == 16
     inputs = make_inputs(1, 4, 1, 4)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size must be a positive int"):

@@ -112,7 +112,7 @@ def wkv6(
         output_final_state: return the state after the last step (else None is returned).
         backend: "auto" (default; the ``RWKV_VISION_WKV6_BACKEND`` variable overrides it): a compiled
             kernel where one applies, else "chunked"; "kernel" (a compiled kernel or an error saying why
-            not); "chunked" (``wkv6_chunked``: pure PyTorch, t / 8 or t / 16 sequential steps, any device);
+            not); "chunked" (``wkv6_chunked``: pure PyTorch, t / 16 sequential steps, any device);
             "reference" (``wkv6_ref``: the plain loop over time).
 
     Returns:
