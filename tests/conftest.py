@@ -1,10 +1,19 @@
-"""Suite-wide settings: poisoned allocations, deterministic seeds, the `cuda` marker."""
+"""Suite-wide settings: poisoned allocations, deterministic seeds, the hypothesis CI profile, the `cuda` marker."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 import torch.utils.deterministic
+from hypothesis import settings
+
+# In CI the property tests draw the same examples every run, so a red build always reproduces; locally
+# they explore new ones each run (and a failure found that way is pinned with @example).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rwkv_vision
@@ -134,8 +134,13 @@ def test_torch_compile_fullgraph():
     with_state=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+@example(b=1, t=1, h=1, n=1, with_state=False, seed=136)  # dk, dv nearly cancel: 1e-4 relative in float32
 def test_hypothesis_shapes(b, t, h, n, with_state, seed):
-    assert_matches_reference(kernel_wkv6, make_inputs(b, t, h, n, with_state=with_state, seed=seed), 1e-5)
+    # Shapes and indexing, in float64: with a handful of elements (b = t = h = n = 1) one gradient can be
+    # a near-cancelling sum whose float32 relative error says nothing about the kernel. float32 accuracy
+    # is the fixed-shape tests' job.
+    inputs = make_inputs(b, t, h, n, dtype=torch.float64, with_state=with_state, seed=seed)
+    assert_matches_reference(kernel_wkv6, inputs, 1e-10)
 
 
 @pytest.mark.parametrize("backend", ["kernel", "reference"])

@@ -66,11 +66,12 @@ def test_segments_with_carried_state_equal_one_run():
 @given(b=st.integers(1, 2), t=st.integers(1, 40), h=st.integers(1, 3), n=st.integers(1, 12),
        L=st.integers(1, 20), seed=st.integers(0, 1000))
 def test_any_shape_and_chunk_length(b, t, h, n, L, seed):
-    inputs = make_inputs(b, t, h, n, seed=seed)
+    # float64: shapes and chunk boundaries are under test here, not float32 rounding of tiny sums.
+    inputs = make_inputs(b, t, h, n, dtype=torch.float64, seed=seed)
     args = [inputs[k] for k in NAMES]
     y1, s1 = wkv6_chunked(*args, output_final_state=True, chunk_size=L)
     y2, s2 = wkv6_ref(*args, output_final_state=True)
-    assert y1.shape == y2.shape and rel_rms(y1, y2) < 1e-5 and rel_rms(s1, s2) < 1e-5
+    assert y1.shape == y2.shape and rel_rms(y1, y2) < 1e-10 and rel_rms(s1, s2) < 1e-10
 
 
 def test_is_the_backend_when_no_kernel_applies(monkeypatch):

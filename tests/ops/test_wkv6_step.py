@@ -80,11 +80,12 @@ def test_token_by_token_equals_the_sequence_op(backend):
 @settings(max_examples=25, deadline=None)
 @given(b=st.integers(1, 3), h=st.integers(1, 4), n=st.integers(1, 40), seed=st.integers(0, 10_000))
 def test_kernel_and_twin_agree(b, h, n, seed):
-    x = step_inputs(b, h, n, seed=seed)
+    # float64, so that a near-cancelling sum over a few elements cannot turn rounding into a failure.
+    x = step_inputs(b, h, n, dtype=torch.float64, seed=seed)
     s1, s2 = x["initial_state"].clone(), x["initial_state"].clone()
     y1 = wkv6_step(x["r"], x["k"], x["v"], x["w"], x["u"], s1)
     y2 = wkv6_step_ref(x["r"], x["k"], x["v"], x["w"], x["u"], s2)
-    assert rel_rms(y1, y2) < 1e-6 and rel_rms(s1, s2) < 1e-6
+    assert rel_rms(y1, y2) < 1e-10 and rel_rms(s1, s2) < 1e-10
 
 
 def test_state_is_updated_in_place_and_inputs_are_not():
