@@ -84,4 +84,11 @@ inline void check_launch(const char* what, const char* kernel) {
                   cudaGetErrorString(err));
 }
 
+// The alternative forward kernel of wkv6_forward_split.cu, chosen by RWKV_VISION_CUDA_FORWARD=split.
+bool use_split_forward();
+template <typename T>
+void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
+                               const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
+                               const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream);
+
 }  // namespace rwkv_vision

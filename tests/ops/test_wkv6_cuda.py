@@ -105,3 +105,32 @@ def test_float64_on_cuda_falls_back_or_says_why():
     inputs = make_inputs(1, 4, 2, 64, dtype=torch.float64, device="cuda")
     with pytest.raises(ValueError, match="float64"):
         wkv6(*[inputs[k] for k in NAMES], backend="kernel")
+
+
+# The second forward kernel (csrc/cuda/wkv6_forward_split.cu, four threads per state column), chosen
+# by RWKV_VISION_CUDA_FORWARD=split, which the C++ op reads on every call.
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("t", (1, 2, 7, 65, 257))
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_split_forward_matches_float64_reference(n, t, with_state, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+    inputs = make_inputs(2, t, 3, n, device="cuda", with_state=with_state, seed=t + n)
+    assert_matches_reference(cuda_wkv6, inputs, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_split_forward_half_precision(n, dtype, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+    assert_matches_reference(cuda_wkv6, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
+
+
+def test_split_and_default_forward_agree(monkeypatch):
+    inputs = make_inputs(3, 513, 7, 64, dtype=torch.bfloat16, device="cuda", seed=11)
+    args = [inputs[k] for k in NAMES]
+    y_default, s_default = cuda_wkv6(*args, output_final_state=True)
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+    y_split, s_split = cuda_wkv6(*args, output_final_state=True)
+    assert rel_rms(y_split, y_default) < 5e-3 and rel_rms(s_split, s_default) < 1e-5
