@@ -43,13 +43,21 @@ void check_state(const char* what, const char* name, const Tensor& s, const Wkv6
   STD_TORCH_CHECK(s.is_contiguous(), what, ": ", name, " must be contiguous");
 }
 
-Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
-                           const Tensor& w, const Tensor& u, const Tensor& s0) {
-  STD_TORCH_CHECK(r.dim() == 4, what, ": r must be [b, t, h, n], got ", r.dim(), " dims");
+namespace {
+// r's rank and dtype (one of the four supported); returns the dtype.
+ScalarType check_r(const char* what, const Tensor& r, int64_t dims, const char* layout) {
+  STD_TORCH_CHECK(r.dim() == dims, what, ": r must be ", layout, ", got ", r.dim(), " dims");
   const ScalarType T = r.scalar_type();
   STD_TORCH_CHECK(T == ScalarType::Float || T == ScalarType::Double ||
                       T == ScalarType::BFloat16 || T == ScalarType::Half,
                   what, ": r must be float32, float64, bfloat16 or float16");
+  return T;
+}
+}  // namespace
+
+Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
+                           const Tensor& w, const Tensor& u, const Tensor& s0) {
+  const ScalarType T = check_r(what, r, 4, "[b, t, h, n]");
   STD_TORCH_CHECK(r.is_contiguous(), what, ": r must be contiguous");
   check_same_layout(what, "k", k, r);
   check_same_layout(what, "v", v, r);
@@ -71,11 +79,7 @@ Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, c
 
 Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
                                 const Tensor& w, const Tensor& u, const Tensor& state) {
-  STD_TORCH_CHECK(r.dim() == 3, what, ": r must be [b, h, n], got ", r.dim(), " dims");
-  const ScalarType T = r.scalar_type();
-  STD_TORCH_CHECK(T == ScalarType::Float || T == ScalarType::Double ||
-                      T == ScalarType::BFloat16 || T == ScalarType::Half,
-                  what, ": r must be float32, float64, bfloat16 or float16");
+  const ScalarType T = check_r(what, r, 3, "[b, h, n]");
   const ScalarType F = acc_type(T);
   const char* names[3] = {"k", "v", "w"};
   const Tensor* xs[3] = {&k, &v, &w};

@@ -169,3 +169,37 @@ def test_cuda_kernel_many_steps_equal_the_sequence_kernel():
     ys = [wkv6_step(*(x[key][:, i].contiguous() for key in "rkvw"), x["u"], state, backend="kernel")
           for i in range(40)]
     assert rel_rms(torch.stack(ys, 1), y_seq) < 5e-3 and rel_rms(state, s_seq) < 1e-5
+
+
+needs_extension = pytest.mark.skipif(not has_extension(), reason="compiled extension not built")
+
+
+@needs_extension
+def test_opcheck_schema_and_fake_kernel():
+    """The mutating schema (state is Tensor(a!)) matches what the kernel does, and the fake kernel
+    matches its output (torch.library.opcheck)."""
+    x = step_inputs(2, 3, 8, seed=4)
+    args = [x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"].clone()]
+    torch.library.opcheck(torch.ops.rwkv_vision.wkv6_step.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    "index, bad, message",
+    [
+        (0, torch.randn(1, 2, 8, 1), r"r must be \[b, h, n\]"),
+        (3, torch.randn(1, 2, 8, dtype=torch.float64), "w must be float32"),
+        (4, torch.randn(3, 8), r"u must be \[h, n\]"),
+        (5, torch.randn(1, 2, 8, 8, dtype=torch.float64), "state must be float32"),
+        (1, torch.randn(1, 2, 7), "k must have the shape of r"),
+        (2, torch.randn(1, 8, 2).transpose(1, 2), "v must be contiguous"),
+    ],
+)
+def test_compiled_op_checks_its_contract(index, bad, message):
+    """Called directly (without ops.wkv6_step's own checks), the C++ op still names what is wrong."""
+    x = step_inputs(1, 2, 8)
+    args = [x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"].clone()]
+    args[index] = bad
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.rwkv_vision.wkv6_step(*args)
