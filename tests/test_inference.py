@@ -205,3 +205,15 @@ def test_compiled_step_equals_forward(model, backend):
 def test_compile_argument_is_checked(model):
     with pytest.raises(TypeError, match="compile must be a bool or a dict"):
         Decoder(model, compile="yes")
+
+
+def test_compiled_decoders_of_different_weights_do_not_share_weights():
+    """Decoders of same-shaped models reuse one compiled graph; each must still read its own weights."""
+    ids = _ids(1, 4, seed=2)
+    for seed in (21, 22, 23):
+        m = RWKV6.from_official_state_dict(random_official_state_dict(**SIZES, seed=seed)).eval()
+        with torch.no_grad():
+            want, _ = m(input_ids=ids)
+        dec = Decoder(m, compile={"backend": "aot_eager"})
+        got = torch.stack([dec.step(ids[:, s]).clone() for s in range(4)], dim=1)
+        assert relative_rms_error(got, want) < 1e-5, seed
