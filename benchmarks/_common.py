@@ -35,6 +35,10 @@ RWKV_TINY = dict(n_layer=2, n_embd=64, head_size=32, d_mix=8, d_decay=16, vocab_
 #: Llama-2-7B (LLaVA-1.5-7B's language model). max_position_embeddings covers the 24K contexts measured.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=32768)
+#: RWKV-6 World 0.1B's shape (12 x 768) and a Llama of the same depth and width: a CPU-sized comparison.
+RWKV_SMALL = dict(n_layer=12, n_embd=768, head_size=64, d_mix=32, d_decay=64, vocab_size=65536)
+LLAMA_SMALL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                   num_key_value_heads=12, vocab_size=32000, max_position_embeddings=8192)
 LLAMA_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=256, max_position_embeddings=4096)
 

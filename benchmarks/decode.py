@@ -15,6 +15,7 @@ plus for Llama the KV cache of the context (0.5 MB per token at 7B). Bandwidth: 
 
     python benchmarks/decode.py                       # 7B, contexts 1024,8192,24576 (GPU)
     python benchmarks/decode.py --tiny                # smoke run on the CPU, seconds
+    python benchmarks/decode.py --small --device cpu --compile-on-cpu   # 0.1B shape on the CPU
 """
 
 from __future__ import annotations
@@ -32,13 +33,19 @@ def main(argv=None):
     parser.add_argument("--contexts", default=None, help="comma-separated prompt lengths (default 1024,8192,24576)")
     parser.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk of our systems")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="use this bandwidth for the floor")
+    parser.add_argument("--small", action="store_true",
+                        help="RWKV-6 0.1B shape (12 x 768) and a Llama of that size instead of 7B (for the CPU)")
     parser.add_argument("--compile-on-cpu", action="store_true",
                         help="also time the torch.compile'd Decoder on the CPU (on a GPU it always runs)")
     args = parser.parse_args(argv)
     device, dtype = C.resolve(args)
     tiny = args.tiny
-    contexts = [int(c) for c in (args.contexts or ("16,48" if tiny else "1024,8192,24576")).split(",")]
-    rwkv_cfg, llama_cfg = (C.RWKV_TINY, C.LLAMA_TINY) if tiny else (C.RWKV_7B, C.LLAMA_7B)
+    default_contexts = "16,48" if tiny else ("128,1024" if args.small else "1024,8192,24576")
+    contexts = [int(c) for c in (args.contexts or default_contexts).split(",")]
+    if args.small:
+        rwkv_cfg, llama_cfg = C.RWKV_SMALL, C.LLAMA_SMALL
+    else:
+        rwkv_cfg, llama_cfg = (C.RWKV_TINY, C.LLAMA_TINY) if tiny else (C.RWKV_7B, C.LLAMA_7B)
     C.header("decode, batch 1: ms/token after a prefill", device, dtype)
     bandwidth = args.bandwidth_gbs or C.measure_bandwidth(device)
     source = "given" if args.bandwidth_gbs else "measured, copy"
