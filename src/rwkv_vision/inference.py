@@ -67,7 +67,9 @@ class _LayerWeights:
         self.maa_w2 = att.time_maa_w2 if hasattr(att, "time_maa_w2") else None  # [5, d, c]
         self.decay = att.time_decay.detach().float().reshape(1, c)
         # w = -exp(decay) when the decay is static, laid out as the step takes it: [b, h, n], contiguous.
-        self.log_decay = torch.exp(self.decay).neg_().expand(batch_size, c).reshape(batch_size, att.n_head, -1).contiguous()
+        self.log_decay = (
+            torch.exp(self.decay).neg_().expand(batch_size, c).reshape(batch_size, att.n_head, -1).contiguous()
+        )
         self.decay_w1 = getattr(att, "time_decay_w1", None)
         self.decay_w2 = getattr(att, "time_decay_w2", None)
         self.u = att.time_faaaa.detach().float().reshape(att.n_head, att.head_size).contiguous()  # [h, n]
@@ -157,7 +159,8 @@ class Decoder:
         self._layers = [_LayerWeights(block, self.batch_size) for block in self.rwkv.blocks]
         self._step_fn = self._step_eager
         if self._compile_args is not None:
-            # A fresh wrapper per weight set: the old one's guards name the old tensors.
+            # Tensors reached through self become graph inputs, guarded on shape and dtype rather than
+            # identity: decoders of same-shaped models share one compiled graph, each reading its own weights.
             args = {"fullgraph": True, "dynamic": False, **self._compile_args}
             self._step_fn = torch.compile(self._step_eager, **args)
         self._graph = None
