@@ -98,23 +98,29 @@ def cpu_rows(quick):
     return rows
 
 
-def _split_forward(r, k, v, w, u):
-    previous = os.environ.get("RWKV_VISION_CUDA_FORWARD")
-    os.environ["RWKV_VISION_CUDA_FORWARD"] = "split"  # read by the C++ op on every call
-    try:
-        return wkv6(r, k, v, w, u, backend="kernel")[0]
-    finally:
-        if previous is None:
-            del os.environ["RWKV_VISION_CUDA_FORWARD"]
-        else:
-            os.environ["RWKV_VISION_CUDA_FORWARD"] = previous
+def _with_forward_kernel(kernel):
+    """wkv6 on the CUDA kernel with RWKV_VISION_CUDA_FORWARD=kernel (the C++ op reads it on every call)."""
+
+    def call(r, k, v, w, u):
+        previous = os.environ.get("RWKV_VISION_CUDA_FORWARD")
+        os.environ["RWKV_VISION_CUDA_FORWARD"] = kernel
+        try:
+            return wkv6(r, k, v, w, u, backend="kernel")[0]
+        finally:
+            if previous is None:
+                del os.environ["RWKV_VISION_CUDA_FORWARD"]
+            else:
+                os.environ["RWKV_VISION_CUDA_FORWARD"] = previous
+
+    return call
 
 
 def gpu_systems():
     systems = {
-        "rwkv_vision CUDA kernel": lambda r, k, v, w, u: wkv6(r, k, v, w, u, backend="kernel")[0],
-        # The untried second forward kernel (four threads per state column; the backward is the same).
-        "rwkv_vision CUDA kernel, split forward": _split_forward,
+        "rwkv_vision CUDA kernel": _with_forward_kernel("recurrent"),
+        # The untried forward kernels; the backward is the recurrent one in all three rows.
+        "rwkv_vision CUDA kernel, split forward": _with_forward_kernel("split"),
+        "rwkv_vision CUDA kernel, chunked forward": _with_forward_kernel("chunked"),
         # The pure-PyTorch fallback (no extension or an unsupported head size) on the GPU.
         "wkv6_chunked (PyTorch, chunks of 16)": lambda r, k, v, w, u: wkv6_chunked(r, k, v, w, u)[0],
     }

@@ -84,11 +84,19 @@ inline void check_launch(const char* what, const char* kernel) {
                   cudaGetErrorString(err));
 }
 
-// The alternative forward kernel of wkv6_forward_split.cu, chosen by RWKV_VISION_CUDA_FORWARD=split.
-bool use_split_forward();
+// The forward kernels. Recurrent (wkv6_cuda.cu) is the default; RWKV_VISION_CUDA_FORWARD=split picks
+// wkv6_forward_split.cu and =chunked picks wkv6_forward_chunked.cu. The variable is read on every call
+// so that tests and benchmarks can switch within one process; any other value is an error.
+enum class ForwardKernel { kRecurrent, kSplit, kChunked };
+ForwardKernel forward_kernel_choice(const char* what);
+
 template <typename T>
 void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
                                const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream);
+template <typename T>
+void wkv6_forward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
+                                 const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
+                                 const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream);
 
 }  // namespace rwkv_vision

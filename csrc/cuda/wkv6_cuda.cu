@@ -342,9 +342,15 @@ std::tuple<Tensor, Tensor> forward_impl(const char* what, const Wkv6Dims& d, con
   Tensor sT = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
   if (d.B * d.H == 0) return {y, sT};
   const cudaStream_t stream = current_stream(r.get_device_index());
-  if (use_split_forward()) {
-    wkv6_forward_split_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
-    return {y, sT};
+  switch (forward_kernel_choice(what)) {
+    case ForwardKernel::kSplit:
+      wkv6_forward_split_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
+      return {y, sT};
+    case ForwardKernel::kChunked:
+      wkv6_forward_chunked_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
+      return {y, sT};
+    case ForwardKernel::kRecurrent:
+      break;
   }
   switch (d.N) {
     case 32: forward_launch<T, 32>(d, r, k, v, w, u, s0, y, sT, stream, what); break;

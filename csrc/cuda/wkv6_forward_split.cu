@@ -107,9 +107,16 @@ void launch(const Wkv6Dims& d, const Tensor& r, const Tensor& k, const Tensor& v
 
 }  // namespace
 
-bool use_split_forward() {
+ForwardKernel forward_kernel_choice(const char* what) {
   const char* choice = std::getenv("RWKV_VISION_CUDA_FORWARD");
-  return choice != nullptr && std::strcmp(choice, "split") == 0;
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "recurrent") == 0) {
+    return ForwardKernel::kRecurrent;
+  }
+  if (std::strcmp(choice, "split") == 0) return ForwardKernel::kSplit;
+  if (std::strcmp(choice, "chunked") == 0) return ForwardKernel::kChunked;
+  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked, got '",
+                  choice, "'");
+  return ForwardKernel::kRecurrent;
 }
 
 template <typename T>

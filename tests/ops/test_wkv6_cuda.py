@@ -107,30 +107,77 @@ def test_float64_on_cuda_falls_back_or_says_why():
         wkv6(*[inputs[k] for k in NAMES], backend="kernel")
 
 
-# The second forward kernel (csrc/cuda/wkv6_forward_split.cu, four threads per state column), chosen
-# by RWKV_VISION_CUDA_FORWARD=split, which the C++ op reads on every call.
+# The other forward kernels, chosen by RWKV_VISION_CUDA_FORWARD, which the C++ op reads on every call:
+# "split" (csrc/cuda/wkv6_forward_split.cu, four threads per state column, float32 arithmetic like the
+# default) and "chunked" (csrc/cuda/wkv6_forward_chunked.cu, 16-step chunks on TF32 tensor cores, so
+# about 1e-3 relative error even for float32 inputs). The backward is the recurrent kernel's in all cases.
+FLOAT32_TOL = {"split": 1e-5, "chunked": 2e-3}
 
 
+@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
 @pytest.mark.parametrize("with_state", [False, True])
-@pytest.mark.parametrize("t", (1, 2, 7, 65, 257))
+@pytest.mark.parametrize("t", (1, 2, 7, 15, 16, 17, 65, 257))
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_split_forward_matches_float64_reference(n, t, with_state, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+def test_forward_kernel_matches_float64_reference(kernel, n, t, with_state, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
     inputs = make_inputs(2, t, 3, n, device="cuda", with_state=with_state, seed=t + n)
-    assert_matches_reference(cuda_wkv6, inputs, 1e-5)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL[kernel])
 
 
+@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_split_forward_half_precision(n, dtype, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+def test_forward_kernel_half_precision(kernel, n, dtype, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
     assert_matches_reference(cuda_wkv6, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
 
 
-def test_split_and_default_forward_agree(monkeypatch):
+@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
+def test_forward_kernels_agree_with_the_default(kernel, monkeypatch):
     inputs = make_inputs(3, 513, 7, 64, dtype=torch.bfloat16, device="cuda", seed=11)
     args = [inputs[k] for k in NAMES]
     y_default, s_default = cuda_wkv6(*args, output_final_state=True)
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
-    y_split, s_split = cuda_wkv6(*args, output_final_state=True)
-    assert rel_rms(y_split, y_default) < 5e-3 and rel_rms(s_split, s_default) < 1e-5
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
+    y_other, s_other = cuda_wkv6(*args, output_final_state=True)
+    assert rel_rms(y_other, y_default) < 5e-3 and rel_rms(s_other, s_default) < FLOAT32_TOL[kernel]
+
+
+# The chunked forward splits time into segments run in parallel when b * h is small (phases A, B, C
+# of wkv6_forward_chunked.cu); RWKV_VISION_CUDA_SEGMENTS forces their number.
+@pytest.mark.parametrize("segments", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize("t", (33, 161, 250))
+def test_chunked_forward_segments(segments, t, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+    monkeypatch.setenv("RWKV_VISION_CUDA_SEGMENTS", str(segments))
+    inputs = make_inputs(2, t, 3, 64, device="cuda", seed=segments + t)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+def test_chunked_forward_long_single_sequence_picks_segments_itself(monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+    monkeypatch.delenv("RWKV_VISION_CUDA_SEGMENTS", raising=False)
+    inputs = make_inputs(1, 4099, 1, 64, dtype=torch.bfloat16, device="cuda", seed=5)
+    args = [inputs[k] for k in NAMES]
+    y, s = cuda_wkv6(*args, output_final_state=True)
+    ref64 = {k: (x.double().cpu() if x is not None else None) for k, x in inputs.items()}
+    y_ref, s_ref = wkv6(*[ref64[k] for k in NAMES], backend="reference", output_final_state=True)
+    assert rel_rms(y, y_ref) < 5e-3 and rel_rms(s, s_ref) < 5e-3
+
+
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_chunked_forward_with_extreme_decays(n, monkeypatch):
+    # Decays from exactly 1 (w = 0) to e^-60 per step: a chunk's decay reaches e^-960, far past where the
+    # factorised form's exp(-A) overflows float32 (e^88); the chunked kernel's exponents all stay <= 0.
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+    inputs = make_inputs(2, 70, 2, n, device="cuda", seed=n)
+    w = inputs["w"]
+    choice = torch.randint(0, 3, w.shape, generator=torch.Generator().manual_seed(n)).to(w.device)
+    inputs["w"] = torch.where(choice == 0, torch.zeros_like(w), torch.where(choice == 1, w, torch.full_like(w, -60.0)))
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+def test_unknown_forward_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "fastest")
+    inputs = make_inputs(1, 4, 2, 64, device="cuda")
+    with pytest.raises(RuntimeError, match="RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked"):
+        cuda_wkv6(*[inputs[k] for k in NAMES])
