@@ -15,6 +15,7 @@ forward+backward includes the forward.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -98,39 +99,48 @@ def cpu_rows(quick):
     return rows
 
 
-def _with_forward_kernel(kernel):
-    """wkv6 on the CUDA kernel with RWKV_VISION_CUDA_FORWARD=kernel (the C++ op reads it on every call)."""
-
-    def call(r, k, v, w, u):
-        previous = os.environ.get("RWKV_VISION_CUDA_FORWARD")
-        os.environ["RWKV_VISION_CUDA_FORWARD"] = kernel
-        try:
-            return wkv6(r, k, v, w, u, backend="kernel")[0]
-        finally:
-            if previous is None:
-                del os.environ["RWKV_VISION_CUDA_FORWARD"]
+@contextlib.contextmanager
+def environment(values):
+    """Set environment variables for the duration (the C++ ops read the kernel choice on every call)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                os.environ["RWKV_VISION_CUDA_FORWARD"] = previous
+                os.environ[name] = value
 
-    return call
+
+def _kernel(r, k, v, w, u):
+    return wkv6(r, k, v, w, u, backend="kernel")[0]
 
 
 def gpu_systems():
+    """name -> (call, environment while it runs, forward and backward), or the ImportError of a peer."""
+    forward, backward = "RWKV_VISION_CUDA_FORWARD", "RWKV_VISION_CUDA_BACKWARD"
     systems = {
-        "rwkv_vision CUDA kernel": _with_forward_kernel("recurrent"),
-        # The untried forward kernels; the backward is the recurrent one in all three rows.
-        "rwkv_vision CUDA kernel, split forward": _with_forward_kernel("split"),
-        "rwkv_vision CUDA kernel, chunked forward": _with_forward_kernel("chunked"),
+        "rwkv_vision CUDA, recurrent": (_kernel, {forward: "recurrent", backward: "recurrent"}),
+        # The untried kernels: the split forward (its backward is the recurrent one) and the chunked
+        # tensor-core forward and backward.
+        "rwkv_vision CUDA, split forward": (_kernel, {forward: "split", backward: "recurrent"}),
+        "rwkv_vision CUDA, chunked": (_kernel, {forward: "chunked", backward: "chunked"}),
         # The pure-PyTorch fallback (no extension or an unsupported head size) on the GPU.
-        "wkv6_chunked (PyTorch, chunks of 16)": lambda r, k, v, w, u: wkv6_chunked(r, k, v, w, u)[0],
+        "wkv6_chunked (PyTorch, chunks of 16)": (lambda r, k, v, w, u: wkv6_chunked(r, k, v, w, u)[0], {}),
     }
     try:
         from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
         # fla scales r by n^-0.5 unless told otherwise; RWKV-6 uses no scale.
-        systems["fla chunk_rwkv6"] = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0]
+        systems["fla chunk_rwkv6"] = (
+            lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0],
+            {},
+        )
         systems["fla fused_recurrent_rwkv6"] = (
-            lambda r, k, v, w, u: fused_recurrent_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0]
+            lambda r, k, v, w, u: fused_recurrent_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0],
+            {},
         )
     except ImportError as err:
         systems["fla (not installed)"] = err
@@ -144,13 +154,16 @@ def gpu_rows(quick):
     rows = []
     for shape in shapes:
         xs = make(*shape, torch.bfloat16, "cuda", True)
-        for name, call in gpu_systems().items():
-            if isinstance(call, Exception):
+        for name, system in gpu_systems().items():
+            if isinstance(system, Exception):
                 rows.append(("cuda", name, shape, "bfloat16", *[float("nan")] * 3))
                 continue
+            call, env = system
             try:
-                fwd, fwd_bwd, bwd = fwd_and_bwd(call, xs)
-                rows.append(("cuda", name, shape, "bfloat16", time_cuda(fwd, 20), time_cuda(bwd, 10), time_cuda(fwd_bwd, 10)))
+                with environment(env):
+                    fwd, fwd_bwd, bwd = fwd_and_bwd(call, xs)
+                    times = time_cuda(fwd, 20), time_cuda(bwd, 10), time_cuda(fwd_bwd, 10)
+                rows.append(("cuda", name, shape, "bfloat16", *times))
             except Exception as err:  # a peer failing must not hide the others' numbers
                 print(f"{name} at {shape} failed: {type(err).__name__}: {err}")
                 rows.append(("cuda", name, shape, "bfloat16", *[float("nan")] * 3))

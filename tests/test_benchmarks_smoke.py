@@ -57,3 +57,30 @@ def test_decode_plot_from_a_tiny_run(tmp_path):
     bad = subprocess.run([sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "nope.md")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_wkv6_benchmark_quick_cpu_table():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(BENCH / "wkv6.py"), "--quick"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=BENCH.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| device | system | b, t, h, n |" in proc.stdout
+    for system in ("rwkv_vision C++ kernel", "wkv6_chunked (PyTorch, chunks of 16)", "wkv6_ref (PyTorch loop)"):
+        assert f"| cpu | {system} | 2, 256, 8, 64 |" in proc.stdout
+
+
+def test_wkv6_benchmark_kernel_choice_is_scoped(monkeypatch):
+    # Each GPU row picks its kernels through the environment, for its forward and its backward alike,
+    # and must leave the environment as it found it for the next row.
+    monkeypatch.syspath_prepend(str(BENCH))
+    import wkv6 as bench
+
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
+    monkeypatch.delenv("RWKV_VISION_CUDA_BACKWARD", raising=False)
+    with bench.environment({"RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}):
+        assert os.environ["RWKV_VISION_CUDA_FORWARD"] == os.environ["RWKV_VISION_CUDA_BACKWARD"] == "chunked"
+    assert os.environ["RWKV_VISION_CUDA_FORWARD"] == "split" and "RWKV_VISION_CUDA_BACKWARD" not in os.environ
+    systems = bench.gpu_systems()
+    assert systems["rwkv_vision CUDA, chunked"][1] == {
+        "RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}
+    assert "fla (not installed)" in systems or "fla chunk_rwkv6" in systems

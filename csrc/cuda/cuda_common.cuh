@@ -84,11 +84,14 @@ inline void check_launch(const char* what, const char* kernel) {
                   cudaGetErrorString(err));
 }
 
-// The forward kernels. Recurrent (wkv6_cuda.cu) is the default; RWKV_VISION_CUDA_FORWARD=split picks
-// wkv6_forward_split.cu and =chunked picks wkv6_forward_chunked.cu. The variable is read on every call
-// so that tests and benchmarks can switch within one process; any other value is an error.
+// The kernel variants. Recurrent (wkv6_cuda.cu) is the default; RWKV_VISION_CUDA_FORWARD=split picks
+// wkv6_forward_split.cu, =chunked (and RWKV_VISION_CUDA_BACKWARD=chunked) wkv6_chunked_cuda.cu. The
+// variables are read on every call so that tests and benchmarks can switch within one process; any
+// other value is an error.
 enum class ForwardKernel { kRecurrent, kSplit, kChunked };
+enum class BackwardKernel { kRecurrent, kChunked };
 ForwardKernel forward_kernel_choice(const char* what);
+BackwardKernel backward_kernel_choice(const char* what);
 
 template <typename T>
 void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
@@ -98,5 +101,11 @@ template <typename T>
 void wkv6_forward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                  const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
                                  const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream);
+template <typename T>
+void wkv6_backward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
+                                  const Tensor& k, const Tensor& v, const Tensor& w,
+                                  const Tensor& u, const Tensor& s0, const Tensor& dy,
+                                  const Tensor& dsT, Tensor& dr, Tensor& dk, Tensor& dv, Tensor& dw,
+                                  Tensor& du, Tensor& ds0, cudaStream_t stream);
 
 }  // namespace rwkv_vision

@@ -29,6 +29,8 @@
 #include "cuda/cuda_common.cuh"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace rwkv_vision {
 namespace {
@@ -390,6 +392,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor du = torch::stable::new_empty(u, {d.H, d.N});
   Tensor ds0 = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
   if (d.H == 0) return {dr, dk, dv, dw, du, ds0};
+  if (d.B > 0 && backward_kernel_choice(what) == BackwardKernel::kChunked) {
+    wkv6_backward_chunked_launch<T>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0,
+                                    current_stream(r.get_device_index()));
+    return {dr, dk, dv, dw, du, ds0};
+  }
 
   const int64_t BH = d.B * d.H, NN = d.N * d.N;
   const int64_t C = chunk_length(d.T);
@@ -429,6 +436,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 }
 
 }  // namespace
+
+namespace {
+const char* env_choice(const char* name) {
+  const char* choice = std::getenv(name);
+  return choice == nullptr || *choice == '\0' ? "recurrent" : choice;
+}
+}  // namespace
+
+ForwardKernel forward_kernel_choice(const char* what) {
+  const char* choice = env_choice("RWKV_VISION_CUDA_FORWARD");
+  if (std::strcmp(choice, "recurrent") == 0) return ForwardKernel::kRecurrent;
+  if (std::strcmp(choice, "split") == 0) return ForwardKernel::kSplit;
+  if (std::strcmp(choice, "chunked") == 0) return ForwardKernel::kChunked;
+  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked, got '",
+                  choice, "'");
+  return ForwardKernel::kRecurrent;
+}
+
+BackwardKernel backward_kernel_choice(const char* what) {
+  const char* choice = env_choice("RWKV_VISION_CUDA_BACKWARD");
+  if (std::strcmp(choice, "recurrent") == 0) return BackwardKernel::kRecurrent;
+  if (std::strcmp(choice, "chunked") == 0) return BackwardKernel::kChunked;
+  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_BACKWARD must be recurrent or chunked, got '",
+                  choice, "'");
+  return BackwardKernel::kRecurrent;
+}
 
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
                                              Tensor s0) {

@@ -17,8 +17,6 @@
 // wkv6_cuda.cu).
 #include "cuda/cuda_common.cuh"
 
-#include <cstdlib>
-#include <cstring>
 
 namespace rwkv_vision {
 namespace {
@@ -106,18 +104,6 @@ void launch(const Wkv6Dims& d, const Tensor& r, const Tensor& k, const Tensor& v
 }
 
 }  // namespace
-
-ForwardKernel forward_kernel_choice(const char* what) {
-  const char* choice = std::getenv("RWKV_VISION_CUDA_FORWARD");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "recurrent") == 0) {
-    return ForwardKernel::kRecurrent;
-  }
-  if (std::strcmp(choice, "split") == 0) return ForwardKernel::kSplit;
-  if (std::strcmp(choice, "chunked") == 0) return ForwardKernel::kChunked;
-  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked, got '",
-                  choice, "'");
-  return ForwardKernel::kRecurrent;
-}
 
 template <typename T>
 void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor& r,

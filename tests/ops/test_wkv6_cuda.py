@@ -109,7 +109,7 @@ def test_float64_on_cuda_falls_back_or_says_why():
 
 # The other forward kernels, chosen by RWKV_VISION_CUDA_FORWARD, which the C++ op reads on every call:
 # "split" (csrc/cuda/wkv6_forward_split.cu, four threads per state column, float32 arithmetic like the
-# default) and "chunked" (csrc/cuda/wkv6_forward_chunked.cu, 16-step chunks on TF32 tensor cores, so
+# default) and "chunked" (csrc/cuda/wkv6_chunked_cuda.cu, 16-step chunks on TF32 tensor cores, so
 # about 1e-3 relative error even for float32 inputs). The backward is the recurrent kernel's in all cases.
 FLOAT32_TOL = {"split": 1e-5, "chunked": 2e-3}
 
@@ -143,7 +143,7 @@ def test_forward_kernels_agree_with_the_default(kernel, monkeypatch):
 
 
 # The chunked forward splits time into segments run in parallel when b * h is small (phases A, B, C
-# of wkv6_forward_chunked.cu); RWKV_VISION_CUDA_SEGMENTS forces their number.
+# of wkv6_chunked_cuda.cu); RWKV_VISION_CUDA_SEGMENTS forces their number.
 @pytest.mark.parametrize("segments", [1, 2, 3, 7, 1000])
 @pytest.mark.parametrize("t", (33, 161, 250))
 def test_chunked_forward_segments(segments, t, monkeypatch):
@@ -181,3 +181,96 @@ def test_unknown_forward_kernel_is_refused(monkeypatch):
     inputs = make_inputs(1, 4, 2, 64, device="cuda")
     with pytest.raises(RuntimeError, match="RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked"):
         cuda_wkv6(*[inputs[k] for k in NAMES])
+
+
+# The chunked backward (RWKV_VISION_CUDA_BACKWARD=chunked): its own forward pass keeps the state at
+# every chunk start, then chunks are walked in reverse, segments in parallel where b * h is small.
+# assert_matches_reference checks every gradient: r, k, v, w (the decay), u and the initial state.
+
+
+@pytest.fixture
+def chunked_kernels(monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "chunked")
+    return monkeypatch
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("t", (1, 2, 15, 16, 17, 65, 257))
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_chunked_backward_matches_float64_reference(n, t, with_state, chunked_kernels):
+    inputs = make_inputs(2, t, 3, n, device="cuda", with_state=with_state, seed=t + n)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_chunked_backward_half_precision(n, dtype, chunked_kernels):
+    assert_matches_reference(cuda_wkv6, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
+
+
+def test_chunked_backward_alone_output_only_loss(monkeypatch):
+    # The chunked backward after the default forward, and a loss on y only (dsT = 0).
+    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "chunked")
+    inputs = make_inputs(3, 50, 17, 64, device="cuda", seed=2)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"], state_loss=False)
+
+
+@pytest.mark.parametrize("segments", [2, 3, 7, 1000])
+@pytest.mark.parametrize("t", (33, 161, 250))
+def test_chunked_backward_segments(segments, t, chunked_kernels):
+    chunked_kernels.setenv("RWKV_VISION_CUDA_SEGMENTS", str(segments))
+    inputs = make_inputs(2, t, 3, 64, device="cuda", seed=segments + t)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+def test_chunked_backward_long_single_sequence_picks_segments_itself(chunked_kernels):
+    chunked_kernels.delenv("RWKV_VISION_CUDA_SEGMENTS", raising=False)
+    inputs = make_inputs(1, 2051, 2, 64, device="cuda", seed=4)
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_chunked_backward_with_extreme_decays(n, chunked_kernels):
+    inputs = make_inputs(2, 70, 2, n, device="cuda", seed=n)
+    w = inputs["w"]
+    choice = torch.randint(0, 3, w.shape, generator=torch.Generator().manual_seed(n)).to(w.device)
+    inputs["w"] = torch.where(choice == 0, torch.zeros_like(w), torch.where(choice == 1, w, torch.full_like(w, -60.0)))
+    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+
+
+def test_chunked_kernels_agree_with_the_recurrent_ones_in_bfloat16(chunked_kernels):
+    inputs = make_inputs(2, 777, 4, 64, dtype=torch.bfloat16, device="cuda", seed=12)
+    y_c, s_c, g_c = run_with_grads(cuda_wkv6, inputs)
+    chunked_kernels.setenv("RWKV_VISION_CUDA_FORWARD", "recurrent")
+    chunked_kernels.setenv("RWKV_VISION_CUDA_BACKWARD", "recurrent")
+    y_r, s_r, g_r = run_with_grads(cuda_wkv6, inputs)
+    assert rel_rms(y_c, y_r) < 5e-3 and rel_rms(s_c, s_r) < 5e-3
+    for k in g_r:
+        assert rel_rms(g_c[k], g_r[k]) < 5e-3, k
+
+
+def test_chunked_kernels_in_a_cuda_graph(chunked_kernels):
+    # Fixed shapes make the scratch tensors the same every call, so the launches can be captured.
+    inputs = make_inputs(1, 300, 2, 64, device="cuda", seed=9)
+    args = [inputs[k] for k in NAMES]
+    expected, _ = cuda_wkv6(*args)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        cuda_wkv6(*args)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y, _ = cuda_wkv6(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_rms(y, expected) < 1e-6
+
+
+def test_unknown_backward_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "fastest")
+    inputs = make_inputs(1, 4, 2, 64, device="cuda")
+    leaves = [x.requires_grad_(True) for x in (inputs[k] for k in NAMES)]
+    y, _ = cuda_wkv6(*leaves)
+    with pytest.raises(RuntimeError, match="RWKV_VISION_CUDA_BACKWARD must be recurrent or chunked"):
+        y.sum().backward()
