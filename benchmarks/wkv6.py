@@ -6,7 +6,7 @@ GPU (when CUDA is available): our CUDA kernel against flash-linear-attention's `
 ``fused_recurrent_rwkv6`` (bf16, n=64) at the shapes of ``docs/performance.md``; a peer that is not
 installed is reported as such, not skipped silently.
 
-    python benchmarks/wkv6.py [--quick]
+    python benchmarks/wkv6.py [--quick] [--exclude chunked]
 
 Times are medians over repeated runs after warm-up; backward is timed alone over a kept graph,
 forward+backward includes the forward.
@@ -147,7 +147,7 @@ def gpu_systems():
     return systems
 
 
-def gpu_rows(quick):
+def gpu_rows(quick, exclude=()):
     shapes = [(8, 4096, 32, 64), (16, 1024, 32, 64), (1, 24576, 64, 64)]
     if quick:
         shapes = shapes[1:2]
@@ -155,6 +155,8 @@ def gpu_rows(quick):
     for shape in shapes:
         xs = make(*shape, torch.bfloat16, "cuda", True)
         for name, system in gpu_systems().items():
+            if any(part in name for part in exclude):
+                continue
             if isinstance(system, Exception):
                 rows.append(("cuda", name, shape, "bfloat16", *[float("nan")] * 3))
                 continue
@@ -173,7 +175,10 @@ def gpu_rows(quick):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
+    parser.add_argument("--exclude", default="", metavar="PART[,PART...]",
+                        help="leave out the GPU systems whose name contains one of these (say so in the output)")
     args = parser.parse_args()
+    exclude = tuple(part for part in args.exclude.split(",") if part)
     info = backend_info()
     print(f"rwkv_vision {rwkv_vision.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}")
@@ -182,7 +187,9 @@ def main():
     print(f"extension: {info['extension']} (cpu {info['cpu_kernels']}, cuda {info['cuda_kernels']})")
     rows = cpu_rows(args.quick)
     if torch.cuda.is_available():
-        rows += gpu_rows(args.quick)
+        rows += gpu_rows(args.quick, exclude)
+        if exclude:
+            print(f"left out on request (--exclude): GPU systems whose name contains {', '.join(exclude)}")
     print()
     print("| device | system | b, t, h, n | dtype | forward ms | backward ms | forward+backward ms |")
     print("|---|---|---|---|---|---|---|")
