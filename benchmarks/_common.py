@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
+import os
 import platform
 import statistics
 import sys
@@ -323,6 +324,22 @@ def for_each_system(args, systems: dict, device, measure: Callable, failed: Call
             del model, runner
             free(device)
     return rows
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for the duration: the C++ ops read the CUDA kernel choice
+    (RWKV_VISION_CUDA_FORWARD / _BACKWARD) on every call, so a row can pick its kernels this way."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def random_ids(b: int, t: int, vocab: int, device, seed: int = 0) -> torch.Tensor:

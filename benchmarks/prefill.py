@@ -3,6 +3,7 @@
 Systems, one at a time in this process (random weights, bf16 on a GPU):
   - rwkv_vision RWKV6 chunked: ``RWKV6.forward(chunk_size=...)``, state carried, last logits only
     (what ``Decoder.prefill`` runs); memory should be weights + one chunk's activations
+  - the same with the chunked tensor-core WKV forward (RWKV_VISION_CUDA_FORWARD=chunked) on a GPU
   - rwkv_vision RWKV6 one pass: the same without chunks (activations for the whole prompt)
   - fla 0.6.0 RWKV6ForCausalLM: one pass, chunk_rwkv6 kernels (missing if not installed)
   - transformers Llama-2-7B shape: one pass, SDPA, KV cache kept (as generation needs it)
@@ -41,6 +42,11 @@ def main(argv=None):
         return make
 
     systems = {f"rwkv_vision RWKV6 chunked ({c})": (ours(c), rwkv_cfg["vocab_size"]) for c in chunks}
+    # The same with the untried chunked tensor-core WKV forward (csrc/cuda/wkv6_chunked_cuda.cu) instead of
+    # the recurrent one: 64 heads at batch 1 are too few blocks for a kernel that walks 24K steps in order.
+    kernel_env = {f"rwkv_vision RWKV6 chunked ({chunks[0]}), chunked WKV kernel": {"RWKV_VISION_CUDA_FORWARD": "chunked"}}
+    for name in kernel_env:
+        systems[name] = (ours(chunks[0]), rwkv_cfg["vocab_size"])
     systems["rwkv_vision RWKV6 one pass"] = (ours(None), rwkv_cfg["vocab_size"])
     systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (C.hf_system(C.build_fla, rwkv_cfg, device, dtype),
                                                       rwkv_cfg["vocab_size"])
@@ -57,7 +63,8 @@ def main(argv=None):
 
         C.free(device)
         C.reset_peak(device)
-        ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
+        with C.environment(kernel_env.get(name, {})):
+            ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
         peak = C.peak_gib(device)
         return [[name, tokens, C.fmt(ms / 1e3, 3), C.fmt(tokens / ms * 1e3, 0), C.fmt(peak),
                  C.fmt(weights), C.fmt(peak - weights), ""]]

@@ -15,14 +15,13 @@ forward+backward includes the forward.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import platform
 import statistics
 import time
 
 import torch
 
+import _common as C
 import rwkv_vision
 from rwkv_vision.ops import backend_info, wkv6, wkv6_chunked, wkv6_ref
 
@@ -99,21 +98,6 @@ def cpu_rows(quick):
     return rows
 
 
-@contextlib.contextmanager
-def environment(values):
-    """Set environment variables for the duration (the C++ ops read the kernel choice on every call)."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _kernel(r, k, v, w, u):
     return wkv6(r, k, v, w, u, backend="kernel")[0]
 
@@ -162,7 +146,7 @@ def gpu_rows(quick, exclude=()):
                 continue
             call, env = system
             try:
-                with environment(env):
+                with C.environment(env):
                     fwd, fwd_bwd, bwd = fwd_and_bwd(call, xs)
                     times = time_cuda(fwd, 20), time_cuda(bwd, 10), time_cuda(fwd_bwd, 10)
                 rows.append(("cuda", name, shape, "bfloat16", *times))

@@ -77,7 +77,7 @@ def test_wkv6_benchmark_kernel_choice_is_scoped(monkeypatch):
 
     monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
     monkeypatch.delenv("RWKV_VISION_CUDA_BACKWARD", raising=False)
-    with bench.environment({"RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}):
+    with bench.C.environment({"RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}):
         assert os.environ["RWKV_VISION_CUDA_FORWARD"] == os.environ["RWKV_VISION_CUDA_BACKWARD"] == "chunked"
     assert os.environ["RWKV_VISION_CUDA_FORWARD"] == "split" and "RWKV_VISION_CUDA_BACKWARD" not in os.environ
     systems = bench.gpu_systems()
