@@ -112,6 +112,36 @@ __device__ __forceinline__ void form_p(float* sP, const float* sR, const float* 
   }
 }
 
+// A (inclusive cumulative sum of w over the chunk, in place of w in sA) and E = exp(A_15), one key
+// channel per thread (every block has at least N threads). Returns A_15 to threads c < N.
+template <int N>
+__device__ __forceinline__ float cumulative_decay(float* sA, float* sE, int ldr, int tid) {
+  float a = 0.f;
+  if (tid < N) {
+#pragma unroll
+    for (int s = 0; s < kL; ++s) {
+      a += sA[s * ldr + tid];
+      sA[s * ldr + tid] = a;
+    }
+    sE[tid] = __expf(a);
+  }
+  return a;
+}
+
+// The decayed tiles Rd_t = r_t exp(A_{t-1}) and Kd_s = k_s exp(A_15 - A_s), each only where asked.
+template <int N, int kThreads>
+__device__ __forceinline__ void decayed_tiles(float* sRd, float* sKd, const float* sR, const float* sK,
+                                              const float* sA, int ldw, int ldr, int tid, bool with_rd,
+                                              bool with_kd) {
+  for (int e = tid; e < kL * N; e += kThreads) {
+    const int s = e / N, c = e % N;
+    const float a = sA[s * ldr + c];
+    const float a_prev = s > 0 ? sA[(s - 1) * ldr + c] : 0.f;
+    if (with_rd) sRd[s * ldw + c] = sR[s * ldr + c] * __expf(a_prev);
+    if (with_kd) sKd[s * ldw + c] = sK[s * ldr + c] * __expf(sA[(kL - 1) * ldr + c] - a);
+  }
+}
+
 // =============================================================================================
 // Forward.
 
@@ -227,28 +257,12 @@ __global__ void __launch_bounds__(kFwdThreads)
     }
     __syncthreads();
 
-    // 2. A, one key channel per thread (kFwdThreads >= N).
-    if (tid < N) {
-      float a = 0.f;
-#pragma unroll
-      for (int s = 0; s < kL; ++s) {
-        a += sA[s * LDR + tid];
-        sA[s * LDR + tid] = a;
-      }
-      sE[tid] = __expf(a);
-      total_log_decay += a;
-    }
+    // 2. A and E.
+    total_log_decay += cumulative_decay<N>(sA, sE, LDR, tid);
     __syncthreads();
 
     // 3. The decayed tiles, and P.
-    for (int e = tid; e < kL * N; e += kFwdThreads) {
-      const int s = e / N, c = e % N;
-      const float a = sA[s * LDR + c];
-      const float a_prev = s > 0 ? sA[(s - 1) * LDR + c] : 0.f;
-      const float a_last = sA[(kL - 1) * LDR + c];
-      sKd[s * LDW + c] = sK[s * LDR + c] * __expf(a_last - a);
-      if (kY) sRd[s * LDW + c] = sR[s * LDR + c] * __expf(a_prev);
-    }
+    decayed_tiles<N, kFwdThreads>(sRd, sKd, sR, sK, sA, LDW, LDR, tid, kY, true);
     if (kY) form_p<N>(sP, sR, sK, sA, sU, LDR, warp, lane, kFwdWarps);
     __syncthreads();
 
@@ -426,26 +440,11 @@ __global__ void __launch_bounds__(kBwdThreads)
     __syncthreads();
 
     // 2. A and E.
-    if (tid < N) {
-      float a = 0.f;
-#pragma unroll
-      for (int s = 0; s < kL; ++s) {
-        a += sA[s * LDR + tid];
-        sA[s * LDR + tid] = a;
-      }
-      sE[tid] = __expf(a);
-      total_log_decay += a;
-    }
+    total_log_decay += cumulative_decay<N>(sA, sE, LDR, tid);
     __syncthreads();
 
     // 3. Rd, Kd, P and dE (which reads dS' before step 5 turns it into dS).
-    for (int e = tid; e < kL * N; e += kBwdThreads) {
-      const int s = e / N, c = e % N;
-      const float a = sA[s * LDR + c];
-      const float a_prev = s > 0 ? sA[(s - 1) * LDR + c] : 0.f;
-      sRd[s * LDW + c] = sR[s * LDR + c] * __expf(a_prev);
-      if (kFull) sKd[s * LDW + c] = sK[s * LDR + c] * __expf(sA[(kL - 1) * LDR + c] - a);
-    }
+    decayed_tiles<N, kBwdThreads>(sRd, sKd, sR, sK, sA, LDW, LDR, tid, true, kFull);
     const float* S = states + (bh * chunks_total + chunk) * NN;  // the state entering this chunk
     if (kFull) {
       form_p<N>(sP, sR, sK, sA, sU, LDR, warp, lane, kBwdWarps);

@@ -76,8 +76,8 @@ def test_torch_compile_fullgraph():
     assert rel_rms(y, y_e) < 1e-6 and rel_rms(s, s_e) < 1e-6
 
 
-def test_runs_on_the_current_stream_and_in_a_cuda_graph():
-    inputs = make_inputs(1, 16, 2, 64, device="cuda", seed=9)
+def assert_graph_replay_equals_eager(inputs):
+    """The kernels run on torch's current stream, so a side stream's CUDA graph captures them."""
     args = [inputs[k] for k in NAMES]
     expected, _ = cuda_wkv6(*args)
     stream = torch.cuda.Stream()
@@ -90,6 +90,10 @@ def test_runs_on_the_current_stream_and_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert rel_rms(y, expected) < 1e-6
+
+
+def test_runs_on_the_current_stream_and_in_a_cuda_graph():
+    assert_graph_replay_equals_eager(make_inputs(1, 16, 2, 64, device="cuda", seed=9))
 
 
 def test_unsupported_head_size_falls_back_or_says_why():
@@ -164,16 +168,20 @@ def test_chunked_forward_long_single_sequence_picks_segments_itself(monkeypatch)
     assert rel_rms(y, y_ref) < 5e-3 and rel_rms(s, s_ref) < 5e-3
 
 
-@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_chunked_forward_with_extreme_decays(n, monkeypatch):
-    # Decays from exactly 1 (w = 0) to e^-60 per step: a chunk's decay reaches e^-960, far past where the
-    # factorised form's exp(-A) overflows float32 (e^88); the chunked kernel's exponents all stay <= 0.
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+def extreme_decay_inputs(n):
+    """Decays from exactly 1 (w = 0) to e^-60 per step: a chunk's decay reaches e^-960, far past where the
+    factorised form's exp(-A) overflows float32 (e^88); the chunked kernels' exponents all stay <= 0."""
     inputs = make_inputs(2, 70, 2, n, device="cuda", seed=n)
     w = inputs["w"]
     choice = torch.randint(0, 3, w.shape, generator=torch.Generator().manual_seed(n)).to(w.device)
     inputs["w"] = torch.where(choice == 0, torch.zeros_like(w), torch.where(choice == 1, w, torch.full_like(w, -60.0)))
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    return inputs
+
+
+@pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
+def test_chunked_forward_with_extreme_decays(n, monkeypatch):
+    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
+    assert_matches_reference(cuda_wkv6, extreme_decay_inputs(n), FLOAT32_TOL["chunked"])
 
 
 def test_unknown_forward_kernel_is_refused(monkeypatch):
@@ -232,11 +240,7 @@ def test_chunked_backward_long_single_sequence_picks_segments_itself(chunked_ker
 
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
 def test_chunked_backward_with_extreme_decays(n, chunked_kernels):
-    inputs = make_inputs(2, 70, 2, n, device="cuda", seed=n)
-    w = inputs["w"]
-    choice = torch.randint(0, 3, w.shape, generator=torch.Generator().manual_seed(n)).to(w.device)
-    inputs["w"] = torch.where(choice == 0, torch.zeros_like(w), torch.where(choice == 1, w, torch.full_like(w, -60.0)))
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    assert_matches_reference(cuda_wkv6, extreme_decay_inputs(n), FLOAT32_TOL["chunked"])
 
 
 def test_chunked_kernels_agree_with_the_recurrent_ones_in_bfloat16(chunked_kernels):
@@ -251,20 +255,8 @@ def test_chunked_kernels_agree_with_the_recurrent_ones_in_bfloat16(chunked_kerne
 
 
 def test_chunked_kernels_in_a_cuda_graph(chunked_kernels):
-    # Fixed shapes make the scratch tensors the same every call, so the launches can be captured.
-    inputs = make_inputs(1, 300, 2, 64, device="cuda", seed=9)
-    args = [inputs[k] for k in NAMES]
-    expected, _ = cuda_wkv6(*args)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        cuda_wkv6(*args)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y, _ = cuda_wkv6(*args)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert rel_rms(y, expected) < 1e-6
+    # 300 steps at b * h = 2: segments, so every phase and its scratch tensors are captured.
+    assert_graph_replay_equals_eager(make_inputs(1, 300, 2, 64, device="cuda", seed=9))
 
 
 def test_unknown_backward_kernel_is_refused(monkeypatch):
