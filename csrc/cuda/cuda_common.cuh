@@ -1,5 +1,5 @@
-// What the CUDA kernels of rwkv_vision share: element conversions and the host-side checks, stream
-// lookup and launch checks. Included by each .cu file; everything here is inline or a template.
+// What the CUDA kernels of rwkv_vision share: the device helpers of device_common.cuh, and the host-side
+// checks, stream lookup and launch checks. Included by each .cu file; everything here is inline or a template.
 #pragma once
 
 #ifndef USE_CUDA
@@ -7,13 +7,12 @@
 #endif
 
 #include "wkv6.h"
+#include "cuda/device_common.cuh"
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/headeronly/util/shim_utils.h>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -22,24 +21,6 @@
 #include <utility>
 
 namespace rwkv_vision {
-
-// ---------------------------------------------------------------------------------------------
-// Element conversions (T in float, bf16, fp16; accumulation always float32).
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
