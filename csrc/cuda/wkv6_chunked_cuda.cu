@@ -204,9 +204,10 @@ void run_backward(const char* what, const Wkv6Dims& d, const Tensor& r, const Te
                                    mptr<T>(dk), mptr<T>(dv), mptr<float>(dw), mptr<float>(ds0),
                                    mptr<float>(du_part), stream);
   const int64_t HN = d.H * d.N;
-  wkv6_chunked_du_kernel<<<static_cast<unsigned>((HN + 255) / 256), 256, 0, stream>>>(
+  // du[h][j] = sum over b and segments of du_part[b][g][h][j], in a fixed order (deterministic).
+  wkv6_du_reduce_kernel<<<static_cast<unsigned>((HN + 255) / 256), 256, 0, stream>>>(
       d.B * segments, HN, cptr<float>(du_part), mptr<float>(du));
-  check_launch(what, "wkv6_chunked_du_kernel");
+  check_launch(what, "wkv6_du_reduce_kernel");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "cuda/device_common.cuh"
+#include "cuda/wkv6_kernels.cuh"  // wkv6_du_reduce_kernel
 
 #include <mma.h>
 
@@ -537,16 +538,6 @@ __global__ void wkv6_chunked_combine_kernel(int N, int segments, bool reverse,
       seg_state[slot * NN + e] = cur;
     }
   }
-}
-
-// du[h][j] = sum over b and segments of du_part[b][g][h][j], in a fixed order (deterministic).
-__global__ void wkv6_chunked_du_kernel(int64_t BG, int64_t HN, const float* __restrict__ du_part,
-                                       float* __restrict__ du) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= HN) return;
-  float acc = 0.f;
-  for (int64_t q = 0; q < BG; ++q) acc += du_part[q * HN + e];
-  du[e] = acc;
 }
 
 }  // namespace

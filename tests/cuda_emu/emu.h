@@ -32,6 +32,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static  // block-scope __shared__ arrays: one copy, blocks run one at a time
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -210,6 +211,7 @@ inline float shfl_xor(unsigned mask, float value, int lane_mask) {
 inline void __syncthreads() { emu::yield_with(emu::State::kBlockBarrier); }
 inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) { return emu::shfl_xor(mask, value, lane_mask); }
 inline float __expf(float x) { return std::exp(x); }
+inline float __ldcg(const float* p) { return *p; }
 [[noreturn]] inline void __trap() {
   std::fprintf(stderr, "emu: __trap() in a kernel\n");  // no exception may cross a fiber's edge
   std::abort();
