@@ -76,26 +76,20 @@ void check_tensor_cores(const char* what, int device) {
                   "RWKV_VISION_CUDA_BACKWARD to use the recurrent kernels.");
 }
 
-// The number of time segments: RWKV_VISION_CUDA_SEGMENTS if set; otherwise enough for about two
-// blocks per multiprocessor, each segment at least 8 chunks long (a shorter one pays more for phase
-// A than it gains). Returned so that no segment is empty, with the chunks per segment.
-std::pair<int, int64_t> choose_segments(const char* what, int64_t blocks, int64_t chunks, int device) {
-  int64_t segments = 1;
-  if (const char* forced = std::getenv("RWKV_VISION_CUDA_SEGMENTS")) {
+// The time segments (plan_segments): RWKV_VISION_CUDA_SEGMENTS if set, else chosen for the device.
+SegmentPlan choose_segments(const char* what, int64_t blocks, int64_t chunks, int device) {
+  int64_t forced = 0;
+  if (const char* text = std::getenv("RWKV_VISION_CUDA_SEGMENTS")) {
     char* end = nullptr;
-    const long value = std::strtol(forced, &end, 10);
-    STD_TORCH_CHECK(end != forced && *end == '\0' && value >= 1, what,
-                    ": RWKV_VISION_CUDA_SEGMENTS must be a positive integer, got '", forced, "'");
-    segments = std::min<int64_t>(value, chunks);
-  } else {
-    const int64_t target = 2 * int64_t(device_attribute(cudaDevAttrMultiProcessorCount, device, 132));
-    if (blocks < target) segments = std::max<int64_t>(1, std::min((target + blocks - 1) / blocks, chunks / 8));
+    forced = std::strtol(text, &end, 10);
+    STD_TORCH_CHECK(end != text && *end == '\0' && forced >= 1, what,
+                    ": RWKV_VISION_CUDA_SEGMENTS must be a positive integer, got '", text, "'");
   }
-  const int64_t seg_chunks = (chunks + segments - 1) / segments;
-  segments = (chunks + seg_chunks - 1) / seg_chunks;
-  STD_TORCH_CHECK(blocks * segments <= int64_t(INT_MAX), what, ": ", blocks * segments,
+  const SegmentPlan plan =
+      plan_segments(forced, blocks, chunks, device_attribute(cudaDevAttrMultiProcessorCount, device, 132));
+  STD_TORCH_CHECK(blocks * plan.segments <= int64_t(INT_MAX), what, ": ", blocks * plan.segments,
                   " blocks exceed the CUDA grid limit");
-  return {static_cast<int>(segments), seg_chunks};
+  return plan;
 }
 
 template <typename Kernel>

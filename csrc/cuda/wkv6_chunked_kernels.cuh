@@ -540,5 +540,30 @@ __global__ void wkv6_chunked_combine_kernel(int N, int segments, bool reverse,
   }
 }
 
+// Host side: how many time segments a launch of `blocks` blocks over `chunks` chunks uses. `forced`
+// (> 0) asks for that many; otherwise enough for about two blocks per multiprocessor, each segment at
+// least 8 chunks long (a shorter one pays more for phase A than it gains). Normalised so that no
+// segment is empty; seg_chunks is the chunks per segment (the last may have fewer).
+struct SegmentPlan {
+  int segments;
+  int64_t seg_chunks;
+};
+
+inline SegmentPlan plan_segments(int64_t forced, int64_t blocks, int64_t chunks, int multiprocessors) {
+  int64_t segments = 1;
+  if (forced > 0) {
+    segments = forced < chunks ? forced : chunks;
+  } else {
+    const int64_t target = 2 * int64_t(multiprocessors);
+    if (blocks < target) {
+      const int64_t wanted = (target + blocks - 1) / blocks, longest = chunks / 8;
+      segments = wanted < longest ? wanted : longest;
+      if (segments < 1) segments = 1;
+    }
+  }
+  const int64_t seg_chunks = (chunks + segments - 1) / segments;
+  return {static_cast<int>((chunks + seg_chunks - 1) / seg_chunks), seg_chunks};
+}
+
 }  // namespace
 }  // namespace rwkv_vision

@@ -1,7 +1,8 @@
 // Runs rwkv_vision's CUDA kernels (the csrc/cuda/*_kernel(s).cuh headers: the very source the GPU build
 // compiles) on the CPU through emu.h, for tests/ops/test_cuda_kernels_emulated.py.
 //
-//   harness chunked DIR B T H N SEGMENTS    wkv6_chunked_kernels.cuh, forward and backward
+//   harness chunked DIR B T H N SEGMENTS    wkv6_chunked_kernels.cuh, forward and backward (SEGMENTS 0:
+//                                           as the host would choose on a 132-multiprocessor GPU)
 //   harness recurrent DIR B T H N           wkv6_kernels.cuh, forward and backward
 //   harness split DIR B T H N               wkv6_forward_split_kernel.cuh, forward
 //   harness step DIR B H N                  wkv6_step_kernel.cuh
@@ -10,7 +11,7 @@
 // [B, H, N, N] (float32, native byte order) and writes y, sT and, with a backward, dr, dk, dv, dw, du,
 // ds0 to DIR/<name>.bin. The step mode reads r, k, v, w [B, H, N], u and s0 (the state) and writes y
 // [B, H, N] and state. The launch sequences are those of the host code in the matching .cu file
-// (the chunked one with the segment count given rather than chosen).
+// (for the chunked one, plan_segments with the given count or a GPU's multiprocessor count).
 //
 //   harness --selftest
 //
@@ -49,11 +50,10 @@ struct Dims {
   int64_t B, T, H, N;
 };
 
-// The host's choice made explicit: `wanted` segments, none empty.
-std::pair<int, int64_t> segments_for(int64_t wanted, int64_t chunks) {
-  wanted = std::min(wanted, chunks);
-  const int64_t seg_chunks = (chunks + wanted - 1) / wanted;
-  return {int((chunks + seg_chunks - 1) / seg_chunks), seg_chunks};
+// The host's plan, with the count given (0: chosen as for a GPU of 132 multiprocessors).
+std::pair<int, int64_t> segments_for(int64_t wanted, int64_t blocks, int64_t chunks) {
+  const rwkv_vision::SegmentPlan plan = rwkv_vision::plan_segments(wanted, blocks, chunks, 132);
+  return {plan.segments, plan.seg_chunks};
 }
 
 template <int N, Pass kPass>
@@ -62,7 +62,7 @@ void run_forward(const Dims& d, int64_t wanted, const Vec& r, const Vec& k, cons
   using G = rwkv_vision::FwdGeometry<N>;
   const int64_t chunks = (d.T + rwkv_vision::kL - 1) / rwkv_vision::kL;
   const int64_t blocks = d.B * d.H * G::kGroups;
-  const auto [segments, seg_chunks] = segments_for(wanted, chunks);
+  const auto [segments, seg_chunks] = segments_for(wanted, blocks, chunks);
   const int64_t seg_len = seg_chunks * rwkv_vision::kL;
   Vec seg_state(size_t(d.B * d.H * (segments - 1) * N * N), std::nanf(""));
   Vec seg_decay(size_t(d.B * d.H * (segments - 1) * N), std::nanf(""));
@@ -118,8 +118,9 @@ void run_chunked(const std::string& dir, const Dims& d, int64_t wanted) {
   run_forward<N, Pass::kStates>(d, wanted, r, k, v, w, u, s0, states.data(), nullptr, nullptr);
 
   using G = rwkv_vision::BwdGeometry<N>;
-  const auto [segments, seg_chunks] = segments_for(wanted, chunks);
-  const int64_t seg_len = seg_chunks * rwkv_vision::kL, blocks = d.B * d.H;
+  const int64_t blocks = d.B * d.H;
+  const auto [segments, seg_chunks] = segments_for(wanted, blocks, chunks);
+  const int64_t seg_len = seg_chunks * rwkv_vision::kL;
   Vec seg_dstate(size_t(blocks * (segments - 1) * N * N), std::nanf(""));
   Vec seg_decay(size_t(blocks * (segments - 1) * N), std::nanf(""));
   Vec du_part(size_t(d.B * segments * d.H * N), std::nanf(""));
