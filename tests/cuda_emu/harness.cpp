@@ -23,6 +23,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <new>
 #include <iostream>
 #include <string>
 #include <utility>
@@ -31,7 +32,22 @@
 namespace {
 
 using rwkv_vision::Pass;
-using Vec = std::vector<float>;
+// Buffers 256-byte aligned, like torch's CUDA allocations, so that mma.h's alignment check means
+// what it would on the GPU.
+template <typename T>
+struct Aligned256 {
+  using value_type = T;
+  Aligned256() = default;
+  template <typename U>
+  Aligned256(const Aligned256<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(256))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(256)); }
+  template <typename U>
+  bool operator==(const Aligned256<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned256<U>&) const { return false; }
+};
+using Vec = std::vector<float, Aligned256<float>>;
 
 Vec read(const std::string& path, size_t count) {
   Vec data(count);

@@ -7,6 +7,8 @@
 #include "../emu.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -42,8 +44,18 @@ inline float __float_to_tf32(float f) {
   return out;
 }
 
+// WMMA's contract on the GPU: a 256-bit aligned pointer and a leading dimension that is a multiple of
+// 16 bytes. Broken, it is undefined behaviour there; here it stops the run.
+inline void check_pointer(const float* p, unsigned ldm, const char* what) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0 || ldm % 4 != 0) {
+    std::fprintf(stderr, "emu: %s with a pointer not 32-byte aligned or ldm %u not a multiple of 4\n", what, ldm);
+    std::abort();
+  }
+}
+
 template <typename Frag>
 void load_tile(Frag& f, const float* p, unsigned ldm, bool row_major) {
+  check_pointer(p, ldm, "wmma::load_matrix_sync");
   emu::warp_barrier();
   for (int r = 0; r < Frag::kRows; ++r)
     for (int c = 0; c < Frag::kCols; ++c)
@@ -63,6 +75,7 @@ void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, 
 
 template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+  check_pointer(p, ldm, "wmma::store_matrix_sync");
   emu::warp_barrier();
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[r + c * ldm]) = f.at(r, c);
