@@ -92,6 +92,31 @@ SegmentPlan choose_segments(const char* what, int64_t blocks, int64_t chunks, in
   return plan;
 }
 
+// Phases A and B's scratch: per (b, h) and segment boundary, a state (or state gradient) and a
+// decay; nothing with one segment. combine() runs phase B over it, from `start` (s0 forward, dsT
+// backward).
+struct SegmentScratch {
+  Tensor state_tensor, decay_tensor;  // `like` itself where there is one segment (never touched)
+  float* states = nullptr;
+  float* decays = nullptr;
+
+  SegmentScratch(const Tensor& like, const Wkv6Dims& d, int segments) : state_tensor(like), decay_tensor(like) {
+    if (segments > 1) {
+      state_tensor = torch::stable::new_empty(like, {d.B, d.H, segments - 1, d.N, d.N});
+      decay_tensor = torch::stable::new_empty(like, {d.B, d.H, segments - 1, d.N});
+      states = mptr<float>(state_tensor);
+      decays = mptr<float>(decay_tensor);
+    }
+  }
+
+  void combine(const char* what, const Wkv6Dims& d, int segments, bool reverse, const Tensor& start,
+               cudaStream_t stream) const {
+    wkv6_chunked_combine_kernel<<<static_cast<unsigned>(d.B * d.H), 256, 0, stream>>>(
+        static_cast<int>(d.N), segments, reverse, cptr<float>(start), states, decays);
+    check_launch(what, "wkv6_chunked_combine_kernel");
+  }
+};
+
 template <typename Kernel>
 void allow_shared_memory(const char* what, Kernel kernel, size_t bytes) {
   const cudaError_t err =
@@ -126,23 +151,16 @@ void run_forward(const char* what, const Wkv6Dims& d, const Tensor& r, const Ten
   const int64_t blocks = d.B * d.H * FwdGeometry<N>::kGroups;
   const auto [segments, seg_chunks] = choose_segments(what, blocks, chunks, device);
   const int64_t seg_len = seg_chunks * kL;
-  Tensor seg_state = s0, seg_decay = s0;  // placeholders where there is one segment
-  float* p_state = nullptr;
-  float* p_decay = nullptr;
+  const SegmentScratch scratch(s0, d, segments);
   if (segments > 1) {
-    seg_state = torch::stable::new_empty(s0, {d.B, d.H, segments - 1, d.N, d.N});
-    seg_decay = torch::stable::new_empty(s0, {d.B, d.H, segments - 1, d.N});
-    p_state = mptr<float>(seg_state);
-    p_decay = mptr<float>(seg_decay);
     launch_forward_pass<T, N, Pass::kLocal>(what, blocks * (segments - 1), d, seg_len, segments,
-                                            segments - 1, chunks, r, k, v, w, u, s0, p_state,
-                                            p_decay, nullptr, nullptr, nullptr, stream);
-    wkv6_chunked_combine_kernel<<<static_cast<unsigned>(d.B * d.H), 256, 0, stream>>>(
-        N, segments, false, cptr<float>(s0), p_state, p_decay);
-    check_launch(what, "wkv6_chunked_combine_kernel");
+                                            segments - 1, chunks, r, k, v, w, u, s0, scratch.states,
+                                            scratch.decays, nullptr, nullptr, nullptr, stream);
+    scratch.combine(what, d, segments, false, s0, stream);
   }
   launch_forward_pass<T, N, kPass>(what, blocks * segments, d, seg_len, segments, segments, chunks,
-                                   r, k, v, w, u, s0, p_state, p_decay, states, y, sT, stream);
+                                   r, k, v, w, u, s0, scratch.states, scratch.decays, states, y, sT,
+                                   stream);
 }
 
 template <typename T, int N, bool kFull>
@@ -177,24 +195,17 @@ void run_backward(const char* what, const Wkv6Dims& d, const Tensor& r, const Te
   const int64_t blocks = d.B * d.H;
   const auto [segments, seg_chunks] = choose_segments(what, blocks, chunks, device);
   const int64_t seg_len = seg_chunks * kL;
-  Tensor seg_dstate = s0, seg_decay = s0;
-  float* p_dstate = nullptr;
-  float* p_decay = nullptr;
+  const SegmentScratch scratch(s0, d, segments);
   if (segments > 1) {
-    seg_dstate = torch::stable::new_empty(s0, {d.B, d.H, segments - 1, d.N, d.N});
-    seg_decay = torch::stable::new_empty(s0, {d.B, d.H, segments - 1, d.N});
-    p_dstate = mptr<float>(seg_dstate);
-    p_decay = mptr<float>(seg_decay);
     launch_backward_pass<T, N, false>(what, blocks * (segments - 1), d, seg_len, segments, chunks, r,
-                                      k, v, w, u, dy, dsT, cptr<float>(states), p_dstate, p_decay,
-                                      nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, stream);
-    wkv6_chunked_combine_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        N, segments, true, cptr<float>(dsT), p_dstate, p_decay);
-    check_launch(what, "wkv6_chunked_combine_kernel");
+                                      k, v, w, u, dy, dsT, cptr<float>(states), scratch.states,
+                                      scratch.decays, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                      nullptr, stream);
+    scratch.combine(what, d, segments, true, dsT, stream);
   }
   Tensor du_part = torch::stable::new_empty(s0, {d.B * segments * d.H * d.N});
   launch_backward_pass<T, N, true>(what, blocks * segments, d, seg_len, segments, chunks, r, k, v, w,
-                                   u, dy, dsT, cptr<float>(states), p_dstate, p_decay, mptr<T>(dr),
+                                   u, dy, dsT, cptr<float>(states), scratch.states, scratch.decays, mptr<T>(dr),
                                    mptr<T>(dk), mptr<T>(dv), mptr<float>(dw), mptr<float>(ds0),
                                    mptr<float>(du_part), stream);
   const int64_t HN = d.H * d.N;
