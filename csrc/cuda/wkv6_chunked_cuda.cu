@@ -45,7 +45,9 @@
 // arithmetic, so segments are used only where they buy at least 2x parallelism.
 //
 // Shared memory holds the chunk's inputs, the derived tiles and the state (gradient); it is above the
-// 48 KiB static limit for n >= 64, so it is dynamic and the kernels opt in to more.
+// 48 KiB static limit for n >= 64, so it is dynamic and the kernels opt in to more. The next chunk's
+// inputs are loaded into registers while the current one is computed (StagedTile), so that the walk
+// over chunks does not wait on global memory at every step.
 #include "cuda/cuda_common.cuh"
 #include "cuda/wkv6_chunked_kernels.cuh"
 

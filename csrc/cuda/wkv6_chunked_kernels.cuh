@@ -100,6 +100,36 @@ __device__ __forceinline__ void decayed_tiles(float* sRd, float* sKd, const floa
   }
 }
 
+// One [kL][kCols] tile of a [b, t, h, n] input, kL * kCols / kThreads floats per thread, staged in
+// registers: fetch() issues the next chunk's loads, which are in flight while the current chunk is
+// computed, and store() puts them in shared memory at the start of the next chunk. Steps at or past
+// t_end read as 0, which with w = 0 means no input and no decay.
+template <int kCols, int kThreads>
+struct StagedTile {
+  static_assert(kL * kCols % kThreads == 0, "every thread stages the same number of floats");
+  static constexpr int kPer = kL * kCols / kThreads;
+  float x[kPer];
+
+  template <typename S>
+  __device__ __forceinline__ void fetch(const S* __restrict__ src, int64_t base, int64_t stride, int col0,
+                                        int64_t t0, int64_t t_end, int tid) {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int e = tid + q * kThreads, s = e / kCols, c = e % kCols;
+      const int64_t t = t0 + s;
+      x[q] = t < t_end ? to_f(src[base + t * stride + col0 + c]) : 0.f;
+    }
+  }
+
+  __device__ __forceinline__ void store(float* dst, int ld, int tid) const {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int e = tid + q * kThreads;
+      dst[(e / kCols) * ld + e % kCols] = x[q];
+    }
+  }
+};
+
 // =============================================================================================
 // Forward.
 
@@ -184,6 +214,16 @@ __global__ void __launch_bounds__(kFwdThreads)
   float total_log_decay = 0.f;  // phase A, thread c < N: sum of w over the segment
   __syncthreads();
 
+  StagedTile<N, kFwdThreads> next_r, next_k, next_w;
+  StagedTile<NC, kFwdThreads> next_v;
+  auto fetch = [&](int64_t t0) {
+    next_r.fetch(r, base, stride, 0, t0, t_end, tid);
+    next_k.fetch(k, base, stride, 0, t0, t_end, tid);
+    next_w.fetch(w, base, stride, 0, t0, t_end, tid);
+    next_v.fetch(v, base, stride, col0, t0, t_end, tid);
+  };
+  fetch(t_begin);
+
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kL) {
     if (kPass == Pass::kStates) {
       float* dst = states + (bh * chunks_total + t0 / kL) * NN;
@@ -192,28 +232,14 @@ __global__ void __launch_bounds__(kFwdThreads)
         dst[j * N + col0 + i] = sS[j * LDC + i];
       }
     }
-    // 1. The chunk's inputs. Steps past the segment get r = k = v = 0 and w = 0 (no input, no decay),
-    //    which leaves both the kept outputs and the state unchanged.
-    for (int e = tid; e < kL * N; e += kFwdThreads) {
-      const int s = e / N, c = e % N;
-      const int64_t t = t0 + s;
-      float rv = 0.f, kv = 0.f, wv = 0.f;
-      if (t < t_end) {
-        const int64_t off = base + t * stride + c;
-        rv = to_f(r[off]);
-        kv = to_f(k[off]);
-        wv = w[off];
-      }
-      sR[s * LDR + c] = rv;
-      sK[s * LDR + c] = kv;
-      sA[s * LDR + c] = wv;
-    }
-    for (int e = tid; e < kL * NC; e += kFwdThreads) {
-      const int s = e / NC, i = e % NC;
-      const int64_t t = t0 + s;
-      sV[s * LDC + i] = t < t_end ? to_f(v[base + t * stride + col0 + i]) : 0.f;
-    }
+    // 1. The chunk's inputs (steps past the segment are zero: no input, no decay), then the next
+    //    chunk's loads, left in flight.
+    next_r.store(sR, LDR, tid);
+    next_k.store(sK, LDR, tid);
+    next_w.store(sA, LDR, tid);
+    next_v.store(sV, LDC, tid);
     __syncthreads();
+    if (t0 + kL < t_end) fetch(t0 + kL);
 
     // 2. A and E.
     total_log_decay += cumulative_decay<N>(sA, sE, LDR, tid);
@@ -371,31 +397,31 @@ __global__ void __launch_bounds__(kBwdThreads)
   float du_acc = 0.f;           // phase C: channel tid % N (kBwdThreads is a multiple of N)
   __syncthreads();
 
+  StagedTile<N, kBwdThreads> next_r, next_k, next_w, next_v, next_dy;
+  auto fetch = [&](int64_t t0) {
+    next_r.fetch(r, base, stride, 0, t0, t_end, tid);
+    next_w.fetch(w, base, stride, 0, t0, t_end, tid);
+    next_dy.fetch(dy, base, stride, 0, t0, t_end, tid);
+    if (kFull) {
+      next_k.fetch(k, base, stride, 0, t0, t_end, tid);
+      next_v.fetch(v, base, stride, 0, t0, t_end, tid);
+    }
+  };
   const int64_t first_chunk = t_begin / kL, last_chunk = (t_end - 1) / kL;
+  fetch(last_chunk * kL);
   for (int64_t chunk = last_chunk; chunk >= first_chunk; --chunk) {
     const int64_t t0 = chunk * kL;
-    // 1. Inputs; steps past the segment are zero (w = 0 too), and so are their gradients' sources.
-    for (int e = tid; e < kL * N; e += kBwdThreads) {
-      const int s = e / N, c = e % N;
-      const int64_t t = t0 + s;
-      float rv = 0.f, kv = 0.f, wv = 0.f, vv = 0.f, gv = 0.f;
-      if (t < t_end) {
-        const int64_t off = base + t * stride + c;
-        rv = to_f(r[off]);
-        wv = w[off];
-        gv = to_f(dy[off]);
-        if (kFull) {
-          kv = to_f(k[off]);
-          vv = to_f(v[off]);
-        }
-      }
-      sR[s * LDR + c] = rv;
-      sK[s * LDR + c] = kv;
-      sA[s * LDR + c] = wv;
-      sV[s * LDW + c] = vv;
-      sdY[s * LDW + c] = gv;
+    // 1. Inputs (steps past the segment are zero, w too, and so are their gradients' sources), then
+    //    the previous chunk's loads, left in flight. Phase A reads neither k nor v.
+    next_r.store(sR, LDR, tid);
+    next_w.store(sA, LDR, tid);
+    next_dy.store(sdY, LDW, tid);
+    if (kFull) {
+      next_k.store(sK, LDR, tid);
+      next_v.store(sV, LDW, tid);
     }
     __syncthreads();
+    if (chunk > first_chunk) fetch(t0 - kL);
 
     // 2. A and E.
     total_log_decay += cumulative_decay<N>(sA, sE, LDR, tid);
