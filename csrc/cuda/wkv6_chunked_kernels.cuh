@@ -8,6 +8,7 @@
 
 #include <mma.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -48,26 +49,41 @@ __device__ __forceinline__ void mma_k(FragC& acc, const float* a, int lda, int a
   }
 }
 
-// P (kL x kL, leading dimension kLDP) of one chunk, or its lower triangle of pair sums: a warp takes a
-// row t; its lane 2s + p sums channels p, p + 2, ... of entry (t, s), and the two halves meet through
-// one shuffle. Raw tiles have row length ldr = N + 2, so the 16 rows x 2 channels a warp reads at once
-// fall in 32 different banks.
+// The lower triangle and diagonal of P (kL x kL, leading dimension kLDP) of one chunk; the caller
+// zeroes the upper triangle once. The kL (kL + 1) / 2 = 136 entries, row by row, go 16 at a time to a
+// warp: lane 2q + p sums channels p, p + 2, ... of entry q, and the two halves meet through one
+// shuffle. Raw tiles have row length ldr = N + 2, so whatever rows the 16 entries touch, the lanes'
+// reads fall in different banks or on one address.
 template <int N>
 __device__ __forceinline__ void form_p(float* sP, const float* sR, const float* sK, const float* sA,
                                        const float* sU, int ldr, int warp, int lane, int warps) {
-  const int s = lane / 2, p = lane % 2;
-  for (int t = warp; t < kL; t += warps) {
+  constexpr int kEntries = kL * (kL + 1) / 2;
+  const int q = lane / 2, p = lane % 2;
+  for (int first = warp * 16; first < kEntries; first += warps * 16) {
+    // Entry e is (t, s) with e = t (t + 1) / 2 + s, s <= t. Past the last entry a lane works on a
+    // copy of entry 0 and writes nothing (the shuffle needs the whole warp).
+    const int e = first + q < kEntries ? first + q : 0;
+    int t = int((sqrtf(8.f * float(e) + 1.f) - 1.f) * 0.5f);
+    while ((t + 1) * (t + 2) / 2 <= e) ++t;
+    while (t * (t + 1) / 2 > e) --t;
+    const int s = e - t * (t + 1) / 2;
     float acc = 0.f;
 #pragma unroll 4
     for (int c = p; c < N; c += 2) {
       const float a_prev = t > 0 ? sA[(t - 1) * ldr + c] : 0.f;
       const float x = a_prev - sA[s * ldr + c];  // <= 0 where it is used (s < t)
-      const float coef = s < t ? __expf(x) : (s == t ? sU[c] : 0.f);
+      const float coef = s < t ? __expf(x) : sU[c];
       acc = fmaf(sR[t * ldr + c] * sK[s * ldr + c], coef, acc);
     }
     acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-    if (p == 0) sP[t * kLDP + s] = acc;
+    if (p == 0 && first + q < kEntries) sP[t * kLDP + s] = acc;
   }
+}
+
+// The upper triangle of P, which form_p leaves alone, is zero.
+template <int kThreads>
+__device__ __forceinline__ void zero_p(float* sP, int tid) {
+  for (int e = tid; e < kL * kLDP; e += kThreads) sP[e] = 0.f;
 }
 
 // A (inclusive cumulative sum of w over the chunk, in place of w in sA) and E = exp(A_15), one key
@@ -211,6 +227,7 @@ __global__ void __launch_bounds__(kFwdThreads)
     sS[j * LDC + i] = init ? init[j * N + col0 + i] : 0.f;
   }
   for (int c = tid; c < N; c += kFwdThreads) sU[c] = u[h * N + c];
+  zero_p<kFwdThreads>(sP, tid);
   float total_log_decay = 0.f;  // phase A, thread c < N: sum of w over the segment
   __syncthreads();
 
@@ -393,6 +410,7 @@ __global__ void __launch_bounds__(kBwdThreads)
     sdS[j * LDW + i] = init ? init[e] : 0.f;
   }
   for (int c = tid; c < N; c += kBwdThreads) sU[c] = u[h * N + c];
+  zero_p<kBwdThreads>(sP, tid);
   float total_log_decay = 0.f;  // phase A, thread c < N
   float du_acc = 0.f;           // phase C: channel tid % N (kBwdThreads is a multiple of N)
   __syncthreads();
