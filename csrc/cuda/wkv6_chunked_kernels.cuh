@@ -348,7 +348,32 @@ struct BwdGeometry {
   static constexpr int odE = oE + round8(N);               // [N] dE
   static constexpr int oU = odE + round8(N);               // [N] u
   static constexpr int odU = oU + round8(N);               // [kBwdThreads] du partial sums
-  static constexpr size_t kBytes = size_t(odU + round8(kBwdThreads)) * sizeof(float);
+  // The state entering the chunk, staged in shared memory where it fits (n <= 64: 18 KiB), so that
+  // its two readers (dE, dRd) take it from global memory once; for n = 128 they read it there.
+  static constexpr bool kStageS = N <= 64;
+  static constexpr int oS = odU + round8(kBwdThreads);     // [N][LDW] S, if staged
+  static constexpr size_t kBytes = size_t(oS + (kStageS ? round8(N * LDW) : 0)) * sizeof(float);
+};
+
+// An n x n state block, N * N / kThreads floats per thread, staged in registers like StagedTile.
+template <int N, int kThreads>
+struct StagedState {
+  static_assert(N * N % kThreads == 0, "every thread stages the same number of floats");
+  static constexpr int kPer = N * N / kThreads;
+  float x[kPer];
+
+  __device__ __forceinline__ void fetch(const float* __restrict__ src, int tid) {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) x[q] = src[tid + q * kThreads];
+  }
+
+  __device__ __forceinline__ void store(float* dst, int ld, int tid) const {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int e = tid + q * kThreads;
+      dst[(e / N) * ld + e % N] = x[q];
+    }
+  }
 };
 
 // kFull: phase C (every gradient for the segment; ds0 from the first segment, du partial sums per
@@ -391,6 +416,7 @@ __global__ void __launch_bounds__(kBwdThreads)
   float* sdE = smem + G::odE;
   float* sU = smem + G::oU;
   float* sdU = smem + G::odU;
+  float* sS = smem + G::oS;  // only where G::kStageS
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int launched = kFull ? segments : segments - 1;
@@ -415,7 +441,9 @@ __global__ void __launch_bounds__(kBwdThreads)
   float du_acc = 0.f;           // phase C: channel tid % N (kBwdThreads is a multiple of N)
   __syncthreads();
 
+  constexpr bool kStageS = kFull && G::kStageS;
   StagedTile<N, kBwdThreads> next_r, next_k, next_w, next_v, next_dy;
+  StagedState<(kStageS ? N : 32), kBwdThreads> next_S;  // unused (and small) where S is not staged
   auto fetch = [&](int64_t t0) {
     next_r.fetch(r, base, stride, 0, t0, t_end, tid);
     next_w.fetch(w, base, stride, 0, t0, t_end, tid);
@@ -424,6 +452,7 @@ __global__ void __launch_bounds__(kBwdThreads)
       next_k.fetch(k, base, stride, 0, t0, t_end, tid);
       next_v.fetch(v, base, stride, 0, t0, t_end, tid);
     }
+    if (kStageS) next_S.fetch(states + (bh * chunks_total + t0 / kL) * NN, tid);
   };
   const int64_t first_chunk = t_begin / kL, last_chunk = (t_end - 1) / kL;
   fetch(last_chunk * kL);
@@ -438,6 +467,7 @@ __global__ void __launch_bounds__(kBwdThreads)
       next_k.store(sK, LDR, tid);
       next_v.store(sV, LDW, tid);
     }
+    if (kStageS) next_S.store(sS, LDW, tid);
     __syncthreads();
     if (chunk > first_chunk) fetch(t0 - kL);
 
@@ -447,12 +477,14 @@ __global__ void __launch_bounds__(kBwdThreads)
 
     // 3. Rd, Kd, P and dE (which reads dS' before step 5 turns it into dS).
     decayed_tiles<N, kBwdThreads>(sRd, sKd, sR, sK, sA, LDW, LDR, tid, true, kFull);
-    const float* S = states + (bh * chunks_total + chunk) * NN;  // the state entering this chunk
+    // The state entering this chunk: staged in shared memory, or read from the scratch in place.
+    const float* S = kStageS ? sS : states + (bh * chunks_total + chunk) * NN;
+    const int lds = kStageS ? LDW : N;
     if (kFull) {
       form_p<N>(sP, sR, sK, sA, sU, LDR, warp, lane, kBwdWarps);
       for (int j = warp; j < N; j += kBwdWarps) {
         float acc = 0.f;
-        for (int i = lane; i < N; i += 32) acc = fmaf(sdS[j * LDW + i], S[j * N + i], acc);
+        for (int i = lane; i < N; i += 32) acc = fmaf(sdS[j * LDW + i], S[j * lds + i], acc);
 #pragma unroll
         for (int m = 16; m >= 1; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
         if (lane == 0) sdE[j] = acc;
@@ -471,8 +503,8 @@ __global__ void __launch_bounds__(kBwdThreads)
           mma_k<kL / 8, FragAT, FragB>(acc, sP, kLDP, 8 * kLDP, sdY + cn, LDW, 8 * LDW);
           mma_k<N / 8, FragA, FragB>(acc, sKd, LDW, 8, sdS + cn, LDW, 8 * LDW);
           wmma::store_matrix_sync(sdV + cn, acc, LDW, wmma::mem_row_major);
-        } else if (kind == 1) {  // dRd = dY S^T, S^T read column-major straight from global memory
-          mma_k<N / 8, FragA, FragBT>(acc, sdY, LDW, 8, S + cn * N, N, 8);
+        } else if (kind == 1) {  // dRd = dY S^T, S^T read column-major
+          mma_k<N / 8, FragA, FragBT>(acc, sdY, LDW, 8, S + cn * lds, lds, 8);
           wmma::store_matrix_sync(sdRd + cn, acc, LDW, wmma::mem_row_major);
         } else if (kind == 2) {  // dKd = V dS'^T
           mma_k<N / 8, FragA, FragBT>(acc, sV, LDW, 8, sdS + cn * LDW, LDW, 8);
