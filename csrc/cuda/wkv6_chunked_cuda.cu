@@ -1,9 +1,10 @@
 // Chunked CUDA kernels of the WKV6 recurrence: 16 steps at a time, as tensor-core matrix products.
 //
-// STATUS: written and compiled without a GPU; never run. They are used only when the environment
-// variables RWKV_VISION_CUDA_FORWARD=chunked / RWKV_VISION_CUDA_BACKWARD=chunked are set, so that the
-// first GPU session can test them (tests/ops/test_wkv6_cuda.py) and time them against the recurrent
-// kernels (benchmarks/wkv6.py) before either becomes the default.
+// STATUS: written without a GPU and never run on one; their device code (wkv6_chunked_kernels.cuh)
+// runs on the CPU under tests/cuda_emu. They are used only when the environment variables
+// RWKV_VISION_CUDA_FORWARD=chunked / RWKV_VISION_CUDA_BACKWARD=chunked are set, so that the first GPU
+// session can test them (tests/ops/test_wkv6_cuda.py) and time them against the recurrent kernels
+// (benchmarks/wkv6.py) before either becomes the default.
 //
 // Why: the recurrent kernels walk t dependent steps of n multiply-adds per thread, so their time is
 // the latency of that chain, not the arithmetic. Here a block walks t / 16 chunks instead, and each
@@ -33,7 +34,7 @@
 // Every exponent is <= 0, so nothing overflows whatever the decays. (An exponent is a difference of
 // float32 running sums, so it carries an absolute error of about ulp(|A|): 3e-5 for a chunk's decay of
 // e^-300, far past what trained RWKV-6 layers use.) P and the pair sums of dr, dk are formed pair by
-// pair (120 pairs of n channels per chunk, float32 on the CUDA cores); the products run on tensor
+// pair (136 entries of n channels per chunk, float32 on the CUDA cores); the products run on tensor
 // cores in TF32 (10-bit mantissa, float32 range and accumulation), about 5e-4 relative error each.
 //
 // Parallelism: a forward block per (batch, head, group of up to 64 value columns), a backward block

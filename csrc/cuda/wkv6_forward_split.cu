@@ -1,8 +1,9 @@
 // A second CUDA forward kernel of the WKV6 recurrence, with four threads per state column.
 //
-// STATUS: written and compiled without a GPU; it has never run. It is used only when the environment
-// variable RWKV_VISION_CUDA_FORWARD=split is set, so that the first GPU session can test it
-// (tests/ops/test_wkv6_cuda.py runs every forward test under both kernels) and time it against the
+// STATUS: written without a GPU and never run on one; its device code (wkv6_forward_split_kernel.cuh)
+// runs on the CPU under tests/cuda_emu. It is used only when the environment variable
+// RWKV_VISION_CUDA_FORWARD=split is set, so that the first GPU session can test it
+// (tests/ops/test_wkv6_cuda.py runs every forward test under each kernel) and time it against the
 // default one-thread-per-column kernel (benchmarks/wkv6.py prints both) before making it the default.
 //
 // Why it should be faster: the default forward has one thread per value channel, so a (b, h) block
