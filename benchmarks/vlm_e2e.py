@@ -25,7 +25,7 @@ import argparse
 import torch
 
 import _common as C
-from rwkv_vision.inference import Decoder
+from rwkv_vision.decoding import Decoder
 from rwkv_vision.models.visualrwkv import VisualRWKV
 from rwkv_vision.prompt import IMAGE_TOKEN_INDEX
 from rwkv_vision.vision.encoders import clip_vit_l14_336, tiny_clip

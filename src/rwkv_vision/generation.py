@@ -25,6 +25,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "generate",
+    "decode_loop",
     "sample_next_token",
     "TextStreamer",
     "CHAT_STOP_TOKENS",
@@ -105,6 +106,49 @@ def sample_next_token(
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode_loop(
+    next_logits: torch.Tensor,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    config: GenerationConfig,
+    *,
+    streamer: Callable[[int, int], None] | None = None,
+    generator: torch.Generator | None = None,
+    on_stop: Callable[[int], None] | None = None,
+) -> tuple[list[list[int]], list[str]]:
+    """The token loop every ``generate`` of the library runs, whatever holds the state.
+
+    Per step: pick a token per row from ``next_logits`` [b, v], hand it to ``streamer(row, token)``, stop a
+    row at a stop token (kept in its output; ``on_stop(row)`` is called before any further step), then
+    ``step(picked [b], running [b] bool) -> next logits [b, v]`` feeds the picked tokens back. The last picked
+    token is not fed: its logits would never be used.
+
+    Returns:
+        (tokens per row, finish reason per row: "stop" or "length").
+    """
+    logits = next_logits
+    b = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    reasons = ["length"] * b
+    stop = set(config.stop_tokens)
+    for i in range(config.max_new_tokens):
+        picked = sample_next_token(logits, config, generator)
+        for row, token in enumerate(picked.tolist()):  # one device sync per step, not per row
+            if reasons[row] == "stop":
+                continue
+            tokens[row].append(token)
+            if streamer is not None:
+                streamer(row, token)
+            if token in stop:
+                reasons[row] = "stop"
+                if on_stop is not None:
+                    on_stop(row)
+        if all(r == "stop" for r in reasons) or i == config.max_new_tokens - 1:
+            break
+        running = torch.tensor([r != "stop" for r in reasons], device=logits.device)
+        logits = step(picked, running)
+    return tokens, reasons
 
 
 class TextStreamer:
@@ -234,26 +278,15 @@ def generate(
             raise ValueError("generate: pass input_ids or next_logits, not both")
         logits, state = _prefill(model, _as_rows(input_ids), state, config, device)
 
-    b = logits.shape[0]
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    reasons = ["length"] * b
-    stop = set(config.stop_tokens)
-    for step in range(config.max_new_tokens):
-        picked = sample_next_token(logits, config, generator)
-        for row, token in enumerate(picked.tolist()):  # one device sync per step, not per row
-            if reasons[row] == "stop":
-                continue
-            tokens[row].append(token)
-            if streamer is not None:
-                streamer(row, token)
-            if token in stop:
-                reasons[row] = "stop"
-        if all(r == "stop" for r in reasons) or step == config.max_new_tokens - 1:
-            break  # the last picked token is not fed: its logits would never be used
-        logits, new_state = model(input_ids=picked.view(b, 1), state=state)
-        logits = logits[:, -1]
-        if "stop" in reasons and hasattr(new_state, "where"):
-            running = torch.tensor([r != "stop" for r in reasons], device=logits.device)
-            new_state = new_state.where(running, state)  # stopped rows keep their state
-        state = new_state
+    current = [state]
+
+    def step(picked: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        logits, new_state = model(input_ids=picked.view(-1, 1), state=current[0])
+        if not bool(running.all()) and hasattr(new_state, "where"):
+            new_state = new_state.where(running, current[0])  # stopped rows keep their state
+        current[0] = new_state
+        return logits[:, -1]
+
+    tokens, reasons = decode_loop(logits, step, config, streamer=streamer, generator=generator)
+    state = current[0]
     return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state)

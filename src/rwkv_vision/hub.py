@@ -44,7 +44,7 @@ from .model_config import (
     parse_dtype,
     validate_config,
 )
-from .models.rwkv6 import StateDictError
+from .errors import StateDictError
 from .models.visualrwkv import OFFICIAL_PREFIXES, VisualRWKV
 
 __all__ = [

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .layers.projector import GatedMLPProjector, LinearProjector, MLPProjector
 from .prompt import ImageFirst, ImageLast, PromptLayout, Sandwich
 from .scan import BiDir, Custom, MultiDir, ScanPolicy, Snake, UniDir, Zigzag
@@ -91,8 +92,6 @@ _DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file or directory that cannot be read: the message names the file and what was expected."""
 
 
 def parse_dtype(dtype: torch.dtype | str | None, *, name: str = "dtype") -> torch.dtype | None:
@@ -480,7 +479,7 @@ def model_to_config(model, *, metadata: Mapping[str, Any] | None = None) -> tupl
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "rwkv": dict(model.rwkv.config),
+        "rwkv": model.rwkv.config.to_dict(),
         "encoder": encoder_to_config(model.encoder),
         "projector": projector_to_config(model.proj),
         "scan": scan_to_config(model.scan),
@@ -564,13 +563,13 @@ def model_from_config(
     ``tokenizer`` replaces the config's; otherwise it is built from the config (``directory`` holds its file).
     ``overrides`` (``scan=``, ``layout=``, ``preprocessor=``, ``freeze_encoder=``) replace the config's choices.
     """
-    from .models.rwkv6 import RWKV6
+    from .models.rwkv6 import RWKV6, RWKV6Config
     from .models.visualrwkv import VisualRWKV
 
     validate_config(config, source=source)
     cls = VisualRWKV if cls is None else cls
     try:
-        rwkv = RWKV6(**config["rwkv"], device=device, dtype=dtype)
+        rwkv = RWKV6(RWKV6Config(**config["rwkv"]), device=device, dtype=dtype)
         encoder = encoder_from_config(config["encoder"], device=device, dtype=dtype)
         proj = projector_from_config(config["projector"], device=device, dtype=dtype)
         if proj.in_features != encoder.width or proj.out_features != rwkv.n_embd:

@@ -2,7 +2,7 @@
 
 Letter legend: b batch, h heads, n head size, c channels.
 
-Per layer (``LayerState``) there are three tensors:
+Per layer (``LayerState``) there are three tensors (the time-mix's two are also its ``TimeMixState``):
 
 - ``att_shift`` [b, c]: the last (LayerNorm-ed) input the time-mix saw, its x_{t-1} for the next token.
 - ``wkv`` [b, h, n, n] float32: the WKV matrix S[b, h, key j, value i] of the time-mix.
@@ -20,11 +20,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["LayerState", "RWKVState"]
+__all__ = ["TimeMixState", "LayerState", "RWKVState"]
+
+
+class TimeMixState(NamedTuple):
+    """The state of one time-mix: ``shift`` [b, c] (its last input, model dtype) and ``wkv`` [b, h, n, n]
+    (the WKV matrix S[b, h, key j, value i], float32). A tuple, so ``shift, wkv = state`` works."""
+
+    shift: torch.Tensor
+    wkv: torch.Tensor
 
 _FIELDS = ("att_shift", "wkv", "ffn_shift")
 

@@ -9,7 +9,7 @@ def test_default_dim_ffn_is_official():
 
 def test_matches_formula_and_official_shapes():
     torch.manual_seed(0)
-    ffn = ChannelMix(n_embd=16, dim_ffn=40)
+    ffn = ChannelMix(n_embd=16, dim_ffn=40, layer_id=0, n_layer=1)
     shapes = {k: tuple(v.shape) for k, v in ffn.state_dict().items()}
     assert shapes == {
         "time_maa_k": (1, 1, 16), "time_maa_r": (1, 1, 16),
@@ -17,7 +17,7 @@ def test_matches_formula_and_official_shapes():
     }
     x = torch.randn(2, 5, 16)
     state = torch.randn(2, 16)
-    out, new_state = ffn(x, state)
+    out, new_state = ffn(x, state, return_state=True)
     x_prev = torch.cat([state[:, None], x[:, :-1]], 1)
     xk = x + (x_prev - x) * ffn.time_maa_k
     xr = x + (x_prev - x) * ffn.time_maa_r

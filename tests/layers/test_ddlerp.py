@@ -13,7 +13,7 @@ def _lerp(**kw):
 
 
 def test_official_names_and_shapes():
-    shapes = {k: tuple(v.shape) for k, v in DDLerp(n_embd=16, d_mix=4).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in DDLerp(n_embd=16, d_mix=4, layer_id=0, n_layer=1).state_dict().items()}
     assert shapes == {
         **{f"time_maa_{n}": (1, 1, 16) for n in "xwkvrg"},
         "time_maa_w1": (16, 20),
@@ -56,9 +56,9 @@ def test_static_variant_is_a_plain_lerp():
 
 def test_init_is_deterministic_and_spread():
     torch.manual_seed(3)
-    a = DDLerp(n_embd=32, d_mix=4)
+    a = DDLerp(n_embd=32, d_mix=4, layer_id=0, n_layer=1)
     torch.manual_seed(3)
-    b = DDLerp(n_embd=32, d_mix=4)
+    b = DDLerp(n_embd=32, d_mix=4, layer_id=0, n_layer=1)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), name
         assert pa.abs().sum() > 0, name

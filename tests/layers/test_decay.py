@@ -5,7 +5,7 @@ from rwkv_vision.layers import DataDependentDecay
 
 def test_log_decay_matches_formula_in_float32():
     torch.manual_seed(0)
-    decay = DataDependentDecay(n_embd=16, d_decay=5)
+    decay = DataDependentDecay(n_embd=16, d_decay=5, layer_id=0, n_layer=1)
     with torch.no_grad():
         decay.time_decay_w1.normal_()
         decay.time_decay_w2.normal_()
@@ -19,12 +19,12 @@ def test_log_decay_matches_formula_in_float32():
 
 
 def test_bfloat16_input_gives_float32_log_decay():
-    decay = DataDependentDecay(n_embd=16, d_decay=5, dtype=torch.bfloat16)
+    decay = DataDependentDecay(n_embd=16, d_decay=5, layer_id=0, n_layer=1, dtype=torch.bfloat16)
     assert decay(torch.randn(1, 3, 16, dtype=torch.bfloat16)).dtype == torch.float32
 
 
 def test_static_variant_ignores_the_token():
-    decay = DataDependentDecay(n_embd=16, data_dependent=False)
+    decay = DataDependentDecay(n_embd=16, data_dependent=False, layer_id=0, n_layer=1)
     assert set(decay.state_dict()) == {"time_decay"}
     w = decay(torch.randn(2, 4, 16))
     assert w.shape == (2, 4, 16)

@@ -5,7 +5,7 @@ from rwkv_vision.layers import TimeMix
 
 
 def test_official_names_and_shapes():
-    att = TimeMix(n_embd=32, head_size=8, d_mix=3, d_decay=5)
+    att = TimeMix(n_embd=32, head_size=8, d_mix=3, d_decay=5, layer_id=0, n_layer=1)
     shapes = {k: tuple(v.shape) for k, v in att.state_dict().items()}
     expected = {f"time_maa_{n}": (1, 1, 32) for n in "xwkvrg"}
     expected.update({
@@ -18,7 +18,7 @@ def test_official_names_and_shapes():
 
 
 def test_static_variants_drop_the_lora_parameters():
-    names = set(TimeMix(n_embd=32, head_size=8, data_dependent_lerp=False, data_dependent_decay=False).state_dict())
+    names = set(TimeMix(n_embd=32, head_size=8, data_dependent_lerp=False, data_dependent_decay=False, layer_id=0, n_layer=1).state_dict())
     assert not names & {"time_maa_x", "time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2"}
     assert {"time_maa_w", "time_decay", "time_faaaa"} <= names
 
@@ -26,11 +26,12 @@ def test_static_variants_drop_the_lora_parameters():
 @pytest.mark.parametrize("static", [False, True])
 def test_state_carry_equals_one_pass(static):
     torch.manual_seed(0)
-    att = TimeMix(n_embd=32, head_size=8, data_dependent_lerp=not static, data_dependent_decay=not static)
+    att = TimeMix(n_embd=32, head_size=8, data_dependent_lerp=not static, data_dependent_decay=not static, layer_id=0,
+                  n_layer=1)
     x = torch.randn(2, 9, 32)
-    whole, shift, wkv = att(x)
-    a, s1, w1 = att(x[:, :4])
-    b, s2, w2 = att(x[:, 4:], s1, w1)
+    whole, (shift, wkv) = att(x, return_state=True)
+    a, (s1, w1) = att(x[:, :4], return_state=True)
+    b, (s2, w2) = att(x[:, 4:], (s1, w1), return_state=True)
     torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w2, wkv, rtol=1e-5, atol=1e-6)
     assert wkv.shape == (2, 4, 8, 8) and wkv.dtype == torch.float32
@@ -39,4 +40,4 @@ def test_state_carry_equals_one_pass(static):
 
 def test_head_size_must_divide_channels():
     with pytest.raises(ValueError, match="head_size"):
-        TimeMix(n_embd=30, head_size=8)
+        TimeMix(n_embd=30, head_size=8, layer_id=0, n_layer=1)

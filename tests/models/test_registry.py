@@ -15,7 +15,7 @@ def test_tiny_config_and_overrides():
 )
 def test_official_sizes(name, layers, channels, ffn, billions):
     model = create_model(name, device="meta")
-    sizes = (model.n_layer, model.n_embd, model.config["dim_ffn"], model.n_head)
+    sizes = (model.n_layer, model.n_embd, model.config.dim_ffn, model.n_head)
     assert sizes == (layers, channels, ffn, channels // 64)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     assert abs(params - billions) < 0.1

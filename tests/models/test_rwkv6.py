@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from reference.rwkv6_ref import random_official_state_dict, relative_rms_error, rwkv6_reference_logits
 from rwkv_vision import RWKV6, RWKVState, create_model
-from rwkv_vision.models import StateDictError, config_from_official_state_dict
+from rwkv_vision.checkpoint.official import config_from_official_state_dict
+from rwkv_vision.errors import StateDictError
 
 SIZES = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 
@@ -44,10 +45,10 @@ def test_reference_agreement_with_other_sizes():
 
 
 def test_every_size_is_inferred_from_shapes(official, model):
-    assert config_from_official_state_dict(official) == dict(
+    assert config_from_official_state_dict(official).to_dict() == dict(
         **SIZES, data_dependent_lerp=True, data_dependent_decay=True
     )
-    assert model.n_head == 4 and model.config["dim_ffn"] == 64
+    assert model.n_head == 4 and model.config.dim_ffn == 64
 
 
 def test_state_dict_keys_are_the_official_keys(official, model):
@@ -169,7 +170,7 @@ def test_inputs_embeds_and_manual_block_loop_equal_input_ids(model):
     assert _close(model(inputs_embeds=model.embed(ids))[0], logits)
     x = model.embed(ids)
     for i, block in enumerate(model.blocks):
-        x, _ = block(x, None)
+        x = block(x, None)
     assert _close(model.unembed(x), logits)
     hidden, state = model.forward_blocks(model.embed(ids))
     assert _close(model.unembed(hidden), logits) and isinstance(state, RWKVState)

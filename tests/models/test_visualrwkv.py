@@ -10,7 +10,8 @@ from PIL import Image
 
 from reference.rwkv6_ref import relative_rms_error
 from reference.visualrwkv_ref import random_visualrwkv_checkpoint, visualrwkv_reference_logits
-from rwkv_vision.models.rwkv6 import RWKV6, StateDictError
+from rwkv_vision.errors import StateDictError
+from rwkv_vision.models.rwkv6 import RWKV6
 from rwkv_vision.models.visualrwkv import VisualRWKV
 from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.prompt import ImageFirst

@@ -1,25 +1,31 @@
-"""Block: one RWKV-6 layer, a pre-LayerNorm residual pair of time-mix and channel-mix.
+"""Block: a pre-norm residual pair of a sequence mixer and a feed-forward, the unit every RWKV stack repeats.
 
 Letter legend: b batch, t time, h heads, n head size, c channels.
 
-    if layer_id == 0: x = ln0(x)          # block 0 normalises the embeddings once
-    x = x + att(ln1(x))
-    x = x + ffn(ln2(x))
+    if embed_norm: x = ln0(x)            # the first block of an RWKV model normalises the embeddings once
+    x = x + att(ln1(x))                   # the mixer: RWKV-6 TimeMix, or any module with its interface
+    x = x + ffn(ln2(x))                   # the feed-forward: RWKV-6 ChannelMix, or any other
 
-LayerNorm eps is 1e-5. Attribute names are the official ones (``ln0``/``ln1``/``ln2``, ``att``, ``ffn``), so
-``blocks.{i}.*`` keys of an "x060" checkpoint load by name.
+The block is built from factories, as mamba's ``Block(dim, mixer_cls, mlp_cls)`` and timm's ViT blocks are, so
+an RWKV-6 block (``Block.rwkv6``) and a block with another mixer share one implementation. Attribute names are
+the official ones (``ln0``/``ln1``/``ln2``, ``att``, ``ffn``), so ``blocks.{i}.*`` keys of an "x060" checkpoint
+load by name.
 
-The whole recurrent memory of the block is a ``LayerState`` (time-mix shift [b, c], WKV [b, h, n, n],
-channel-mix shift [b, c]); ``forward`` takes one (or None for a fresh sequence) and returns the next, so a
-wrapper can run blocks one at a time, reorder the tokens between them, and keep each block's state.
+The whole recurrent memory of an RWKV-6 block is a ``LayerState`` (time-mix shift [b, c], WKV [b, h, n, n],
+channel-mix shift [b, c]). ``forward`` returns the new stream, and with ``return_state=True`` also the next
+state, so a wrapper can run blocks one at a time, reorder the tokens between them, and keep each block's
+state. ``step`` reads one token and updates a state in place: what decoding runs.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import nn
 
-from ..state import LayerState
+from ..state import LayerState, TimeMixState
 from .channel_mix import ChannelMix
 from .time_mix import TimeMix
 
@@ -29,23 +35,57 @@ LN_EPS = 1e-5
 
 
 class Block(nn.Module):
-    """One RWKV-6 block.
+    """A pre-norm residual block: ``x + att(ln1(x))``, then ``x + ffn(ln2(x))``.
 
-    Shapes: forward(x [b, t, c], state: LayerState | None) -> (x [b, t, c], LayerState).
+    Args:
+        dim: channels c.
+        mixer_cls: ``mixer_cls(dim, device=, dtype=)`` builds the sequence mixer. Its interface:
+            ``forward(x [b, t, c], state, *, return_state)`` returning the output (and with
+            ``return_state=True`` a ``(shift, wkv)`` pair), and ``step(x [b, c], shift, wkv)`` for decoding.
+        mlp_cls: ``mlp_cls(dim, device=, dtype=)`` builds the feed-forward: ``forward(x, state, *,
+            return_state)`` with a shift state [b, c], and ``step(x [b, c], shift)``.
+        norm_cls: ``norm_cls(dim, device=, dtype=)`` builds each norm (default LayerNorm, eps 1e-5).
+        embed_norm: add ``ln0`` before everything (RWKV applies it in its first block only); explicit, so a
+            block never changes shape because of where it sits.
+
+    Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False) -> x [b, t, c], or
+    (x, LayerState) with ``return_state=True``. step(x [b, c], state: LayerState) -> x [b, c].
 
     Example::
 
-        >>> block = Block(layer_id=0, n_layer=1, n_embd=64, head_size=32)
-        >>> y, state = block(torch.randn(2, 10, 64))          # a fresh sequence
-        >>> y2, state = block(torch.randn(2, 3, 64), state)   # its continuation
+        >>> block = Block.rwkv6(n_embd=64, head_size=32, layer_id=0, n_layer=1, embed_norm=True)
+        >>> y = block(torch.randn(2, 10, 64))                                # like a transformer block
+        >>> y, state = block(torch.randn(2, 10, 64), return_state=True)      # a fresh sequence, and its state
+        >>> y2, state = block(torch.randn(2, 3, 64), state, return_state=True)  # its continuation
     """
 
     def __init__(
         self,
+        dim: int,
+        mixer_cls: Callable[..., nn.Module],
+        mlp_cls: Callable[..., nn.Module],
         *,
+        norm_cls: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=LN_EPS),
+        embed_norm: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.ln0 = norm_cls(dim, **factory) if embed_norm else None
+        self.ln1 = norm_cls(dim, **factory)
+        self.ln2 = norm_cls(dim, **factory)
+        self.att = mixer_cls(dim, **factory)
+        self.ffn = mlp_cls(dim, **factory)
+
+    @classmethod
+    def rwkv6(
+        cls,
+        *,
+        n_embd: int,
         layer_id: int,
         n_layer: int,
-        n_embd: int,
+        embed_norm: bool,
         head_size: int = 64,
         dim_ffn: int | None = None,
         d_mix: int = 32,
@@ -54,28 +94,37 @@ class Block(nn.Module):
         data_dependent_decay: bool = True,
         device=None,
         dtype=None,
-    ):
-        super().__init__()
-        factory = dict(device=device, dtype=dtype)
-        self.layer_id = layer_id
-        self.ln0 = nn.LayerNorm(n_embd, eps=LN_EPS, **factory) if layer_id == 0 else None
-        self.ln1 = nn.LayerNorm(n_embd, eps=LN_EPS, **factory)
-        self.ln2 = nn.LayerNorm(n_embd, eps=LN_EPS, **factory)
-        self.att = TimeMix(
-            n_embd=n_embd, head_size=head_size, d_mix=d_mix, d_decay=d_decay,
-            data_dependent_lerp=data_dependent_lerp, data_dependent_decay=data_dependent_decay,
-            layer_id=layer_id, n_layer=n_layer, **factory,
+    ) -> "Block":
+        """An RWKV-6 block: ``TimeMix`` and ``ChannelMix`` initialised for layer ``layer_id`` of ``n_layer``."""
+        depth = dict(layer_id=layer_id, n_layer=n_layer)
+        mixer = partial(
+            TimeMix, head_size=head_size, d_mix=d_mix, d_decay=d_decay, data_dependent_lerp=data_dependent_lerp,
+            data_dependent_decay=data_dependent_decay, **depth,
         )
-        self.ffn = ChannelMix(n_embd=n_embd, dim_ffn=dim_ffn, layer_id=layer_id, n_layer=n_layer, **factory)
+        return cls(n_embd, mixer, partial(ChannelMix, dim_ffn=dim_ffn, **depth), embed_norm=embed_norm,
+                   device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+    def forward(
+        self, x: torch.Tensor, state: LayerState | None = None, *, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
+        if state is not None and not isinstance(state, LayerState):
+            raise TypeError(f"Block: state must be a LayerState or None, got {type(state).__name__}")
         if self.ln0 is not None:
             x = self.ln0(x)
-        att_shift = wkv = ffn_shift = None
-        if state is not None:
-            att_shift, wkv, ffn_shift = state.att_shift, state.wkv, state.ffn_shift
-        dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv)
+        att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
+        ffn_state = None if state is None else state.ffn_shift
+        if not return_state:
+            x = x + self.att(self.ln1(x), att_state)
+            return x + self.ffn(self.ln2(x), ffn_state)
+        dx, (att_shift, wkv) = self.att(self.ln1(x), att_state, return_state=True)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
-        x = x + dx
-        return x, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
+        return x + dx, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One token: x [b, c] -> x [b, c]; ``state``'s tensors are updated in place."""
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        x = x + self.att.step(self.ln1(x), state.att_shift, state.wkv)
+        return x + self.ffn.step(self.ln2(x), state.ffn_shift)

@@ -13,6 +13,7 @@ Parameter names are the official "x060" ones: ``time_maa_k``, ``time_maa_r`` [1,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._depth import depth_ratios
@@ -29,17 +30,23 @@ def default_dim_ffn(n_embd: int) -> int:
 class ChannelMix(nn.Module):
     """The RWKV-6 channel-mix ("ffn") of one block.
 
-    Shapes: forward(x [b, t, c], shift_state [b, c] | None) -> (out [b, t, c], shift_state [b, c]).
-    ``x`` is the LayerNorm-ed input.
+    Shapes: forward(x [b, t, c], state: shift [b, c] | None, return_state=False) -> out [b, t, c], or
+    (out, shift [b, c]) with ``return_state=True``; step(x [b, c], shift [b, c]) -> out [b, c], shift updated
+    in place. ``x`` is the LayerNorm-ed input.
+
+    Args:
+        n_embd: channels c.
+        dim_ffn: hidden size f (default ``default_dim_ffn(c)``).
+        layer_id, n_layer: where the layer sits in its stack (the initial mixes depend on it); required.
     """
 
     def __init__(
         self,
-        *,
         n_embd: int,
+        *,
         dim_ffn: int | None = None,
-        layer_id: int = 0,
-        n_layer: int = 1,
+        layer_id: int,
+        n_layer: int,
         device=None,
         dtype=None,
     ):
@@ -60,13 +67,27 @@ class ChannelMix(nn.Module):
         with torch.no_grad():
             self.value.weight.mul_(0.1)  # start close to the identity on the residual stream
 
-    def forward(self, x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x_prev, shift_state = token_shift(x, shift_state)
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, *, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x_prev, shift = token_shift(x, state)
         xx = x_prev - x
         x_k = x + xx * self.time_maa_k
         x_r = x + xx * self.time_maa_r
         hidden = torch.relu(self.key(x_k)) ** 2
-        return torch.sigmoid(self.receptance(x_r)) * self.value(hidden), shift_state
+        out = torch.sigmoid(self.receptance(x_r)) * self.value(hidden)
+        return (out, shift) if return_state else out
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """One token: x [b, c] -> out [b, c]; ``shift`` [b, c] is updated in place (no host syncs)."""
+        c = x.shape[-1]
+        xx = shift - x
+        shift.copy_(x)
+        x_k = torch.addcmul(x, xx, self.time_maa_k.reshape(1, c))
+        x_r = torch.addcmul(x, xx, self.time_maa_r.reshape(1, c))
+        hidden = torch.relu(F.linear(x_k, self.key.weight)).square_()
+        return torch.sigmoid(F.linear(x_r, self.receptance.weight)).mul_(F.linear(hidden, self.value.weight))
 
     def extra_repr(self) -> str:
         return f"n_embd={self.n_embd}, dim_ffn={self.dim_ffn}"

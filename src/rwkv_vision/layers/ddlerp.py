@@ -35,8 +35,8 @@ def add_ddlerp_parameters(
     n_embd: int,
     d_mix: int = 32,
     data_dependent: bool = True,
-    layer_id: int = 0,
-    n_layer: int = 1,
+    layer_id: int,
+    n_layer: int,
     device=None,
     dtype=None,
 ) -> None:
@@ -96,7 +96,7 @@ class DDLerp(nn.Module):
 
     Example::
 
-        >>> lerp = DDLerp(n_embd=64, d_mix=8)
+        >>> lerp = DDLerp(n_embd=64, d_mix=8, layer_id=0, n_layer=1)
         >>> x = torch.randn(2, 5, 64)
         >>> x_prev, _ = token_shift(x)
         >>> x_w, x_k, x_v, x_r, x_g = lerp(x, x_prev)
@@ -108,8 +108,8 @@ class DDLerp(nn.Module):
         n_embd: int,
         d_mix: int = 32,
         data_dependent: bool = True,
-        layer_id: int = 0,
-        n_layer: int = 1,
+        layer_id: int,
+        n_layer: int,
         device=None,
         dtype=None,
     ):

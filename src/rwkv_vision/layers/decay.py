@@ -31,8 +31,8 @@ def add_decay_parameters(
     n_embd: int,
     d_decay: int = 64,
     data_dependent: bool = True,
-    layer_id: int = 0,
-    n_layer: int = 1,
+    layer_id: int,
+    n_layer: int,
     device=None,
     dtype=None,
 ) -> None:
@@ -77,8 +77,8 @@ class DataDependentDecay(nn.Module):
         n_embd: int,
         d_decay: int = 64,
         data_dependent: bool = True,
-        layer_id: int = 0,
-        n_layer: int = 1,
+        layer_id: int,
+        n_layer: int,
         device=None,
         dtype=None,
     ):

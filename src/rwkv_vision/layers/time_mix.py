@@ -13,6 +13,15 @@ Letter legend: b batch, t time, h heads, n head size, c channels (c = h * n).
 Parameters carry the official "x060" names, flat on this module (``time_maa_*``, ``time_decay*``,
 ``time_faaaa`` [h, n], ``receptance``/``key``/``value``/``gate``/``output`` Linear(c, c) without bias,
 ``ln_x``), so a checkpoint's ``blocks.{i}.att.*`` tensors load by name.
+
+Two ways to run it, one set of weights:
+
+- ``forward(x [b, t, c], state)`` reads a sequence (the ``wkv6`` op; autograd; any t);
+- ``step(x [b, c], shift, wkv)`` reads one token and updates the state buffers in place (the fused
+  ``wkv6_step`` op; no autograd), which is what decoding runs, token after token.
+
+The state is a :class:`~rwkv_vision.state.TimeMixState`: ``shift`` [b, c] (the last input, x_{t-1} of the next
+token) and ``wkv`` [b, h, n, n] float32.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import wkv6
+from ..ops import wkv6, wkv6_step
+from ..state import TimeMixState
 from ._depth import depth_ratios
 from .ddlerp import add_ddlerp_parameters, ddlerp
 from .decay import add_decay_parameters, log_decay
@@ -36,24 +46,32 @@ LN_X_EPS = 6.4e-4
 class TimeMix(nn.Module):
     """The RWKV-6 time-mix ("att") of one block.
 
-    Shapes: forward(x [b, t, c], shift_state [b, c] | None, wkv_state [b, h, n, n] | None)
-    -> (out [b, t, c], shift_state [b, c], wkv_state [b, h, n, n] float32). ``x`` is the LayerNorm-ed input.
+    Shapes: forward(x [b, t, c], state: TimeMixState | None, return_state=False) -> out [b, t, c], or
+    (out, TimeMixState(shift [b, c], wkv [b, h, n, n] float32)) with ``return_state=True``.
+    step(x [b, c], shift [b, c], wkv [b, h, n, n]) -> out [b, c], shift and wkv updated in place.
+    ``x`` is the LayerNorm-ed input.
 
-    ``data_dependent_lerp=False`` / ``data_dependent_decay=False`` give the static (RWKV-5 style) token
-    shift / decay of the paper's ablation.
+    Args:
+        n_embd: channels c (a multiple of ``head_size``).
+        head_size: n.
+        d_mix, d_decay: ranks of the token-shift and decay LoRAs.
+        data_dependent_lerp, data_dependent_decay: False gives the static (RWKV-5 style) token shift /
+            decay of the paper's ablation.
+        layer_id, n_layer: where the layer sits in its stack; the initialisation depends on it (RWKV's
+            per-depth time scales), so both are required.
     """
 
     def __init__(
         self,
-        *,
         n_embd: int,
+        *,
         head_size: int = 64,
         d_mix: int = 32,
         d_decay: int = 64,
         data_dependent_lerp: bool = True,
         data_dependent_decay: bool = True,
-        layer_id: int = 0,
-        n_layer: int = 1,
+        layer_id: int,
+        n_layer: int,
         device=None,
         dtype=None,
     ):
@@ -90,14 +108,12 @@ class TimeMix(nn.Module):
             self.ln_x.weight.fill_(((1 + layer_id) / n_layer) ** 0.7)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        shift_state: torch.Tensor | None = None,
-        wkv_state: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, state: TimeMixState | None = None, *, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, TimeMixState]:
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
-        x_prev, shift_state = token_shift(x, shift_state)
+        shift, wkv_state = (None, None) if state is None else state
+        x_prev, shift = token_shift(x, shift)
         x_w, x_k, x_v, x_r, x_g = ddlerp(x, x_prev, self)
 
         r = self.receptance(x_r).view(b, t, h, n)
@@ -106,9 +122,41 @@ class TimeMix(nn.Module):
         g = F.silu(self.gate(x_g))
         w = log_decay(x_w, self).view(b, t, h, n)
 
-        y, wkv_state = wkv6(r, k, v, w, self.time_faaaa, initial_state=wkv_state, output_final_state=True)
+        y, wkv_state = wkv6(r, k, v, w, self.time_faaaa, initial_state=wkv_state, output_final_state=return_state)
         y = self.ln_x(y.reshape(b * t, c)).view(b, t, c)
-        return self.output(y * g), shift_state, wkv_state
+        out = self.output(y * g)
+        return (out, TimeMixState(shift, wkv_state)) if return_state else out
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor) -> torch.Tensor:
+        """One token: x [b, c] (LayerNorm-ed) -> out [b, c]; ``shift`` [b, c] and ``wkv`` [b, h, n, n] float32
+        are updated in place. The same math as ``forward`` at t = 1, with the five lerps in one [5, b, c]
+        tensor and the WKV update in one kernel that reads and rewrites each head's state once. It makes no
+        host syncs, so a decoder can capture it into a CUDA graph."""
+        b, c = x.shape
+        h, n = self.n_head, self.head_size
+        xx = shift - x
+        shift.copy_(x)
+        maa = torch.cat([getattr(self, f"time_maa_{j}").detach().reshape(1, 1, c) for j in "wkvrg"])  # [5, 1, c]
+        if getattr(self, "time_maa_w1", None) is not None:
+            m = torch.tanh(torch.addcmul(x, xx, self.time_maa_x.reshape(1, c)) @ self.time_maa_w1)
+            mix = torch.bmm(m.view(b, 5, -1).transpose(0, 1), self.time_maa_w2).add_(maa)  # [5, b, c]
+        else:
+            mix = maa
+        x_w, x_k, x_v, x_r, x_g = torch.addcmul(x, xx, mix).unbind(0)
+        r = F.linear(x_r, self.receptance.weight)
+        k = F.linear(x_k, self.key.weight)
+        v = F.linear(x_v, self.value.weight)
+        g = F.silu(F.linear(x_g, self.gate.weight))
+        decay = self.time_decay.float().reshape(1, c)
+        if getattr(self, "time_decay_w1", None) is not None:
+            w = torch.exp((torch.tanh(x_w @ self.time_decay_w1) @ self.time_decay_w2).float().add_(decay)).neg_()
+        else:
+            w = torch.exp(decay).neg_().expand(b, c)
+        u = self.time_faaaa.float().reshape(h, n).contiguous()
+        y = wkv6_step(r.view(b, h, n), k.view(b, h, n), v.view(b, h, n), w.reshape(b, h, n).contiguous(), u, wkv)
+        y = F.group_norm(y.view(b, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps)
+        return F.linear(y * g, self.output.weight)
 
     def extra_repr(self) -> str:
         return (

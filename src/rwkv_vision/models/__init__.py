@@ -1,12 +1,31 @@
-"""Models: ``RWKV6`` (the language model) and named configurations."""
+"""Models: ``RWKV6`` (the language model), ``VisualRWKV`` (the VLM), their configs and named sizes."""
 
+from ..errors import StateDictError
+from .config import RWKV6Config
 from .registry import MODEL_CONFIGS, create_model, get_config, list_models, register_model
-from .rwkv6 import RWKV6, StateDictError, config_from_official_state_dict
+from .rwkv6 import RWKV6
+
+
+def __getattr__(name: str):
+    # Moved to the checkpoint package (models never import loaders); kept here for one release.
+    if name == "config_from_official_state_dict":
+        import warnings
+
+        from ..checkpoint.official import config_from_official_state_dict
+
+        warnings.warn(
+            "rwkv_vision.models.config_from_official_state_dict moved to "
+            "rwkv_vision.checkpoint.official.config_from_official_state_dict (it now returns an RWKV6Config)",
+            DeprecationWarning, stacklevel=2,
+        )
+        return config_from_official_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "RWKV6",
+    "RWKV6Config",
     "StateDictError",
-    "config_from_official_state_dict",
     "MODEL_CONFIGS",
     "create_model",
     "get_config",

@@ -17,152 +17,50 @@ gives the same logits and the same state; ``chunk_size`` uses this to prefill lo
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..layers.block import LN_EPS, Block
-from ..layers.channel_mix import default_dim_ffn
 from ..state import RWKVState
+from .config import RWKV6Config
 
-__all__ = ["RWKV6", "StateDictError", "config_from_official_state_dict"]
-
-
-class StateDictError(ValueError):
-    """A state dict that does not fit the model; lists every missing, unexpected and mis-shaped key.
-
-    Attributes: ``missing`` (list of keys), ``unexpected`` (list of keys), ``mismatched`` (list of
-    (key, shape in the state dict, shape the model expects)).
-    """
-
-    def __init__(self, missing, unexpected, mismatched, hint: str = ""):
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-        lines = [
-            f"state dict does not match the model: {len(self.missing)} missing, {len(self.unexpected)} "
-            f"unexpected, {len(self.mismatched)} mis-shaped key(s)"
-        ]
-        lines += [f"  missing:    {k}" for k in self.missing]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  mis-shaped: {k}: got {list(got)}, expected {list(want)}" for k, got, want in self.mismatched]
-        if hint:
-            lines.append(hint)
-        super().__init__("\n".join(lines))
-
-
-def _natural_key(key: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def config_from_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The ``RWKV6`` keyword arguments of an official "x060" state dict (keys without ``rwkv.``).
-
-    Every size comes from tensor shapes: n_layer (block indices), n_embd and vocab_size (``emb.weight``),
-    heads and head size (``time_faaaa`` [h, n]), dim_ffn (``ffn.key.weight``), d_mix (``time_maa_w1``
-    [c, 5*d_mix]) and d_decay (``time_decay_w1`` [c, d_decay]), from the first block that has the key. The lerp
-    and the decay are data-dependent if any block has their LoRA tensors (the static variants have none).
-    """
-
-    def dim(name: str, *sources: tuple[str, int, int]) -> int:
-        # The first (key, axis, divisor) present gives the size; later ones are fallbacks for a missing key
-        # (which the strict load then reports together with every other offending key).
-        for key, axis, div in sources:
-            if key in state_dict and state_dict[key].dim() > axis:
-                return state_dict[key].shape[axis] // div
-        keys = [key for key, _, _ in sources]
-        raise StateDictError([], [], [], hint=f"cannot infer {name}: none of the keys {keys} is present")
-
-    layer_ids = {int(m.group(1)) for key in state_dict for m in [re.match(r"blocks\.(\d+)\.", key)] if m}
-    if not layer_ids:
-        prefixed = any(key.startswith("rwkv.") for key in state_dict)
-        hint = " (its keys start with 'rwkv.': strip that prefix first)" if prefixed else ""
-        raise StateDictError([], [], [], hint=f"no 'blocks.{{i}}.*' keys: not an RWKV-6 state dict{hint}")
-    layers = sorted(layer_ids)
-
-    def in_blocks(suffix: str, axis: int, div: int = 1) -> list[tuple[str, int, int]]:
-        return [(f"blocks.{i}.{suffix}", axis, div) for i in layers]
-
-    def anywhere(*suffixes: str) -> bool:
-        return any(f"blocks.{i}.{s}" in state_dict for i in layers for s in suffixes)
-
-    data_dependent_lerp = anywhere("att.time_maa_x", "att.time_maa_w1", "att.time_maa_w2")
-    data_dependent_decay = anywhere("att.time_decay_w1", "att.time_decay_w2")
-    n_embd = dim("n_embd", ("emb.weight", 1, 1), ("head.weight", 1, 1), *in_blocks("ln1.weight", 0))
-    head_size = dim("head_size", *in_blocks("att.time_faaaa", 1))
-    config = dict(
-        n_layer=layers[-1] + 1,
-        n_embd=n_embd,
-        head_size=head_size,
-        dim_ffn=dim("dim_ffn", *in_blocks("ffn.key.weight", 0), *in_blocks("ffn.value.weight", 1)),
-        vocab_size=dim("vocab_size", ("emb.weight", 0, 1), ("head.weight", 0, 1)),
-        data_dependent_lerp=data_dependent_lerp,
-        data_dependent_decay=data_dependent_decay,
-    )
-    if data_dependent_lerp:
-        config["d_mix"] = dim("d_mix", *in_blocks("att.time_maa_w1", 1, 5), *in_blocks("att.time_maa_w2", 1))
-    if data_dependent_decay:
-        config["d_decay"] = dim("d_decay", *in_blocks("att.time_decay_w1", 1), *in_blocks("att.time_decay_w2", 0))
-    if n_embd % head_size != 0:
-        raise StateDictError(
-            [], [], [], hint=f"n_embd {n_embd} (from the embedding) is not a multiple of head_size {head_size} "
-            f"(from att.time_faaaa)",
-        )
-    return config
+__all__ = ["RWKV6", "RWKV6Config"]
 
 
 class RWKV6(nn.Module):
     """The RWKV-6 language model.
 
-    Args (keyword only):
-        n_layer: number of blocks.
-        n_embd: channels c (a multiple of head_size).
-        head_size: n, channels per head (the CUDA kernel takes 32, 64, 128; the CPU kernel any).
-        dim_ffn: channel-mix hidden size (default int(3.5*c)//32*32).
-        d_mix, d_decay: ranks of the token-shift and decay LoRAs.
-        vocab_size: v.
-        data_dependent_lerp, data_dependent_decay: False gives the static RWKV-5-style variants (ablation).
+    Args:
+        config: an :class:`RWKV6Config`; or its fields as keyword arguments (``RWKV6(n_layer=2, n_embd=64)``).
         device, dtype: where and in what the parameters are made.
 
-    Shapes: forward(input_ids [b, t] | inputs_embeds [b, t, c], state) -> (logits [b, t, v], RWKVState).
+    Shapes: forward(input_ids [b, t] | inputs_embeds [b, t, c], state) -> (logits [b, t, v], RWKVState);
+    step(input_ids [b], state) -> logits [b, v], the state updated in place.
     """
 
-    def __init__(
-        self,
-        *,
-        n_layer: int,
-        n_embd: int,
-        head_size: int = 64,
-        dim_ffn: int | None = None,
-        d_mix: int = 32,
-        d_decay: int = 64,
-        vocab_size: int = 65536,
-        data_dependent_lerp: bool = True,
-        data_dependent_decay: bool = True,
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, config: RWKV6Config | None = None, *, device=None, dtype=None, **fields):
         super().__init__()
-        if n_layer < 1:
-            raise ValueError(f"RWKV6: n_layer must be at least 1, got {n_layer}")
-        if head_size <= 0 or n_embd % head_size != 0:
-            raise ValueError(f"RWKV6: n_embd ({n_embd}) must be a multiple of head_size ({head_size})")
-        dim_ffn = default_dim_ffn(n_embd) if dim_ffn is None else dim_ffn
-        #: The keyword arguments that rebuild this model (no device/dtype): ``RWKV6(**model.config)``.
-        self.config = dict(
-            n_layer=n_layer, n_embd=n_embd, head_size=head_size, dim_ffn=dim_ffn, d_mix=d_mix, d_decay=d_decay,
-            vocab_size=vocab_size, data_dependent_lerp=data_dependent_lerp, data_dependent_decay=data_dependent_decay,
-        )
+        if config is None:
+            config = RWKV6Config(**fields)
+        elif fields:
+            raise TypeError(f"RWKV6: pass a config or its fields, not both (got config and {sorted(fields)})")
+        if not isinstance(config, RWKV6Config):
+            raise TypeError(f"RWKV6: config must be an RWKV6Config, got {type(config).__name__}")
+        self._config = config
+        n_layer, n_embd, head_size, vocab_size = config.n_layer, config.n_embd, config.head_size, config.vocab_size
         self.n_layer, self.n_embd, self.head_size = n_layer, n_embd, head_size
         self.n_head, self.vocab_size = n_embd // head_size, vocab_size
         factory = dict(device=device, dtype=dtype)
 
         self.emb = nn.Embedding(vocab_size, n_embd, **factory)
         self.blocks = nn.ModuleList(
-            Block(
-                layer_id=i, n_layer=n_layer, n_embd=n_embd, head_size=head_size, dim_ffn=dim_ffn,
-                d_mix=d_mix, d_decay=d_decay, data_dependent_lerp=data_dependent_lerp,
-                data_dependent_decay=data_dependent_decay, **factory,
+            Block.rwkv6(
+                n_embd=n_embd, layer_id=i, n_layer=n_layer, embed_norm=i == 0, head_size=head_size,
+                dim_ffn=config.dim_ffn, d_mix=config.d_mix, d_decay=config.d_decay,
+                data_dependent_lerp=config.data_dependent_lerp, data_dependent_decay=config.data_dependent_decay,
+                **factory,
             )
             for i in range(n_layer)
         )
@@ -175,44 +73,10 @@ class RWKV6(nn.Module):
             # ln_out gives unit-variance features; this makes the initial logits spread ~0.5.
             self.head.weight.normal_(0.0, 0.5 / n_embd**0.5)
 
-    # --- loading ------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_official_state_dict(
-        cls, state_dict: Mapping[str, torch.Tensor], *, device=None, dtype=None
-    ) -> "RWKV6":
-        """Build a model from an official "x060" state dict (keys without the ``rwkv.`` prefix).
-
-        Sizes are read from the tensor shapes (``config_from_official_state_dict``), then every key must be
-        present with its shape and nothing else may be: otherwise a ``StateDictError`` lists every missing,
-        unexpected and mis-shaped key. The parameters keep the state dict's dtype unless ``dtype`` is given,
-        and share memory with its tensors when neither ``device`` nor ``dtype`` asks for a copy.
-        """
-        config = config_from_official_state_dict(state_dict)
-        model = cls(**config, device="meta")  # no memory, no init: every tensor comes from the state dict
-        model.check_state_dict(state_dict)
-        model.load_state_dict(dict(state_dict), strict=True, assign=True)
-        return model.to(device=device, dtype=dtype)
-
-    def check_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Raise ``StateDictError`` listing every key of ``state_dict`` that does not fit this model."""
-        expected = {key: tuple(t.shape) for key, t in self.state_dict().items()}
-        missing = sorted(expected.keys() - state_dict.keys(), key=_natural_key)
-        unexpected = sorted(state_dict.keys() - expected.keys(), key=_natural_key)
-        mismatched = [
-            (key, tuple(state_dict[key].shape), expected[key])
-            for key in sorted(expected.keys() & state_dict.keys(), key=_natural_key)
-            if tuple(state_dict[key].shape) != expected[key]
-        ]
-        if missing or unexpected or mismatched:
-            hint = ""
-            if any(key.startswith("rwkv.") for key in unexpected):
-                hint = "hint: keys start with 'rwkv.'; strip that prefix (official checkpoints carry it)"
-            raise StateDictError(missing, unexpected, mismatched, hint)
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters under their official names (without ``rwkv.``): the names are the module's own."""
-        return dict(self.state_dict())
+    @property
+    def config(self) -> RWKV6Config:
+        """The configuration this model was built from (``RWKV6(model.config)`` builds another)."""
+        return self._config
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -229,6 +93,10 @@ class RWKV6(nn.Module):
             return
         if not isinstance(state, RWKVState):
             raise TypeError(f"RWKV6.forward: state must be an RWKVState or None, got {type(state).__name__}")
+        self.check_state(state, batch_size)
+
+    def check_state(self, state: RWKVState, batch_size: int) -> None:
+        """Raise a ValueError naming the first tensor of ``state`` whose shape does not fit this model."""
         if len(state) != self.n_layer:
             raise ValueError(f"RWKV6.forward: state has {len(state)} layers but the model has {self.n_layer}")
         b, c, h, n = batch_size, self.n_embd, self.n_head, self.head_size
@@ -254,11 +122,11 @@ class RWKV6(nn.Module):
         A wrapper that needs to act between blocks (e.g. reorder image tokens per layer) runs the same loop::
 
             for i, block in enumerate(model.blocks):
-                x, layer_state = block(x, None if state is None else state[i])
+                x, layer_state = block(x, None if state is None else state[i], return_state=True)
         """
         layers = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, None if state is None else state[i])
+            x, layer_state = block(x, None if state is None else state[i], return_state=True)
             layers.append(layer_state)
         return x, RWKVState(layers)
 
@@ -340,3 +208,35 @@ class RWKV6(nn.Module):
             if end > first_kept:
                 logits.append(self.unembed(x[:, max(first_kept - start, 0):]))
         return (logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)), state
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, state: RWKVState) -> torch.Tensor:
+        """One token per row: input_ids [b] (int64, on the model's device) -> logits [b, v]; ``state`` is
+        updated in place (its tensors must be writable buffers, e.g. ``init_state``'s). No host syncs and no
+        checks, so a decoder can capture it into a CUDA graph; ids must be in range."""
+        x = self.emb(input_ids)  # [b, c]
+        for block, layer_state in zip(self.blocks, state):
+            x = block.step(x, layer_state)
+        return self.head(self.ln_out(x))
+
+    # --- loading (implemented in rwkv_vision.checkpoint) ---------------------------------------------------
+
+    @classmethod
+    def from_official_state_dict(
+        cls, state_dict: Mapping[str, torch.Tensor], *, device=None, dtype=None
+    ) -> "RWKV6":
+        """Build a model from an official "x060" state dict (keys without the ``rwkv.`` prefix); see
+        :func:`rwkv_vision.checkpoint.official.rwkv6_from_official_state_dict`."""
+        from ..checkpoint.official import rwkv6_from_official_state_dict
+
+        return rwkv6_from_official_state_dict(state_dict, cls=cls, device=device, dtype=dtype)
+
+    def check_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Raise ``StateDictError`` listing every key of ``state_dict`` that does not fit this model."""
+        from ..checkpoint.diff import check_state_dict
+
+        check_state_dict(self, state_dict)
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters under their official names (without ``rwkv.``): the names are the module's own."""
+        return dict(self.state_dict())

@@ -40,7 +40,8 @@ from ..vision.convert_clip import (
 )
 from ..vision.encoders import VisionEncoder, timm_vit
 from ..vision.preprocess import ImagePreprocessor
-from .rwkv6 import RWKV6, StateDictError, config_from_official_state_dict
+from ..errors import StateDictError
+from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV", "OFFICIAL_PREFIXES"]
 
@@ -230,7 +231,9 @@ class VisualRWKV(nn.Module):
                                  hint="cannot size the vision tower without its patch embedding")
 
         # Language model: sizes from shapes, then every key checked against a meta-device model.
-        rwkv = RWKV6(**config_from_official_state_dict(rwkv_sd), device="meta")
+        from ..checkpoint.official import config_from_official_state_dict
+
+        rwkv = RWKV6(config_from_official_state_dict(rwkv_sd), device="meta")
         try:
             rwkv.check_state_dict(rwkv_sd)
         except StateDictError as e:
@@ -351,9 +354,11 @@ class VisualRWKV(nn.Module):
         for i, block in enumerate(self.rwkv.blocks):
             layer_state = None if state is None else state[i]
             if spans is None:
-                x, layer_state = block(x, layer_state)
+                x, layer_state = block(x, layer_state, return_state=True)
             else:
-                x, layer_state = scanned_call(block, x, layer_state, policy=self.scan, layer_index=i, spans=spans)
+                x, layer_state = scanned_call(
+                    block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True
+                )
             layers.append(layer_state)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]

@@ -12,7 +12,7 @@ from reference.fixtures import one_cpu_thread  # noqa: F401  (autouse: tiny mode
 from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
 from rwkv_vision import RWKV6, RWKVState
 from rwkv_vision.generation import GenerationConfig, generate
-from rwkv_vision.inference import Decoder
+from rwkv_vision.decoding import Decoder
 
 SIZES = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 
@@ -217,3 +217,15 @@ def test_compiled_decoders_of_different_weights_do_not_share_weights():
         dec = Decoder(m, compile={"backend": "aot_eager"})
         got = torch.stack([dec.step(ids[:, s]).clone() for s in range(4)], dim=1)
         assert relative_rms_error(got, want) < 1e-5, seed
+
+
+def test_old_import_path_warns_and_gives_the_same_decoder():
+    import importlib
+    import sys
+
+    import rwkv_vision.decoding
+
+    sys.modules.pop("rwkv_vision.inference", None)
+    with pytest.warns(DeprecationWarning, match="rwkv_vision.decoding"):
+        old = importlib.import_module("rwkv_vision.inference")
+    assert old.Decoder is rwkv_vision.decoding.Decoder

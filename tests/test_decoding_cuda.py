@@ -10,7 +10,7 @@ import torch
 from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
 from rwkv_vision import RWKV6
 from rwkv_vision.generation import GenerationConfig, generate
-from rwkv_vision.inference import Decoder
+from rwkv_vision.decoding import Decoder
 
 pytestmark = pytest.mark.cuda
 

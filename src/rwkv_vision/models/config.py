@@ -1,0 +1,96 @@
+"""Model configurations: one frozen dataclass per model, the single source of its hyperparameters.
+
+The constructor of each model takes its config (``RWKV6(config)``), the registry of named sizes holds
+configs (``models.registry``), and ``config.json`` is written from and read into them (``to_dict`` /
+``from_dict``, with the checks named here, so a bad file fails with the field and the expected range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ..layers.channel_mix import default_dim_ffn
+
+__all__ = ["RWKV6Config", "ConfigError"]
+
+#: Upper bounds a config read from a file must respect: far above every released model, far below what
+#: would make building it allocate without bound.
+LIMITS = dict(n_layer=1024, n_embd=65536, head_size=4096, dim_ffn=1 << 20, d_mix=65536, d_decay=65536,
+              vocab_size=1 << 24)
+
+
+def _check_int(owner: str, name: str, value: Any, *, low: int = 1, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{owner}.{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        upper = f" and <= {high}" if high is not None else ""
+        raise ConfigError(f"{owner}.{name} must be >= {low}{upper}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV6Config:
+    """The hyperparameters of an :class:`~rwkv_vision.models.RWKV6` language model.
+
+    Attributes:
+        n_layer: number of blocks.
+        n_embd: channels c (a multiple of head_size).
+        head_size: n, channels per head (the CUDA kernel takes 32, 64, 128; the CPU kernel any).
+        dim_ffn: channel-mix hidden size; None gives the official int(3.5*c)//32*32 (resolved on creation).
+        d_mix, d_decay: ranks of the token-shift and decay LoRAs.
+        vocab_size: v.
+        data_dependent_lerp, data_dependent_decay: False gives the static RWKV-5-style variants (ablation).
+    """
+
+    n_layer: int
+    n_embd: int
+    head_size: int = 64
+    dim_ffn: int | None = None
+    d_mix: int = 32
+    d_decay: int = 64
+    vocab_size: int = 65536
+    data_dependent_lerp: bool = True
+    data_dependent_decay: bool = True
+
+    def __post_init__(self) -> None:
+        owner = "RWKV6Config"
+        for name in ("n_layer", "n_embd", "head_size", "d_mix", "d_decay", "vocab_size"):
+            _check_int(owner, name, getattr(self, name), high=LIMITS[name])
+        for name in ("data_dependent_lerp", "data_dependent_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{owner}.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.n_embd % self.head_size != 0:
+            raise ConfigError(f"{owner}: n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})")
+        if self.dim_ffn is None:
+            object.__setattr__(self, "dim_ffn", default_dim_ffn(self.n_embd))
+        _check_int(owner, "dim_ffn", self.dim_ffn, high=LIMITS["dim_ffn"])
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    def replace(self, **changes: Any) -> "RWKV6Config":
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values (the ``rwkv`` section of config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "RWKV6Config":
+        """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
+        ``source`` and the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(fields))
+        missing = [f for f in fields if f not in data]
+        if unknown or missing:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}, missing field(s) {missing} (expected {fields})")
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
