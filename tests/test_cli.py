@@ -14,7 +14,7 @@ from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import RWKV6, VisualRWKV, generation
 from rwkv_vision.cli import main
 from rwkv_vision.data.word_tokenizer import WordTokenizer
-from rwkv_vision.hub import load_checkpoint
+from rwkv_vision.checkpoint import load_checkpoint
 from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.vision import tiny_clip
 

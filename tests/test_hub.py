@@ -16,7 +16,7 @@ from reference.fixtures import one_cpu_thread  # noqa: F401
 from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import GatedMLPProjector, ImageLast, MultiDir, Sandwich, VisualRWKV
 from rwkv_vision.data.word_tokenizer import WordTokenizer
-from rwkv_vision.hub import (
+from rwkv_vision.checkpoint import (
     OFFICIAL_PREFIXES,
     CheckpointError,
     from_pretrained,
@@ -24,15 +24,16 @@ from rwkv_vision.hub import (
     resolve_checkpoint,
     save_pretrained,
 )
-from rwkv_vision.model_config import (
+from rwkv_vision.checkpoint.config_json import (
     FORMAT_VERSION,
     encoder_from_config,
     encoder_to_config,
     scan_from_config,
     scan_to_config,
 )
-from rwkv_vision.models import RWKV6, StateDictError
-from rwkv_vision.models import visualrwkv as visualrwkv_module
+from rwkv_vision.errors import StateDictError
+from rwkv_vision.models import RWKV6
+from rwkv_vision.checkpoint import official as official_layouts
 from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.scan import BiDir, Custom, ScanPolicy, Snake, UniDir, Zigzag
 from rwkv_vision.vision import ImagePreprocessor, timm_vit
@@ -96,7 +97,7 @@ def test_pth_and_safetensors_round_trip(pth, pixels, tmp_path):
 
 
 def test_official_prefixes_live_in_one_place():
-    assert OFFICIAL_PREFIXES is visualrwkv_module.OFFICIAL_PREFIXES
+    assert OFFICIAL_PREFIXES is official_layouts.OFFICIAL_PREFIXES
     assert OFFICIAL_PREFIXES == {"rwkv": "rwkv.", "vit": "vit.vision_model.", "proj": "proj.weight"}
 
 

@@ -18,7 +18,7 @@ import json
 import sys
 
 from . import demo
-from .model_config import parse_dtype
+from .checkpoint.config_json import parse_dtype
 
 _DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 _SCANS = ("unidir", "bidir", "multidir", "snake", "zigzag")
@@ -83,7 +83,7 @@ def _convert(args) -> int:
 
 
 def _info(args) -> int:
-    from .hub import describe_checkpoint
+    from .checkpoint.pretrained import describe_checkpoint
 
     print(json.dumps(describe_checkpoint(args.source, args.filename, args.revision), indent=2))
     return 0

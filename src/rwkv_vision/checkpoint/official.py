@@ -14,11 +14,28 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import StateDictError
+from ..layers.projector import LinearProjector
 from ..models.config import RWKV6Config
 from ..models.rwkv6 import RWKV6
-from .diff import check_state_dict
+from ..models.visualrwkv import VisualRWKV
+from ..prompt import PromptLayout
+from ..scan import ScanPolicy
+from ..vision.convert_clip import clip_config_from_state_dict, load_clip_state_dict, timm_to_clip_state_dict
+from ..vision.encoders import timm_vit
+from .diff import check_state_dict, diff_state_dict
 
-__all__ = ["config_from_official_state_dict", "rwkv6_from_official_state_dict"]
+__all__ = [
+    "OFFICIAL_PREFIXES",
+    "config_from_official_state_dict",
+    "rwkv6_from_official_state_dict",
+    "visualrwkv_from_official_state_dict",
+    "visualrwkv_official_state_dict",
+]
+
+#: Prefixes of the released flat checkpoints: language model, CLIP tower (transformers 4.x names), projector.
+OFFICIAL_PREFIXES = {"rwkv": "rwkv.", "vit": "vit.vision_model.", "proj": "proj.weight"}
+#: Tensors of the released CLIP tower that the model does not use (or rebuilds), accepted when present.
+_OPTIONAL_VIT_KEYS = ("embeddings.position_ids", "post_layernorm.weight", "post_layernorm.bias")
 
 
 def config_from_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> RWKV6Config:
@@ -92,3 +109,85 @@ def rwkv6_from_official_state_dict(
     check_state_dict(model, state_dict)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
+
+
+def visualrwkv_from_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    cls: type[VisualRWKV] = VisualRWKV,
+    scan: ScanPolicy | str | None = None,
+    layout: PromptLayout | str | None = None,
+    vision_layer: int = -1,
+    vision_head_dim: int = 64,
+    device=None,
+    dtype=None,
+    **kwargs: Any,
+) -> VisualRWKV:
+    """A ``VisualRWKV`` (or ``cls``) from a released flat checkpoint (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``).
+
+    Every size is read from tensor shapes (vision heads = width / ``vision_head_dim``). The unused
+    ``vit.vision_model.post_layernorm.*`` and an optional ``embeddings.position_ids`` are accepted;
+    any other missing, unexpected or mis-shaped key raises a ``StateDictError`` listing all of them.
+    Tensors keep the checkpoint's dtype unless ``dtype`` is given. ``kwargs`` go to the constructor.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+    rp, vp, pk = OFFICIAL_PREFIXES["rwkv"], OFFICIAL_PREFIXES["vit"], OFFICIAL_PREFIXES["proj"]
+    rwkv_sd = {k[len(rp):]: v for k, v in state_dict.items() if k.startswith(rp)}
+    vit_sd = {k: v for k, v in state_dict.items() if k.startswith(vp)}
+    missing, unexpected, mismatched = [], [], []
+    unexpected += [k for k in state_dict if not (k.startswith(rp) or k.startswith(vp) or k == pk)]
+    if not rwkv_sd:
+        raise StateDictError([], [], [], hint=f"state_dict has no '{rp}*' keys: not a VisualRWKV checkpoint")
+    if not any(k.endswith("embeddings.patch_embedding.weight") for k in vit_sd):
+        raise StateDictError([vp + "embeddings.patch_embedding.weight"], unexpected, [],
+                             hint="cannot size the vision tower without its patch embedding")
+
+    # Language model: sizes from shapes, then every key checked against a meta-device model.
+    rwkv = RWKV6(config_from_official_state_dict(rwkv_sd), device="meta")
+    m, u, mm = diff_state_dict(rwkv.state_dict(), rwkv_sd)
+    missing += [rp + k for k in m]
+    unexpected += [rp + k for k in u]
+    mismatched += [(rp + k, got, want) for k, got, want in mm]
+
+    # Vision tower: the keys a tower of the inferred size has, in the checkpoint's naming.
+    vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
+    encoder = timm_vit(
+        "vit_base_patch16_clip_224", layer=vision_layer, cls="last", device="meta", pre_norm=True,
+        act_layer="quick_gelu", **vcfg,
+    )
+    expected_vit = timm_to_clip_state_dict(encoder.vit.state_dict(), prefix=vp)
+    m, u, mm = diff_state_dict(expected_vit, vit_sd, optional={vp + k for k in _OPTIONAL_VIT_KEYS})
+    missing += m
+    unexpected += u
+    mismatched += mm
+
+    # Projector: Linear(w, c) without bias.
+    want = (rwkv.n_embd, encoder.width)
+    if pk not in state_dict:
+        missing.append(pk)
+    elif tuple(state_dict[pk].shape) != want:
+        mismatched.append((pk, tuple(state_dict[pk].shape), want))
+    if missing or unexpected or mismatched:
+        raise StateDictError(missing, unexpected, mismatched)
+
+    rwkv.load_state_dict(rwkv_sd, strict=True, assign=True)
+    load_clip_state_dict(encoder, {k: v for k, v in vit_sd.items() if not k.endswith("position_ids")},
+                         prefix=vp, assign=True)
+    proj = LinearProjector(encoder.width, rwkv.n_embd, device="meta")
+    proj.load_state_dict({"weight": state_dict[pk]}, assign=True)
+    model = cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, **kwargs)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def visualrwkv_official_state_dict(model: VisualRWKV) -> dict[str, torch.Tensor]:
+    """The parameters under the released checkpoint's names (``rwkv.*``, ``vit.vision_model.*``,
+    ``proj.weight``); only for the v6.0 linear projector."""
+    if not isinstance(model.proj, LinearProjector) or model.proj.bias is not None:
+        raise ValueError("official_state_dict: the official layout has a bias-free LinearProjector as proj")
+    sd = {OFFICIAL_PREFIXES["rwkv"] + k: v for k, v in model.rwkv.state_dict().items()}
+    sd.update(timm_to_clip_state_dict(model.encoder.vit.state_dict(), prefix=OFFICIAL_PREFIXES["vit"]))
+    sd[OFFICIAL_PREFIXES["proj"]] = model.proj.weight
+    return sd

@@ -33,22 +33,11 @@ from ..layers.projector import LinearProjector
 from ..prompt import IMAGE_TOKEN_INDEX, PromptLayout, Sandwich, expand_image_embeddings, get_layout
 from ..scan import BiDir, ImageSpan, ScanPolicy, get_scan_policy, scanned_call
 from ..state import RWKVState
-from ..vision.convert_clip import (
-    clip_config_from_state_dict,
-    load_clip_state_dict,
-    timm_to_clip_state_dict,
-)
-from ..vision.encoders import VisionEncoder, timm_vit
+from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
-from ..errors import StateDictError
 from .rwkv6 import RWKV6
 
-__all__ = ["VisualRWKV", "OFFICIAL_PREFIXES"]
-
-#: Prefixes of the released flat checkpoints: language model, CLIP tower (transformers 4.x names), projector.
-OFFICIAL_PREFIXES = {"rwkv": "rwkv.", "vit": "vit.vision_model.", "proj": "proj.weight"}
-_OPTIONAL_VIT_KEYS = ("embeddings.position_ids", "post_layernorm.weight", "post_layernorm.bias")
-
+__all__ = ["VisualRWKV"]
 
 class VisualRWKV(nn.Module):
     """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
@@ -166,9 +155,9 @@ class VisualRWKV(nn.Module):
         ``dtype``/``device`` cast after reading (default: the file's dtype, on the CPU). Keyword options:
         ``cache_dir``, ``progress`` (progress bar; default only for files >= 256 MiB), and ``scan``,
         ``layout``, ``tokenizer``, ``preprocessor``, ``freeze_encoder`` replacing the checkpoint's. Returns
-        the model in eval mode. See :func:`rwkv_vision.hub.from_pretrained`.
+        the model in eval mode. See :func:`rwkv_vision.checkpoint.from_pretrained`.
         """
-        from ..hub import from_pretrained
+        from ..checkpoint.pretrained import from_pretrained
 
         return from_pretrained(name_or_path, filename, revision, dtype, device, cls=cls, **kwargs)
 
@@ -177,14 +166,14 @@ class VisualRWKV(nn.Module):
     ) -> Any:
         """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) into the directory ``path``
         (or, for a ``.safetensors`` path, one file in the released flat layout). Returns the path.
-        See :func:`rwkv_vision.hub.save_pretrained` and :mod:`rwkv_vision.model_config`."""
-        from ..hub import save_pretrained
+        See :func:`rwkv_vision.checkpoint.save_pretrained` and :mod:`rwkv_vision.checkpoint.config_json`."""
+        from ..checkpoint.pretrained import save_pretrained
 
         return save_pretrained(self, path, dtype=dtype, metadata=metadata)
 
     def to_config(self) -> dict[str, Any]:
-        """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.model_config`)."""
-        from ..model_config import model_to_config
+        """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.checkpoint.config_json`)."""
+        from ..checkpoint.config_json import model_to_config
 
         return model_to_config(self)[0]
 
@@ -192,97 +181,25 @@ class VisualRWKV(nn.Module):
     def from_config(cls, config: Mapping[str, Any], *, device=None, dtype=None, **kwargs: Any) -> VisualRWKV:
         """A freshly initialised model from :meth:`to_config` data (a ``"word"``/``"class"`` tokenizer entry
         needs ``tokenizer=``, since its file is not part of the config)."""
-        from ..model_config import model_from_config
+        from ..checkpoint.config_json import model_from_config
 
         return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
 
 
     @classmethod
-    def from_official_state_dict(
-        cls,
-        state_dict: Mapping[str, torch.Tensor],
-        *,
-        scan: ScanPolicy | str | None = None,
-        layout: PromptLayout | str | None = None,
-        vision_layer: int = -1,
-        vision_head_dim: int = 64,
-        device=None,
-        dtype=None,
-        **kwargs: Any,
-    ) -> VisualRWKV:
-        """Build from a released flat checkpoint (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``).
+    def from_official_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> VisualRWKV:
+        """Build from a released flat checkpoint (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``); see
+        :func:`rwkv_vision.checkpoint.official.visualrwkv_from_official_state_dict`."""
+        from ..checkpoint.official import visualrwkv_from_official_state_dict
 
-        Every size is read from tensor shapes (vision heads = width / ``vision_head_dim``). The unused
-        ``vit.vision_model.post_layernorm.*`` and an optional ``embeddings.position_ids`` are accepted;
-        any other missing, unexpected or mis-shaped key raises a ``StateDictError`` listing all of them.
-        Tensors keep the checkpoint's dtype unless ``dtype`` is given. ``kwargs`` go to the constructor.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
-        rp, vp, pk = OFFICIAL_PREFIXES["rwkv"], OFFICIAL_PREFIXES["vit"], OFFICIAL_PREFIXES["proj"]
-        rwkv_sd = {k[len(rp):]: v for k, v in state_dict.items() if k.startswith(rp)}
-        vit_sd = {k: v for k, v in state_dict.items() if k.startswith(vp)}
-        missing, unexpected, mismatched = [], [], []
-        unexpected += [k for k in state_dict if not (k.startswith(rp) or k.startswith(vp) or k == pk)]
-        if not rwkv_sd:
-            raise StateDictError([], [], [], hint=f"state_dict has no '{rp}*' keys: not a VisualRWKV checkpoint")
-        if not any(k.endswith("embeddings.patch_embedding.weight") for k in vit_sd):
-            raise StateDictError([vp + "embeddings.patch_embedding.weight"], unexpected, [],
-                                 hint="cannot size the vision tower without its patch embedding")
-
-        # Language model: sizes from shapes, then every key checked against a meta-device model.
-        from ..checkpoint.official import config_from_official_state_dict
-
-        rwkv = RWKV6(config_from_official_state_dict(rwkv_sd), device="meta")
-        try:
-            rwkv.check_state_dict(rwkv_sd)
-        except StateDictError as e:
-            missing += [rp + k for k in e.missing]
-            unexpected += [rp + k for k in e.unexpected]
-            mismatched += [(rp + k, got, want) for k, got, want in e.mismatched]
-
-        # Vision tower: the keys a tower of the inferred size has, in the checkpoint's naming.
-        vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
-        encoder = timm_vit(
-            "vit_base_patch16_clip_224", layer=vision_layer, cls="last", device="meta", pre_norm=True,
-            act_layer="quick_gelu", **vcfg,
-        )
-        expected_vit = {k: tuple(v.shape) for k, v in timm_to_clip_state_dict(encoder.vit.state_dict(), prefix=vp).items()}
-        optional = {vp + k for k in _OPTIONAL_VIT_KEYS}
-        missing += sorted(k for k in expected_vit if k not in vit_sd and k not in optional)
-        unexpected += sorted(k for k in vit_sd if k not in expected_vit and k not in optional)
-        mismatched += [
-            (k, tuple(vit_sd[k].shape), s) for k, s in expected_vit.items() if k in vit_sd and tuple(vit_sd[k].shape) != s
-        ]
-
-        # Projector: Linear(w, c) without bias.
-        want = (rwkv.n_embd, encoder.width)
-        if pk not in state_dict:
-            missing.append(pk)
-        elif tuple(state_dict[pk].shape) != want:
-            mismatched.append((pk, tuple(state_dict[pk].shape), want))
-        if missing or unexpected or mismatched:
-            raise StateDictError(missing, unexpected, mismatched)
-
-        rwkv.load_state_dict(rwkv_sd, strict=True, assign=True)
-        load_clip_state_dict(encoder, {k: v for k, v in vit_sd.items() if not k.endswith("position_ids")},
-                             prefix=vp, assign=True)
-        proj = LinearProjector(encoder.width, rwkv.n_embd, device="meta")
-        proj.load_state_dict({"weight": state_dict[pk]}, assign=True)
-        model = cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, **kwargs)
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
-        return model
+        return visualrwkv_from_official_state_dict(state_dict, cls=cls, **kwargs)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters under the released checkpoint's names (``rwkv.*``, ``vit.vision_model.*``,
         ``proj.weight``); only for the v6.0 linear projector."""
-        if not isinstance(self.proj, LinearProjector) or self.proj.bias is not None:
-            raise ValueError("official_state_dict: the official layout has a bias-free LinearProjector as proj")
-        sd = {OFFICIAL_PREFIXES["rwkv"] + k: v for k, v in self.rwkv.state_dict().items()}
-        sd.update(timm_to_clip_state_dict(self.encoder.vit.state_dict(), prefix=OFFICIAL_PREFIXES["vit"]))
-        sd[OFFICIAL_PREFIXES["proj"]] = self.proj.weight
-        return sd
+        from ..checkpoint.official import visualrwkv_official_state_dict
+
+        return visualrwkv_official_state_dict(self)
 
     # --- the model ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,195 @@
+"""Reading checkpoint files: safetensors (no pickle at all) and weights-only PyTorch pickles.
+
+``.pth`` files are read with ``torch.load(weights_only=True)`` only — tensors and dicts, nothing else is
+unpickled — and memory-mapped. Every unreadable file gives a :class:`~rwkv_vision.errors.CheckpointError`
+naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .config_json import parse_dtype
+
+__all__ = ["PROGRESS_MIN_BYTES", "PICKLE_SUFFIXES", "load_checkpoint", "read_tensor_specs", "read_safetensors",
+           "cast_tensor"]
+
+#: With ``progress=None`` a progress bar (stderr) is shown for files at least this big.
+PROGRESS_MIN_BYTES = 256 * 2**20
+#: Suffixes read as (weights-only) PyTorch pickles; never written.
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+
+# --- progress ---------------------------------------------------------------------------------------------
+
+
+def _progress_bar(progress: bool | None, total_bytes: int, desc: str):
+    """A tqdm bar in bytes on stderr, or None. ``progress=None``: only for files >= PROGRESS_MIN_BYTES."""
+    if progress is None:
+        progress = total_bytes >= PROGRESS_MIN_BYTES
+    if not progress:
+        return None
+    from tqdm.auto import tqdm  # a dependency of huggingface_hub
+
+    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                leave=False)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
+    # Integer buffers (position_ids) keep their dtype; only floating tensors follow `dtype`.
+    return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+
+
+def _materialise(
+    items: Iterable[tuple[str, Any]], *, total_bytes: int, dtype, device, progress, desc: str
+) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` from (name, tensor or zero-argument reader) pairs, cast one tensor at a time (so a
+    cast never holds two full copies of the model) and counted on a progress bar."""
+    bar = _progress_bar(progress, total_bytes, desc)
+    out = {}
+    try:
+        for name, t in items:
+            t = t() if callable(t) else t
+            out[name] = _cast(t, dtype, device) if (dtype is not None or device is not None) else t
+            if bar is not None:
+                bar.update(t.numel() * t.element_size())
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+# --- reading files ----------------------------------------------------------------------------------------
+
+
+def _weights_only_detail(message: str) -> str:
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+    if not m:
+        return message.strip().splitlines()[0] if message.strip() else ""
+    # torch goes on to explain how to allow-list the class; that advice is not ours to give for untrusted files
+    return m.group(1).split(" was not an allowed global")[0].strip()
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError naming the file."""
+    expected = "a PyTorch checkpoint written by torch.save (a zip archive of tensors)"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise CheckpointError(f"{path}: the file is empty; expected {expected}")
+    is_zip = magic == b"PK\x03\x04"
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: truncated or corrupt zip archive (its central directory, at the end of the file, is missing); "
+            f"expected {expected}. Download the file again."
+        )
+    try:
+        # mmap: a 16 GB checkpoint is paged in as it is used instead of being read into memory first;
+        # only the zip format (torch >= 1.6) can be memory-mapped.
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear error
+        message = str(e)
+        if "Weights only load failed" in message and "Unsupported global" in message:
+            raise CheckpointError(
+                f"{path}: refusing to unpickle untrusted data: the file holds Python objects other than tensors "
+                f"and dicts ({_weights_only_detail(message)}), and loading them could run arbitrary code. "
+                "Only weights-only checkpoints (tensors in a flat dict) are read."
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot be read as {expected}; the file is corrupt, truncated or of another format "
+            f"({type(e).__name__}: {_weights_only_detail(message)[:200]})"
+        ) from None
+
+
+def _open_safetensors(path: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+        raise CheckpointError(
+            f"{path}: cannot be read as a safetensors file (an 8-byte header length, a JSON header, then the "
+            f"tensor data): {e}. The file is corrupt or truncated; write or download it again."
+        ) from None
+
+
+def read_tensor_specs(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``{name: meta tensor}`` (shape and dtype only, no data read) of a ``.safetensors`` file or a ``.pth``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with _open_safetensors(path) as f:
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dt = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                if dt is None:
+                    raise CheckpointError(f"{path}: tensor {k!r} has unsupported dtype {sl.get_dtype()}")
+                out[k] = torch.empty(sl.get_shape(), dtype=dt, device="meta")
+            return out
+    return {k: torch.empty_like(v, device="meta") for k, v in load_checkpoint(path).items()}
+
+
+def _read_safetensors(path: Path, *, dtype, device, progress) -> dict[str, torch.Tensor]:
+    size = path.stat().st_size
+    with _open_safetensors(path) as f:
+        keys = list(f.keys())
+        try:
+            return _materialise(((k, lambda k=k: f.get_tensor(k)) for k in keys), total_bytes=size, dtype=dtype,
+                                device=device, progress=progress, desc=f"loading {path.name}")
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: a tensor cannot be read ({e}); the file is corrupt or truncated") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device=None, progress: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` dict from a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` file.
+
+    ``.pth`` files are read with ``weights_only=True`` and memory-mapped: without ``dtype``/``device`` no data
+    is read until used. ``dtype`` casts floating tensors, ``device`` moves them, one tensor at a time (with
+    a progress bar for big files; ``progress=True/False`` forces it on/off).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
+    dtype = parse_dtype(dtype)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, dtype=dtype, device=device, progress=progress)
+    sd = _torch_load(path)
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        kind = type(sd).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a flat dict of tensors (the released VisualRWKV format); it holds a {kind}"
+            + (" (a training checkpoint? take its 'state_dict' entry)" if isinstance(sd, Mapping) and "state_dict" in sd else "")
+        )
+    if dtype is None and device is None:
+        return dict(sd)
+    return _materialise(sd.items(), total_bytes=path.stat().st_size, dtype=dtype, device=device, progress=progress,
+                        desc=f"loading {path.name}")
+
+
+def read_safetensors(path: str | os.PathLike, *, dtype=None, device=None, progress=None) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file, cast and moved one at a time."""
+    return _read_safetensors(Path(path), dtype=parse_dtype(dtype), device=device, progress=progress)
+
+
+def cast_tensor(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
+    """``t`` on ``device``, floating tensors in ``dtype`` (integer buffers keep theirs)."""
+    return _cast(t, dtype, device)

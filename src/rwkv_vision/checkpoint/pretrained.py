@@ -1,0 +1,249 @@
+"""Loading and saving VisualRWKV models: save_pretrained directories, the released files, the Hub.
+
+What :func:`from_pretrained` (``VisualRWKV.from_pretrained``) accepts:
+
+* a directory written by :func:`save_pretrained`: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``),
+  see :mod:`rwkv_vision.checkpoint.config_json`;
+* a released flat checkpoint ``.pth`` (pickled dict of bf16 tensors), read with ``torch.load(weights_only=True)``
+  only — tensors and dicts, nothing else is unpickled — and memory-mapped;
+* a ``.safetensors`` file with the released key names (what :func:`save_pretrained` writes for a ``.safetensors``
+  path), read without pickle at all;
+* a Hugging Face Hub repo id: with ``filename`` the file is fetched with ``huggingface_hub.hf_hub_download``
+  (e.g. ``"howard-hou/visualrwkv-6"``, ``"VisualRWKV-v060-1B6-v1.0-20240612.pth"``); without it the repo must
+  hold a save_pretrained directory. The cache and offline mode are the Hub's own (``HF_HUB_CACHE``,
+  ``HF_HOME``, ``HF_HUB_OFFLINE``; read when called, so setting them after import works);
+* the short names of :data:`OFFICIAL_CHECKPOINTS` and ``"owner/repo/path/in/repo"``.
+
+The released files' key prefixes are :data:`OFFICIAL_PREFIXES` (defined with the model in
+``rwkv_vision.models.visualrwkv`` and re-exported here): ``rwkv.`` (the language model, official RWKV-6 names),
+``vit.vision_model.`` (a transformers 4.x ``CLIPVisionModel``), ``proj.weight`` (``[c, w]``, no bias).
+
+Every unreadable file gives a :class:`CheckpointError` naming the file and what was expected; a state dict
+that does not fit gives one ``StateDictError`` listing every missing, unexpected and mis-shaped key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, StateDictError
+from ..models.visualrwkv import VisualRWKV
+from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config, model_from_config, model_to_config, parse_dtype
+from .diff import diff_state_dict
+from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, load_checkpoint, read_tensor_specs
+from .hub import OFFICIAL_CHECKPOINTS, resolve_checkpoint
+from .official import OFFICIAL_PREFIXES, visualrwkv_from_official_state_dict
+
+__all__ = ["from_pretrained", "save_pretrained", "describe_checkpoint"]
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def _check_weights(model: torch.nn.Module, specs: Mapping[str, torch.Tensor], path: Path) -> None:
+    missing, unexpected, mismatched = diff_state_dict(model.state_dict(), specs)
+    if missing or unexpected or mismatched:
+        raise StateDictError(missing, unexpected, mismatched, hint=f"in {path} (the model config.json describes)")
+
+
+def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: Any) -> VisualRWKV:
+    config = load_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    specs = read_tensor_specs(weights)
+    # Built on the meta device: nothing is allocated or initialised, every tensor comes from the file.
+    model = model_from_config(config, cls=cls, device="meta", directory=directory,
+                              source=str(directory / CONFIG_NAME), **kwargs)
+    _check_weights(model, specs, weights)
+    sd = _read_safetensors(weights, dtype=dtype, device=device, progress=progress)
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{weights}: no values for {left} (tensors the model has outside its state dict)")
+    return model
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    filename: str | None = None,
+    revision: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    cls: type | None = None,
+    **kwargs: Any,
+) -> VisualRWKV:
+    """A ``VisualRWKV`` from a save_pretrained directory, a released ``.pth``, an official-names ``.safetensors``,
+    or the Hugging Face Hub (see the module notes).
+
+    Args:
+        name_or_path: a local directory or file, a Hub repo id, a short name of :data:`OFFICIAL_CHECKPOINTS`.
+        filename: the file inside a repo (or a local directory) to load, e.g. a released ``.pth``.
+        revision: Hub branch, tag or commit.
+        dtype: cast floating tensors (default: the file's dtype, bf16 for the released files).
+        device: move tensors (default: CPU).
+        cache_dir: Hub cache (default: ``HF_HUB_CACHE`` / ``HF_HOME/hub`` / the Hub's default).
+        progress: a progress bar on stderr while reading; None: only for files >= 256 MiB.
+        cls: the class to build (``VisualRWKV`` or a subclass).
+        kwargs: ``scan=``, ``layout=``, ``tokenizer=``, ``preprocessor=``, ``freeze_encoder=``, replacing the
+            checkpoint's (released files: BiDir, Sandwich, World tokenizer, CLIP preprocessing at 336).
+    Returns:
+        the model in eval mode, with ``tokenizer`` and ``image_preprocessor`` set.
+    """
+    cls = VisualRWKV if cls is None else cls
+    dtype = parse_dtype(dtype)
+    path = resolve_checkpoint(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
+    if path.is_dir():
+        model = _load_directory(path, cls=cls, dtype=dtype, device=device, progress=progress, **kwargs)
+    else:
+        if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"{path}: unknown checkpoint type {path.suffix!r}; expected a .safetensors file, a "
+                f"{'/'.join(PICKLE_SUFFIXES)} file or a save_pretrained directory"
+            )
+        sd = load_checkpoint(path, dtype=dtype, device=device, progress=progress)
+        if any(k.startswith("encoder.vit.") for k in sd) and not any(k.startswith(OFFICIAL_PREFIXES["vit"]) for k in sd):
+            raise CheckpointError(
+                f"{path}: holds a save_pretrained model.safetensors (module names), which needs its config.json; "
+                "load the directory that contains both"
+            )
+        model = visualrwkv_from_official_state_dict(sd, cls=cls, **kwargs)
+        from ..tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer
+
+        if model.tokenizer is None and model.rwkv.vocab_size == WORLD_VOCAB_SIZE:
+            model.tokenizer = WorldTokenizer()  # the released models' tokenizer (its vocabulary is bundled)
+    return model.eval()
+
+
+# --- saving -----------------------------------------------------------------------------------------------
+
+
+def _safetensors_ready(sd: Mapping[str, torch.Tensor], dtype) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors no two of which share memory (safetensors refuses shared storage: the
+    official q/k/v are views of one timm qkv tensor). Only those that need it are copied."""
+    out, seen = {}, set()
+    for k, v in sd.items():
+        v = _cast(v.detach(), dtype, "cpu")
+        key = (v.untyped_storage().data_ptr(), v.device.type)
+        if key in seen or not v.is_contiguous() or v.storage_offset() != 0 or v.untyped_storage().nbytes() != v.nbytes:
+            v = v.contiguous().clone()
+        seen.add((v.untyped_storage().data_ptr(), v.device.type))
+        out[k] = v
+    return out
+
+
+def _json_text(obj: Any, depth: int = 0) -> str:
+    """JSON with objects one field per line and lists of plain values on one line (mean, std, sizes,
+    permutations), so that config.json reads like the schema."""
+    pad = "  " * (depth + 1)
+    if isinstance(obj, Mapping) and obj:
+        if not all(isinstance(k, str) for k in obj):
+            raise TypeError(f"JSON object keys must be strings, got {list(obj)[:5]}")
+        fields = (f"{pad}{json.dumps(k)}: {_json_text(v, depth + 1)}" for k, v in obj.items())
+        return "{\n" + ",\n".join(fields) + "\n" + "  " * depth + "}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in obj):
+        return "[\n" + ",\n".join(pad + _json_text(v, depth + 1) for v in obj) + "\n" + "  " * depth + "]"
+    return json.dumps(obj, allow_nan=False)
+
+
+def save_pretrained(
+    model: VisualRWKV,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` and return ``path``.
+
+    A directory (any path not ending in ``.safetensors``): ``config.json`` + ``model.safetensors`` (+
+    ``tokenizer.json``), loadable by ``from_pretrained`` without code changes. A ``.safetensors`` path: one
+    file in the released flat layout (``model.official_state_dict()``, v6.0 linear projector only).
+    ``dtype`` casts floating tensors as they are written; ``metadata`` (JSON) is stored in config.json.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, VisualRWKV):
+        raise TypeError(f"model must be a VisualRWKV, got {type(model).__name__}")
+    dtype = parse_dtype(dtype)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if metadata is not None:
+            raise ValueError("metadata: only a save_pretrained directory has a config.json to hold it")
+        sd = _safetensors_ready(model.official_state_dict(), dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(path), metadata={"format": "pt", "layout": "visualrwkv-v6.0-official"})
+        return path
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"path must be a directory or end in .safetensors, got {str(path)!r} (pickle files are not written)"
+        )
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"path: {str(path)!r} exists and is not a directory")
+    config, tokenizer = model_to_config(model, metadata=metadata)
+    if dtype is not None:
+        config["dtype"] = str(dtype).removeprefix("torch.")
+    try:
+        text = _json_text(config) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must hold JSON values only ({e})") from None
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(_safetensors_ready(model.state_dict(), dtype), str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(path / config["tokenizer"]["file"])
+    # config.json last: a directory with a config is complete (an interrupted save leaves none).
+    (path / CONFIG_NAME).write_text(text, encoding="utf-8")
+    return path
+
+
+# --- describing -------------------------------------------------------------------------------------------
+
+
+def describe_checkpoint(
+    name_or_path: str | os.PathLike,
+    filename: str | None = None,
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """What a checkpoint holds, without reading its tensor data: the model config (sizes, encoder,
+    projector, scan, layout, preprocessing, tokenizer, dtype) plus ``format``, ``path``, ``parameters``
+    (total and per part), ``tensors`` and ``dtypes``. Released files report the defaults they load with."""
+    path = resolve_checkpoint(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
+    if path.is_dir():
+        config = load_config(path)
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        specs = read_tensor_specs(weights)
+        fmt = "save_pretrained directory"
+        parts = {"rwkv": "rwkv.", "encoder": "encoder.", "projector": "proj."}
+    else:
+        specs = read_tensor_specs(path)
+        if any(k.startswith("encoder.vit.") for k in specs):
+            raise CheckpointError(f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory")
+        model = visualrwkv_from_official_state_dict(specs)  # meta tensors: sizes only
+        config, _ = model_to_config(model)
+        config["dtype"] = str(specs[OFFICIAL_PREFIXES["rwkv"] + "emb.weight"].dtype).removeprefix("torch.")
+        fmt = "official .safetensors" if path.suffix == ".safetensors" else f"official {path.suffix}"
+        parts = {"rwkv": OFFICIAL_PREFIXES["rwkv"], "encoder": OFFICIAL_PREFIXES["vit"], "projector": "proj."}
+    by_part = {name: sum(t.numel() for k, t in specs.items() if k.startswith(p) and not k.endswith("position_ids"))
+               for name, p in parts.items()}
+    info = {"path": str(path), "format": fmt, **{k: v for k, v in config.items() if k not in ("format", "format_version")}}
+    if path.is_dir():
+        info["format_version"] = config["format_version"]
+    info.update(
+        parameters=sum(by_part.values()), parameters_by_part=by_part, tensors=len(specs),
+        dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in specs.values()}),
+    )
+    return info
