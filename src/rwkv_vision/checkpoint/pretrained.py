@@ -37,7 +37,7 @@ from ..models.visualrwkv import VisualRWKV
 from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config, model_from_config, model_to_config, parse_dtype
 from .diff import diff_state_dict
 from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, load_checkpoint, read_tensor_specs
-from .hub import OFFICIAL_CHECKPOINTS, resolve_checkpoint
+from .hub import resolve_checkpoint
 from .official import OFFICIAL_PREFIXES, visualrwkv_from_official_state_dict
 
 __all__ = ["from_pretrained", "save_pretrained", "describe_checkpoint"]

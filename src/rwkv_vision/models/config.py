@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..layers.channel_mix import default_dim_ffn
 
-__all__ = ["RWKV6Config", "ConfigError"]
+__all__ = ["RWKV6Config", "VisualRWKVConfig", "ConfigError"]
 
 #: Upper bounds a config read from a file must respect: far above every released model, far below what
 #: would make building it allocate without bound.
@@ -94,3 +94,61 @@ class RWKV6Config:
             return cls(**data)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+def _frozen_section(owner: str, name: str, value: Any) -> Mapping[str, Any]:
+    import json
+    import types
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner}.{name} must be an object (a dict of JSON values), got {type(value).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{owner}.{name} must hold JSON values only ({e})") from None
+    return types.MappingProxyType(dict(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualRWKVConfig:
+    """The hyperparameters of a :class:`~rwkv_vision.models.VisualRWKV`: its language model and the
+    sections that describe its parts in ``config.json`` (read-only mappings of JSON values; their formats
+    are those of :mod:`rwkv_vision.checkpoint.config_json`).
+
+    Attributes:
+        rwkv: the language model's :class:`RWKV6Config`.
+        encoder: the vision tower (timm model name and arguments, feature layer, CLS position, frozen).
+        projector: ``type`` (a registered projector name), ``in_features``, ``out_features``, options.
+        scan: ``name`` (a registered scan policy) and its options.
+        layout: ``name`` (a registered prompt layout), roles and instruction; the processor uses it.
+    """
+
+    rwkv: RWKV6Config
+    encoder: Mapping[str, Any]
+    projector: Mapping[str, Any]
+    scan: Mapping[str, Any]
+    layout: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rwkv, RWKV6Config):
+            raise ConfigError(f"VisualRWKVConfig.rwkv must be an RWKV6Config, got {type(self.rwkv).__name__}")
+        for name in ("encoder", "projector", "scan", "layout"):
+            object.__setattr__(self, name, _frozen_section("VisualRWKVConfig", name, getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data: the ``rwkv``, ``encoder``, ``projector``, ``scan`` and ``layout`` sections."""
+        import copy
+
+        return {"rwkv": self.rwkv.to_dict(),
+                **{k: copy.deepcopy(dict(getattr(self, k))) for k in ("encoder", "projector", "scan", "layout")}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "VisualRWKVConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(data) - set(fields)), [f for f in fields if f not in data]
+        if unknown or missing:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}, missing field(s) {missing} (expected {fields})")
+        return cls(rwkv=RWKV6Config.from_dict(data["rwkv"], source=f"{source}.rwkv"),
+                   **{k: data[k] for k in ("encoder", "projector", "scan", "layout")})

@@ -35,9 +35,26 @@ from ..scan import BiDir, ImageSpan, ScanPolicy, get_scan_policy, scanned_call
 from ..state import RWKVState
 from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
+from .config import VisualRWKVConfig
 from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
+
+def self_describing_config(config: VisualRWKVConfig) -> dict[str, Any]:
+    """config.json data for ``config`` with the processor sections a bare model config does not hold
+    (default preprocessing at the encoder's size is chosen later, no tokenizer)."""
+    from ..checkpoint.config_json import FORMAT, FORMAT_VERSION
+
+    data = config.to_dict()
+    size = data["encoder"]["timm_kwargs"]["img_size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    from ..vision.preprocess import ImagePreprocessor
+    from ..checkpoint.config_json import preprocessor_to_config
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **data,
+            "preprocessor": preprocessor_to_config(ImagePreprocessor(size)), "tokenizer": {"type": None},
+            "dtype": "float32"}
+
 
 class VisualRWKV(nn.Module):
     """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
@@ -171,6 +188,13 @@ class VisualRWKV(nn.Module):
 
         return save_pretrained(self, path, dtype=dtype, metadata=metadata)
 
+    @property
+    def config(self) -> VisualRWKVConfig:
+        """The :class:`VisualRWKVConfig` of this model (language model, encoder, projector, scan, layout);
+        ``VisualRWKV.from_config(model.config)`` builds a freshly initialised copy."""
+        data = self.to_config()
+        return VisualRWKVConfig.from_dict({k: data[k] for k in ("rwkv", "encoder", "projector", "scan", "layout")})
+
     def to_config(self) -> dict[str, Any]:
         """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.checkpoint.config_json`)."""
         from ..checkpoint.config_json import model_to_config
@@ -178,10 +202,15 @@ class VisualRWKV(nn.Module):
         return model_to_config(self)[0]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, device=None, dtype=None, **kwargs: Any) -> VisualRWKV:
-        """A freshly initialised model from :meth:`to_config` data (a ``"word"``/``"class"`` tokenizer entry
-        needs ``tokenizer=``, since its file is not part of the config)."""
+    def from_config(
+        cls, config: VisualRWKVConfig | Mapping[str, Any], *, device=None, dtype=None, **kwargs: Any
+    ) -> VisualRWKV:
+        """A freshly initialised model from a :class:`VisualRWKVConfig` or :meth:`to_config` data (a
+        ``"word"``/``"class"`` tokenizer entry needs ``tokenizer=``, since its file is not part of the config)."""
         from ..checkpoint.config_json import model_from_config
+
+        if isinstance(config, VisualRWKVConfig):
+            config = self_describing_config(config)
 
         return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
 
