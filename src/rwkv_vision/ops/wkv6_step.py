@@ -9,7 +9,7 @@ step of ``wkv6``::
     S[j, i] = exp(w[j]) * S[j, i] + k[j] * v[i]
 
 ``wkv6`` over t = 1 computes the same thing but allocates a new state, runs the general kernel and goes
-through autograd. A decoder that keeps its state in a static buffer (``rwkv_vision.inference.Decoder``)
+through autograd. A decoder that keeps its state in a static buffer (``rwkv_vision.decoding.Decoder``)
 calls this instead: one compiled kernel that reads and rewrites each state once, and no allocation
 beyond the [b, h, n] output, so it can be captured into a CUDA graph.
 """
