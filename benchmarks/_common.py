@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import gc
-import os
 import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -34,14 +35,35 @@ GIB = 1024**3
 RWKV_7B = get_config("rwkv6-7b")
 RWKV_TINY = dict(n_layer=2, n_embd=64, head_size=32, d_mix=8, d_decay=16, vocab_size=256)
 #: Llama-2-7B (LLaVA-1.5-7B's language model). max_position_embeddings covers the 24K contexts measured.
-LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=32768)
+LLAMA_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+    max_position_embeddings=32768,
+)
 #: RWKV-6 World 0.1B's shape (12 x 768) and a Llama of the same depth and width: a CPU-sized comparison.
 RWKV_SMALL = dict(n_layer=12, n_embd=768, head_size=64, d_mix=32, d_decay=64, vocab_size=65536)
-LLAMA_SMALL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                   num_key_value_heads=12, vocab_size=32000, max_position_embeddings=8192)
-LLAMA_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, vocab_size=256, max_position_embeddings=4096)
+LLAMA_SMALL = dict(
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    vocab_size=32000,
+    max_position_embeddings=8192,
+)
+LLAMA_TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=256,
+    max_position_embeddings=4096,
+)
 
 
 class Missing(Exception):
@@ -86,12 +108,16 @@ def versions() -> str:
 
 def header(title: str, device: torch.device, dtype: torch.dtype) -> None:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    )
     print(f"# {title}")
     print(f"date {now}; device {device.type}: {where}; dtype {str(dtype).replace('torch.', '')}")
     print(versions())
     ext = rwkv_vision.ops.backend_info()
-    print(f"rwkv_vision extension: {ext.get('extension')} (cpu {ext.get('cpu_kernels')}, cuda {ext.get('cuda_kernels')})")
+    print(
+        f"rwkv_vision extension: {ext.get('extension')} (cpu {ext.get('cpu_kernels')}, cuda {ext.get('cuda_kernels')})"
+    )
     print("command: " + " ".join(sys.argv))
     sys.stdout.flush()
 
@@ -167,7 +193,7 @@ def measure_bandwidth(device: torch.device, *, nbytes: int | None = None) -> flo
     nbytes = nbytes or (2 * GIB if device.type == "cuda" else 64 * 1024**2)
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    ms = median(time_calls(lambda: dst.copy_(src), device, warmup=3, repeat=10))
+    ms = median(time_calls(functools.partial(dst.copy_, src), device, warmup=3, repeat=10))
     del src, dst
     free(device)
     return 2 * nbytes / (ms * 1e-3) / 1e9
@@ -204,10 +230,19 @@ def fla_config(cfg: dict):
     from rwkv_vision.layers.channel_mix import default_dim_ffn
 
     return RWKV6Config(
-        hidden_size=cfg["n_embd"], num_hidden_layers=cfg["n_layer"], num_heads=cfg["n_embd"] // cfg["head_size"],
-        expand_k=1.0, expand_v=1.0, intermediate_size=cfg.get("dim_ffn") or default_dim_ffn(cfg["n_embd"]),
-        proj_low_rank_dim=cfg["d_mix"], gate_low_rank_dim=cfg["d_decay"], vocab_size=cfg["vocab_size"],
-        attn_mode="chunk", use_cache=True, tie_word_embeddings=False, fuse_cross_entropy=False,
+        hidden_size=cfg["n_embd"],
+        num_hidden_layers=cfg["n_layer"],
+        num_heads=cfg["n_embd"] // cfg["head_size"],
+        expand_k=1.0,
+        expand_v=1.0,
+        intermediate_size=cfg.get("dim_ffn") or default_dim_ffn(cfg["n_embd"]),
+        proj_low_rank_dim=cfg["d_mix"],
+        gate_low_rank_dim=cfg["d_decay"],
+        vocab_size=cfg["vocab_size"],
+        attn_mode="chunk",
+        use_cache=True,
+        tie_word_embeddings=False,
+        fuse_cross_entropy=False,
     )
 
 
@@ -324,22 +359,6 @@ def for_each_system(args, systems: dict, device, measure: Callable, failed: Call
             del model, runner
             free(device)
     return rows
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]):
-    """Set environment variables for the duration: the C++ ops read the CUDA kernel choice
-    (RWKV_VISION_CUDA_FORWARD / _BACKWARD) on every call, so a row can pick its kernels this way."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def random_ids(b: int, t: int, vocab: int, device, seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Systems, one at a time in this process (random weights, bf16 on a GPU):
   - rwkv_vision RWKV6 chunked: ``RWKV6.forward(chunk_size=...)``, state carried, last logits only
     (what ``Decoder.prefill`` runs); memory should be weights + one chunk's activations
-  - the same with the chunked tensor-core WKV forward (RWKV_VISION_CUDA_FORWARD=chunked) on a GPU
+  - the same with the experimental chunked tensor-core WKV kernels (``ops.use_backend("cuda_chunked")``),
+    on a GPU with a build that includes them (RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON)
   - rwkv_vision RWKV6 one pass: the same without chunks (activations for the whole prompt)
   - fla 0.6.0 RWKV6ForCausalLM: one pass, chunk_rwkv6 kernels (missing if not installed)
   - transformers Llama-2-7B shape: one pass, SDPA, KV cache kept (as generation needs it)
@@ -18,8 +19,11 @@ Per system: the median wall time of --repeat prefills after --warmup (CUDA event
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import _common as C
+
+from rwkv_vision.ops import backend_info, use_backend
 
 
 def main(argv=None):
@@ -39,19 +43,33 @@ def main(argv=None):
         def make():
             model = C.build_rwkv(rwkv_cfg, device, dtype)
             return model, C.OursForward(model, chunk)
+
         return make
 
+    def not_built():
+        raise C.Missing("cuda_chunked is not in this build (RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON builds it)")
+
     systems = {f"rwkv_vision RWKV6 chunked ({c})": (ours(c), rwkv_cfg["vocab_size"]) for c in chunks}
-    # The same with the untried chunked tensor-core WKV forward (csrc/cuda/wkv6_chunked_cuda.cu) instead of
-    # the recurrent one: 64 heads at batch 1 are too few blocks for a kernel that walks 24K steps in order.
-    kernel_env = {f"rwkv_vision RWKV6 chunked ({chunks[0]}), chunked WKV kernel": {"RWKV_VISION_CUDA_FORWARD": "chunked"}}
-    for name in kernel_env:
-        systems[name] = (ours(chunks[0]), rwkv_cfg["vocab_size"])
+    # The same with the chunked tensor-core WKV kernels (csrc/cuda/wkv6_chunked_cuda.cu) instead of the
+    # recurrent ones: 64 heads at batch 1 are too few blocks for a kernel that walks 24K steps in order.
+    # The layers call wkv6 without a backend, so the row sets the default around its prefills.
+    kernel_backend = {}
+    if device.type == "cuda":
+        name = f"rwkv_vision RWKV6 chunked ({chunks[0]}), chunked WKV kernel"
+        kernel_backend[name] = "cuda_chunked"
+        systems[name] = (
+            ours(chunks[0]) if "cuda_chunked" in backend_info()["cuda_variants"] else not_built,
+            rwkv_cfg["vocab_size"],
+        )
     systems["rwkv_vision RWKV6 one pass"] = (ours(None), rwkv_cfg["vocab_size"])
-    systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (C.hf_system(C.build_fla, rwkv_cfg, device, dtype),
-                                                      rwkv_cfg["vocab_size"])
-    systems["transformers Llama (SDPA) one pass"] = (C.hf_system(C.build_llama, llama_cfg, device, dtype),
-                                                     llama_cfg["vocab_size"])
+    systems["fla 0.6.0 RWKV6ForCausalLM one pass"] = (
+        C.hf_system(C.build_fla, rwkv_cfg, device, dtype),
+        rwkv_cfg["vocab_size"],
+    )
+    systems["transformers Llama (SDPA) one pass"] = (
+        C.hf_system(C.build_llama, llama_cfg, device, dtype),
+        llama_cfg["vocab_size"],
+    )
 
     def measure(name, model, runner, vocab):
         weights = C.param_bytes(model) / C.GIB
@@ -63,16 +81,30 @@ def main(argv=None):
 
         C.free(device)
         C.reset_peak(device)
-        with C.environment(kernel_env.get(name, {})):
+        backend = kernel_backend.get(name)
+        with use_backend(backend) if backend else contextlib.nullcontext():
             ms = C.median(C.time_calls(run, device, warmup=args.warmup, repeat=args.repeat))
         peak = C.peak_gib(device)
-        return [[name, tokens, C.fmt(ms / 1e3, 3), C.fmt(tokens / ms * 1e3, 0), C.fmt(peak),
-                 C.fmt(weights), C.fmt(peak - weights), ""]]
+        return [
+            [
+                name,
+                tokens,
+                C.fmt(ms / 1e3, 3),
+                C.fmt(tokens / ms * 1e3, 0),
+                C.fmt(peak),
+                C.fmt(weights),
+                C.fmt(peak - weights),
+                "",
+            ]
+        ]
 
-    rows = C.for_each_system(args, systems, device, measure,
-                             lambda name, status, note: [name, tokens, status, "", "", "", "", note])
-    C.print_table(["system", "tokens", "prefill s (median)", "tokens/s", "peak GiB", "weights GiB",
-                   "peak - weights GiB", "note"], rows)
+    rows = C.for_each_system(
+        args, systems, device, measure, lambda name, status, note: [name, tokens, status, "", "", "", "", note]
+    )
+    C.print_table(
+        ["system", "tokens", "prefill s (median)", "tokens/s", "peak GiB", "weights GiB", "peak - weights GiB", "note"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 CPU (always): the C++ kernel against the pure-PyTorch ``wkv6_chunked`` (the fallback) and ``wkv6_ref``
 (float32, b=2, t=1024, h=8, n=64).
-GPU (when CUDA is available): our CUDA kernel against flash-linear-attention's ``chunk_rwkv6`` and
-``fused_recurrent_rwkv6`` (bf16, n=64) at the shapes of ``docs/performance.md``; a peer that is not
-installed is reported as such, not skipped silently.
+GPU (when CUDA is available): our CUDA kernel variants, each chosen by ``wkv6(backend=...)``, against
+flash-linear-attention's ``chunk_rwkv6`` and ``fused_recurrent_rwkv6`` (bf16, n=64) at the shapes of
+``docs/performance.md``; a peer that is not installed, or an experimental variant this build does not
+include, is reported as such, not skipped silently.
 
     python benchmarks/wkv6.py [--quick] [--exclude chunked]
 
@@ -21,7 +22,6 @@ import time
 
 import torch
 
-import _common as C
 import rwkv_vision
 from rwkv_vision.ops import backend_info, wkv6, wkv6_chunked, wkv6_ref
 
@@ -94,38 +94,46 @@ def cpu_rows(quick):
     for name, call in systems.items():
         fwd, fwd_bwd, bwd = fwd_and_bwd(call, xs)
         rep = 10 if "kernel" in name else 3
-        rows.append(("cpu", name, (b, t, h, n), "float32", time_cpu(fwd, rep), time_cpu(bwd, rep), time_cpu(fwd_bwd, rep)))
+        rows.append(
+            ("cpu", name, (b, t, h, n), "float32", time_cpu(fwd, rep), time_cpu(bwd, rep), time_cpu(fwd_bwd, rep))
+        )
     return rows
 
 
-def _kernel(r, k, v, w, u):
-    return wkv6(r, k, v, w, u, backend="kernel")[0]
+#: Row name -> wkv6's backend for our CUDA kernel variants (each with its own forward and backward:
+#: the split forward's backward is the recurrent one). cuda_split and cuda_chunked are experimental.
+CUDA_ROWS = {
+    "rwkv_vision CUDA, recurrent": "cuda_recurrent",
+    "rwkv_vision CUDA, split forward": "cuda_split",
+    "rwkv_vision CUDA, chunked": "cuda_chunked",
+}
+
+
+def _variant(backend):
+    return lambda r, k, v, w, u: wkv6(r, k, v, w, u, backend=backend)[0]
 
 
 def gpu_systems():
-    """name -> (call, environment while it runs, forward and backward), or the ImportError of a peer."""
-    forward, backward = "RWKV_VISION_CUDA_FORWARD", "RWKV_VISION_CUDA_BACKWARD"
-    systems = {
-        "rwkv_vision CUDA, recurrent": (_kernel, {forward: "recurrent", backward: "recurrent"}),
-        # The untried kernels: the split forward (its backward is the recurrent one) and the chunked
-        # tensor-core forward and backward.
-        "rwkv_vision CUDA, split forward": (_kernel, {forward: "split", backward: "recurrent"}),
-        "rwkv_vision CUDA, chunked": (_kernel, {forward: "chunked", backward: "chunked"}),
-        # The pure-PyTorch fallback (no extension or an unsupported head size) on the GPU.
-        "wkv6_chunked (PyTorch, chunks of 16)": (lambda r, k, v, w, u: wkv6_chunked(r, k, v, w, u)[0], {}),
-    }
+    """name -> call (forward; backward through autograd), or the exception saying why a system is absent."""
+    built = backend_info()["cuda_variants"]
+    systems = {}
+    for name, backend in CUDA_ROWS.items():
+        if backend in built:
+            systems[name] = _variant(backend)
+        else:
+            systems[f"{name} (not built)"] = RuntimeError(
+                f"{backend} is not in this build (RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON builds it)"
+            )
+    # The pure-PyTorch fallback (no extension or an unsupported head size) on the GPU.
+    systems["wkv6_chunked (PyTorch, chunks of 16)"] = lambda r, k, v, w, u: wkv6_chunked(r, k, v, w, u)[0]
     try:
         from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
         # fla scales r by n^-0.5 unless told otherwise; RWKV-6 uses no scale.
-        systems["fla chunk_rwkv6"] = (
-            lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0],
-            {},
-        )
-        systems["fla fused_recurrent_rwkv6"] = (
-            lambda r, k, v, w, u: fused_recurrent_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0],
-            {},
-        )
+        systems["fla chunk_rwkv6"] = lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u.to(r.dtype), scale=1.0)[0]
+        systems["fla fused_recurrent_rwkv6"] = lambda r, k, v, w, u: fused_recurrent_rwkv6(
+            r, k, v, w, u.to(r.dtype), scale=1.0
+        )[0]
     except ImportError as err:
         systems["fla (not installed)"] = err
     return systems
@@ -144,11 +152,9 @@ def gpu_rows(quick, exclude=()):
             if isinstance(system, Exception):
                 rows.append(("cuda", name, shape, "bfloat16", *[float("nan")] * 3))
                 continue
-            call, env = system
             try:
-                with C.environment(env):
-                    fwd, fwd_bwd, bwd = fwd_and_bwd(call, xs)
-                    times = time_cuda(fwd, 20), time_cuda(bwd, 10), time_cuda(fwd_bwd, 10)
+                fwd, fwd_bwd, bwd = fwd_and_bwd(system, xs)
+                times = time_cuda(fwd, 20), time_cuda(bwd, 10), time_cuda(fwd_bwd, 10)
                 rows.append(("cuda", name, shape, "bfloat16", *times))
             except Exception as err:  # a peer failing must not hide the others' numbers
                 print(f"{name} at {shape} failed: {type(err).__name__}: {err}")
@@ -159,16 +165,25 @@ def gpu_rows(quick, exclude=()):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
-    parser.add_argument("--exclude", default="", metavar="PART[,PART...]",
-                        help="leave out the GPU systems whose name contains one of these (say so in the output)")
+    parser.add_argument(
+        "--exclude",
+        default="",
+        metavar="PART[,PART...]",
+        help="leave out the GPU systems whose name contains one of these (say so in the output)",
+    )
     args = parser.parse_args()
     exclude = tuple(part for part in args.exclude.split(",") if part)
     info = backend_info()
-    print(f"rwkv_vision {rwkv_vision.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"rwkv_vision {rwkv_vision.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
-    print(f"extension: {info['extension']} (cpu {info['cpu_kernels']}, cuda {info['cuda_kernels']})")
+    print(
+        f"extension: {info['extension']} (cpu {info['cpu_kernels']}, cuda {info['cuda_kernels']}, "
+        f"CUDA variants built: {', '.join(info['cuda_variants']) or 'none'})"
+    )
     rows = cpu_rows(args.quick)
     if torch.cuda.is_available():
         rows += gpu_rows(args.quick, exclude)
@@ -183,8 +198,10 @@ def main():
     kern, ref = cpu["rwkv_vision C++ kernel"], cpu["wkv6_ref (PyTorch loop)"]
     chunk = cpu["wkv6_chunked (PyTorch, chunks of 16)"]
     for label, other in (("wkv6_ref", ref), ("wkv6_chunked", chunk)):
-        print(f"CPU kernel speed-up over {label}: forward {other[0] / kern[0]:.1f}x, backward {other[1] / kern[1]:.1f}x, "
-              f"forward+backward {other[2] / kern[2]:.1f}x")
+        print(
+            f"CPU kernel speed-up over {label}: forward {other[0] / kern[0]:.1f}x, backward {other[1] / kern[1]:.1f}x, "
+            f"forward+backward {other[2] / kern[2]:.1f}x"
+        )
 
 
 if __name__ == "__main__":

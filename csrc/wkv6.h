@@ -40,17 +40,31 @@ ScalarType acc_type(ScalarType t);
 Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
                                 const Tensor& w, const Tensor& u, const Tensor& state);
 
+// The `kernel` argument of wkv6_forward and wkv6_backward: which implementation runs. Python's
+// ops/wkv6.py maps its backend names onto these codes (docs/ops.md, "Choosing a kernel").
+//   kDefault      the device's kernel: the CPU kernel, or on CUDA the recurrent forward and backward
+//   kCudaSplit    CUDA only: the split forward (four threads per state column); the recurrent backward
+//   kCudaChunked  CUDA only: the chunked tensor-core forward and backward
+// kCudaSplit and kCudaChunked are compiled only with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS.
+enum class Wkv6Kernel : int64_t { kDefault = 0, kCudaSplit = 1, kCudaChunked = 2 };
+
+// Validates `kernel` and `segments` (0: chosen for the device; >= 1 forces the number of time
+// segments of the chunked CUDA kernels, the only ones that take it) for tensors on the CPU or on CUDA.
+Wkv6Kernel check_kernel_choice(const char* what, int64_t kernel, int64_t segments, bool on_cuda);
+
 std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                            Tensor s0);
+                                            Tensor s0, int64_t kernel, int64_t segments);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
-    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
+    int64_t kernel, int64_t segments);
 Tensor wkv6_step_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 
 #ifdef RWKV_VISION_WITH_CUDA
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                             Tensor s0);
+                                             Tensor s0, int64_t kernel, int64_t segments);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
-    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT);
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
+    int64_t kernel, int64_t segments);
 Tensor wkv6_step_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 #endif
 

@@ -37,7 +37,7 @@ RWKV_INLINE void load_row(const T* src, F* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<F>(src[i]);
 }
 
-// exp over a row. libm's expf is a call per element and was most of the forward's time; this
+// exp over a row. libm's expf is a call per element, which would dominate the forward; this
 // version vectorises: exp(x) = 2^m * p(f) with x = m ln2 + f, |f| <= ln2/2, p a degree-7 Taylor
 // polynomial (relative error below 2e-7 over that range). Inputs below -87 give 0 (the true value is
 // under float's normal range); the decay argument w is <= 0, so overflow needs no care beyond a clamp.
@@ -328,9 +328,10 @@ void check_cpu(const char* what, const Tensor& r) {
 }  // namespace
 
 std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                            Tensor s0) {
+                                            Tensor s0, int64_t kernel, int64_t segments) {
   const char* what = "rwkv_vision::wkv6_forward";
   check_cpu(what, r);
+  check_kernel_choice(what, kernel, segments, false);
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
   switch (r.scalar_type()) {
     case ScalarType::Float: return forward_impl<float, float>(d, r, k, v, w, u, s0);
@@ -343,9 +344,11 @@ std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
-    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT) {
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
+    int64_t kernel, int64_t segments) {
   const char* what = "rwkv_vision::wkv6_backward";
   check_cpu(what, r);
+  check_kernel_choice(what, kernel, segments, false);
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
   check_same_layout(what, "dy", dy, r);
   STD_TORCH_CHECK(dy.scalar_type() == r.scalar_type(), what, ": dy must have the dtype of r");

@@ -109,15 +109,42 @@ Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor&
   return d;
 }
 
+Wkv6Kernel check_kernel_choice(const char* what, int64_t kernel, int64_t segments, bool on_cuda) {
+  STD_TORCH_CHECK(kernel >= 0 && kernel <= 2, what,
+                  ": kernel must be 0 (the device's kernel), 1 (CUDA split forward) or 2 (CUDA chunked "
+                  "forward and backward), got ", kernel);
+  STD_TORCH_CHECK(segments >= 0, what,
+                  ": segments must be 0 (chosen for the device) or a positive count, got ", segments);
+  const auto choice = static_cast<Wkv6Kernel>(kernel);
+  STD_TORCH_CHECK(segments == 0 || choice == Wkv6Kernel::kCudaChunked, what,
+                  ": segments applies only to the chunked CUDA kernels (kernel 2), got kernel ", kernel,
+                  " with segments = ", segments);
+  if (choice == Wkv6Kernel::kDefault) return choice;
+  const char* name = choice == Wkv6Kernel::kCudaSplit ? "split" : "chunked";
+#ifndef RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
+  STD_TORCH_CHECK(false, what, ": the ", name, " CUDA kernel (kernel ", kernel,
+                  ") is experimental and this build does not include it; rebuild with "
+                  "RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON RWKV_VISION_WITH_CUDA=ON pip install "
+                  "--no-build-isolation -e . (docs/ops.md)");
+#endif
+  STD_TORCH_CHECK(on_cuda, what, ": kernel ", kernel, " is the ", name,
+                  " CUDA kernel, but the tensors are on the CPU");
+  return choice;
+}
+
 }  // namespace rwkv_vision
 
 STABLE_TORCH_LIBRARY(rwkv_vision, m) {
-  // y, final_state = wkv6_forward(r, k, v, w, u, initial_state)
-  m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0) -> (Tensor, Tensor)");
-  // dr, dk, dv, dw, du, ds0 = wkv6_backward(..., dy, d_final_state)
+  // y, final_state = wkv6_forward(r, k, v, w, u, initial_state, kernel, segments); kernel is a
+  // Wkv6Kernel code (wkv6.h), segments 0 or the forced segment count of the chunked CUDA kernels.
+  m.def(
+      "wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, int kernel=0, "
+      "int segments=0) -> (Tensor, Tensor)");
+  // dr, dk, dv, dw, du, ds0 = wkv6_backward(..., dy, d_final_state, kernel, segments), with the
+  // forward's kernel and segments.
   m.def(
       "wkv6_backward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, "
-      "Tensor dsT) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor dsT, int kernel=0, int segments=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // y = wkv6_step(r, k, v, w, u, state): one token, the state advanced in place (decoding only).
   m.def("wkv6_step(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor(a!) state) -> Tensor");
 }

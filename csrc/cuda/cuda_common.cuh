@@ -65,15 +65,10 @@ inline void check_launch(const char* what, const char* kernel) {
                   cudaGetErrorString(err));
 }
 
-// The kernel variants. Recurrent (wkv6_cuda.cu) is the default; RWKV_VISION_CUDA_FORWARD=split picks
-// wkv6_forward_split.cu, =chunked (and RWKV_VISION_CUDA_BACKWARD=chunked) wkv6_chunked_cuda.cu. The
-// variables are read on every call so that tests and benchmarks can switch within one process; any
-// other value is an error.
-enum class ForwardKernel { kRecurrent, kSplit, kChunked };
-enum class BackwardKernel { kRecurrent, kChunked };
-ForwardKernel forward_kernel_choice(const char* what);
-BackwardKernel backward_kernel_choice(const char* what);
-
+#ifdef RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
+// The other kernel variants (Wkv6Kernel in wkv6.h), built only with
+// RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS: the split forward (wkv6_forward_split.cu) and the chunked
+// forward and backward (wkv6_chunked_cuda.cu). `segments` is the op's argument: 0 lets the host choose.
 template <typename T>
 void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
@@ -81,12 +76,14 @@ void wkv6_forward_split_launch(const char* what, const Wkv6Dims& d, const Tensor
 template <typename T>
 void wkv6_forward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                  const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
-                                 const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream);
+                                 const Tensor& s0, Tensor& y, Tensor& sT, int64_t segments,
+                                 cudaStream_t stream);
 template <typename T>
 void wkv6_backward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                   const Tensor& k, const Tensor& v, const Tensor& w,
                                   const Tensor& u, const Tensor& s0, const Tensor& dy,
                                   const Tensor& dsT, Tensor& dr, Tensor& dk, Tensor& dv, Tensor& dw,
-                                  Tensor& du, Tensor& ds0, cudaStream_t stream);
+                                  Tensor& du, Tensor& ds0, int64_t segments, cudaStream_t stream);
+#endif
 
 }  // namespace rwkv_vision

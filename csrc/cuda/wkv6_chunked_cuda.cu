@@ -1,11 +1,5 @@
 // Chunked CUDA kernels of the WKV6 recurrence: 16 steps at a time, as tensor-core matrix products.
 //
-// STATUS: written without a GPU and never run on one; their device code (wkv6_chunked_kernels.cuh)
-// runs on the CPU under tests/cuda_emu. They are used only when the environment variables
-// RWKV_VISION_CUDA_FORWARD=chunked / RWKV_VISION_CUDA_BACKWARD=chunked are set, so that the first GPU
-// session can test them (tests/ops/test_wkv6_cuda.py) and time them against the recurrent kernels
-// (benchmarks/wkv6.py) before either becomes the default.
-//
 // Why: the recurrent kernels walk t dependent steps of n multiply-adds per thread, so their time is
 // the latency of that chain, not the arithmetic. Here a block walks t / 16 chunks instead, and each
 // chunk is a few small matrix products that tensor cores do in a few instructions. The algebra is the
@@ -53,8 +47,6 @@
 #include "cuda/wkv6_chunked_kernels.cuh"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 namespace rwkv_vision {
 namespace {
@@ -75,19 +67,14 @@ void check_tensor_cores(const char* what, int device) {
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor, device, 0);
   STD_TORCH_CHECK(major >= 8, what,
                   ": the chunked CUDA kernels need a GPU of compute capability 8.0 or newer (TF32 "
-                  "tensor cores); this one is ", major, ".x. Unset RWKV_VISION_CUDA_FORWARD / "
-                  "RWKV_VISION_CUDA_BACKWARD to use the recurrent kernels.");
+                  "tensor cores); this one is ", major, ".x. Use backend=\"cuda_recurrent\" (or "
+                  "\"kernel\") for the recurrent kernels.");
 }
 
-// The time segments (plan_segments): RWKV_VISION_CUDA_SEGMENTS if set, else chosen for the device.
-SegmentPlan choose_segments(const char* what, int64_t blocks, int64_t chunks, int device) {
-  int64_t forced = 0;
-  if (const char* text = std::getenv("RWKV_VISION_CUDA_SEGMENTS")) {
-    char* end = nullptr;
-    forced = std::strtol(text, &end, 10);
-    STD_TORCH_CHECK(end != text && *end == '\0' && forced >= 1, what,
-                    ": RWKV_VISION_CUDA_SEGMENTS must be a positive integer, got '", text, "'");
-  }
+// The time segments (plan_segments): `forced` (the op's segments argument) when positive, else chosen
+// for the device.
+SegmentPlan choose_segments(const char* what, int64_t forced, int64_t blocks, int64_t chunks,
+                            int device) {
   const SegmentPlan plan =
       plan_segments(forced, blocks, chunks, device_attribute(cudaDevAttrMultiProcessorCount, device, 132));
   STD_TORCH_CHECK(blocks * plan.segments <= int64_t(INT_MAX), what, ": ", blocks * plan.segments,
@@ -148,11 +135,11 @@ void launch_forward_pass(const char* what, int64_t grid, const Wkv6Dims& d, int6
 template <typename T, int N, Pass kPass>
 void run_forward(const char* what, const Wkv6Dims& d, const Tensor& r, const Tensor& k,
                  const Tensor& v, const Tensor& w, const Tensor& u, const Tensor& s0, float* states,
-                 T* y, float* sT, cudaStream_t stream) {
+                 T* y, float* sT, int64_t forced_segments, cudaStream_t stream) {
   const int device = r.get_device_index();
   const int64_t chunks = (d.T + kL - 1) / kL;
   const int64_t blocks = d.B * d.H * FwdGeometry<N>::kGroups;
-  const auto [segments, seg_chunks] = choose_segments(what, blocks, chunks, device);
+  const auto [segments, seg_chunks] = choose_segments(what, forced_segments, blocks, chunks, device);
   const int64_t seg_len = seg_chunks * kL;
   const SegmentScratch scratch(s0, d, segments);
   if (segments > 1) {
@@ -187,16 +174,16 @@ template <typename T, int N>
 void run_backward(const char* what, const Wkv6Dims& d, const Tensor& r, const Tensor& k,
                   const Tensor& v, const Tensor& w, const Tensor& u, const Tensor& s0,
                   const Tensor& dy, const Tensor& dsT, Tensor& dr, Tensor& dk, Tensor& dv,
-                  Tensor& dw, Tensor& du, Tensor& ds0, cudaStream_t stream) {
+                  Tensor& dw, Tensor& du, Tensor& ds0, int64_t forced_segments, cudaStream_t stream) {
   static_assert(kBwdThreads % N == 0, "each thread's du partial sum must stay on one channel");
   const int device = r.get_device_index();
   const int64_t chunks = (d.T + kL - 1) / kL;
   Tensor states = torch::stable::new_empty(s0, {d.B, d.H, chunks, d.N, d.N});
   run_forward<T, N, Pass::kStates>(what, d, r, k, v, w, u, s0, mptr<float>(states), nullptr, nullptr,
-                                   stream);
+                                   forced_segments, stream);
 
   const int64_t blocks = d.B * d.H;
-  const auto [segments, seg_chunks] = choose_segments(what, blocks, chunks, device);
+  const auto [segments, seg_chunks] = choose_segments(what, forced_segments, blocks, chunks, device);
   const int64_t seg_len = seg_chunks * kL;
   const SegmentScratch scratch(s0, d, segments);
   if (segments > 1) {
@@ -223,13 +210,14 @@ void run_backward(const char* what, const Wkv6Dims& d, const Tensor& r, const Te
 template <typename T>
 void wkv6_forward_chunked_launch(const char* what, const Wkv6Dims& d, const Tensor& r,
                                  const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& u,
-                                 const Tensor& s0, Tensor& y, Tensor& sT, cudaStream_t stream) {
+                                 const Tensor& s0, Tensor& y, Tensor& sT, int64_t segments,
+                                 cudaStream_t stream) {
   check_tensor_cores(what, r.get_device_index());
   switch (d.N) {
 #define RWKV_VISION_CASE(N_)                                                                        \
   case N_:                                                                                          \
     run_forward<T, N_, Pass::kOutputs>(what, d, r, k, v, w, u, s0, nullptr, mptr<T>(y),            \
-                                       mptr<float>(sT), stream);                                   \
+                                       mptr<float>(sT), segments, stream);                         \
     break;
     RWKV_VISION_CASE(32)
     RWKV_VISION_CASE(64)
@@ -244,12 +232,18 @@ void wkv6_backward_chunked_launch(const char* what, const Wkv6Dims& d, const Ten
                                   const Tensor& k, const Tensor& v, const Tensor& w,
                                   const Tensor& u, const Tensor& s0, const Tensor& dy,
                                   const Tensor& dsT, Tensor& dr, Tensor& dk, Tensor& dv, Tensor& dw,
-                                  Tensor& du, Tensor& ds0, cudaStream_t stream) {
+                                  Tensor& du, Tensor& ds0, int64_t segments, cudaStream_t stream) {
   check_tensor_cores(what, r.get_device_index());
   switch (d.N) {
-    case 32: run_backward<T, 32>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0, stream); break;
-    case 64: run_backward<T, 64>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0, stream); break;
-    case 128: run_backward<T, 128>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0, stream); break;
+#define RWKV_VISION_CASE(N_)                                                                        \
+  case N_:                                                                                          \
+    run_backward<T, N_>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0, segments,    \
+                        stream);                                                                    \
+    break;
+    RWKV_VISION_CASE(32)
+    RWKV_VISION_CASE(64)
+    RWKV_VISION_CASE(128)
+#undef RWKV_VISION_CASE
     default: STD_TORCH_CHECK(false, what, ": unsupported head size n = ", d.N);
   }
 }
@@ -258,11 +252,11 @@ void wkv6_backward_chunked_launch(const char* what, const Wkv6Dims& d, const Ten
   template void wkv6_forward_chunked_launch<T>(const char*, const Wkv6Dims&, const Tensor&,        \
                                                const Tensor&, const Tensor&, const Tensor&,        \
                                                const Tensor&, const Tensor&, Tensor&, Tensor&,     \
-                                               cudaStream_t);                                      \
+                                               int64_t, cudaStream_t);                             \
   template void wkv6_backward_chunked_launch<T>(                                                   \
       const char*, const Wkv6Dims&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,    \
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, Tensor&,       \
-      Tensor&, Tensor&, Tensor&, cudaStream_t);
+      Tensor&, Tensor&, Tensor&, int64_t, cudaStream_t);
 RWKV_VISION_INSTANTIATE(float)
 RWKV_VISION_INSTANTIATE(__nv_bfloat16)
 RWKV_VISION_INSTANTIATE(__half)

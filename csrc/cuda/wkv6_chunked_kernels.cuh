@@ -1,6 +1,6 @@
 // Device code of the chunked WKV6 kernels; the host side that launches them is wkv6_chunked_cuda.cu,
 // whose header explains the algorithm. Kept apart so that tests/cuda_emu can compile exactly this code
-// for the CPU (threads as fibers, the WMMA calls on whole tiles) where no GPU is at hand.
+// for the CPU (threads as fibers, the WMMA calls on whole tiles).
 #pragma once
 
 #include "cuda/device_common.cuh"

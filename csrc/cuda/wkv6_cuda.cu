@@ -1,4 +1,6 @@
-// CUDA kernels of the WKV6 recurrence.
+// The recurrent CUDA kernels of the WKV6 recurrence (the default on CUDA), and the CUDA entry points
+// of the wkv6_forward / wkv6_backward ops, which run the variant the op's `kernel` argument names
+// (Wkv6Kernel in wkv6.h).
 //
 // One thread block per (batch, head) and one thread per channel: each thread keeps one n-float row
 // or column of the n x n state in registers, and only the per-step vectors cross threads, through
@@ -29,9 +31,6 @@
 #include "cuda/cuda_common.cuh"
 #include "cuda/wkv6_kernels.cuh"
 
-#include <cstdlib>
-#include <cstring>
-
 namespace rwkv_vision {
 namespace {
 
@@ -51,21 +50,24 @@ void forward_launch(const Wkv6Dims& d, const Tensor& r, const Tensor& k, const T
 template <typename T>
 std::tuple<Tensor, Tensor> forward_impl(const char* what, const Wkv6Dims& d, const Tensor& r,
                                         const Tensor& k, const Tensor& v, const Tensor& w,
-                                        const Tensor& u, const Tensor& s0) {
+                                        const Tensor& u, const Tensor& s0, Wkv6Kernel kernel,
+                                        int64_t segments) {
   Tensor y = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor sT = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
   if (d.B * d.H == 0) return {y, sT};
   const cudaStream_t stream = current_stream(r.get_device_index());
-  switch (forward_kernel_choice(what)) {
-    case ForwardKernel::kSplit:
-      wkv6_forward_split_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
-      return {y, sT};
-    case ForwardKernel::kChunked:
-      wkv6_forward_chunked_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
-      return {y, sT};
-    case ForwardKernel::kRecurrent:
-      break;
+#ifdef RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
+  if (kernel == Wkv6Kernel::kCudaSplit) {
+    wkv6_forward_split_launch<T>(what, d, r, k, v, w, u, s0, y, sT, stream);
+    return {y, sT};
   }
+  if (kernel == Wkv6Kernel::kCudaChunked) {
+    wkv6_forward_chunked_launch<T>(what, d, r, k, v, w, u, s0, y, sT, segments, stream);
+    return {y, sT};
+  }
+#else
+  (void)kernel, (void)segments;  // check_kernel_choice admits only kDefault in this build
+#endif
   switch (d.N) {
     case 32: forward_launch<T, 32>(d, r, k, v, w, u, s0, y, sT, stream, what); break;
     case 64: forward_launch<T, 64>(d, r, k, v, w, u, s0, y, sT, stream, what); break;
@@ -96,7 +98,8 @@ void backward_launch(const Wkv6Dims& d, const Tensor& r, const Tensor& k, const 
 template <typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const char* what, const Wkv6Dims& d, const Tensor& r, const Tensor& k, const Tensor& v,
-    const Tensor& w, const Tensor& u, const Tensor& s0, const Tensor& dy, const Tensor& dsT) {
+    const Tensor& w, const Tensor& u, const Tensor& s0, const Tensor& dy, const Tensor& dsT,
+    Wkv6Kernel kernel, int64_t segments) {
   Tensor dr = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor dk = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor dv = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
@@ -104,11 +107,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor du = torch::stable::new_empty(u, {d.H, d.N});
   Tensor ds0 = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
   if (d.H == 0) return {dr, dk, dv, dw, du, ds0};
-  if (d.B > 0 && backward_kernel_choice(what) == BackwardKernel::kChunked) {
+#ifdef RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
+  // The split variant has no backward of its own: it shares the recurrent one below.
+  if (d.B > 0 && kernel == Wkv6Kernel::kCudaChunked) {
     wkv6_backward_chunked_launch<T>(what, d, r, k, v, w, u, s0, dy, dsT, dr, dk, dv, dw, du, ds0,
-                                    current_stream(r.get_device_index()));
+                                    segments, current_stream(r.get_device_index()));
     return {dr, dk, dv, dw, du, ds0};
   }
+#else
+  (void)kernel, (void)segments;
+#endif
 
   const int64_t BH = d.B * d.H, NN = d.N * d.N;
   const int64_t C = checkpoint_spacing(d.T);
@@ -149,51 +157,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
 }  // namespace
 
-namespace {
-const char* env_choice(const char* name) {
-  const char* choice = std::getenv(name);
-  return choice == nullptr || *choice == '\0' ? "recurrent" : choice;
-}
-}  // namespace
-
-ForwardKernel forward_kernel_choice(const char* what) {
-  const char* choice = env_choice("RWKV_VISION_CUDA_FORWARD");
-  if (std::strcmp(choice, "recurrent") == 0) return ForwardKernel::kRecurrent;
-  if (std::strcmp(choice, "split") == 0) return ForwardKernel::kSplit;
-  if (std::strcmp(choice, "chunked") == 0) return ForwardKernel::kChunked;
-  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked, got '",
-                  choice, "'");
-  return ForwardKernel::kRecurrent;
-}
-
-BackwardKernel backward_kernel_choice(const char* what) {
-  const char* choice = env_choice("RWKV_VISION_CUDA_BACKWARD");
-  if (std::strcmp(choice, "recurrent") == 0) return BackwardKernel::kRecurrent;
-  if (std::strcmp(choice, "chunked") == 0) return BackwardKernel::kChunked;
-  STD_TORCH_CHECK(false, what, ": RWKV_VISION_CUDA_BACKWARD must be recurrent or chunked, got '",
-                  choice, "'");
-  return BackwardKernel::kRecurrent;
-}
-
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                             Tensor s0) {
+                                             Tensor s0, int64_t kernel_code, int64_t segments) {
   const char* what = "rwkv_vision::wkv6_forward";
+  const Wkv6Kernel kernel = check_kernel_choice(what, kernel_code, segments, true);
   check_all_on_device(what, r, {{"k", &k}, {"v", &v}, {"w", &w}, {"u", &u}, {"initial_state", &s0}});
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
   check_supported(what, d, r.scalar_type());
   torch::stable::accelerator::DeviceGuard guard(r.get_device_index());
   switch (r.scalar_type()) {
-    case ScalarType::Float: return forward_impl<float>(what, d, r, k, v, w, u, s0);
-    case ScalarType::BFloat16: return forward_impl<__nv_bfloat16>(what, d, r, k, v, w, u, s0);
-    case ScalarType::Half: return forward_impl<__half>(what, d, r, k, v, w, u, s0);
+    case ScalarType::Float:
+      return forward_impl<float>(what, d, r, k, v, w, u, s0, kernel, segments);
+    case ScalarType::BFloat16:
+      return forward_impl<__nv_bfloat16>(what, d, r, k, v, w, u, s0, kernel, segments);
+    case ScalarType::Half:
+      return forward_impl<__half>(what, d, r, k, v, w, u, s0, kernel, segments);
     default: STD_TORCH_CHECK(false, what, ": unsupported dtype on CUDA");
   }
   return {};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
-    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT) {
+    Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
+    int64_t kernel_code, int64_t segments) {
   const char* what = "rwkv_vision::wkv6_backward";
+  const Wkv6Kernel kernel = check_kernel_choice(what, kernel_code, segments, true);
   check_all_on_device(what, r, {{"k", &k}, {"v", &v}, {"w", &w}, {"u", &u}, {"initial_state", &s0},
                                 {"dy", &dy}, {"dsT", &dsT}});
   const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
@@ -204,11 +192,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
   torch::stable::accelerator::DeviceGuard guard(r.get_device_index());
   switch (r.scalar_type()) {
     case ScalarType::Float:
-      return backward_impl<float>(what, d, r, k, v, w, u, s0, dy, dsT);
+      return backward_impl<float>(what, d, r, k, v, w, u, s0, dy, dsT, kernel, segments);
     case ScalarType::BFloat16:
-      return backward_impl<__nv_bfloat16>(what, d, r, k, v, w, u, s0, dy, dsT);
+      return backward_impl<__nv_bfloat16>(what, d, r, k, v, w, u, s0, dy, dsT, kernel, segments);
     case ScalarType::Half:
-      return backward_impl<__half>(what, d, r, k, v, w, u, s0, dy, dsT);
+      return backward_impl<__half>(what, d, r, k, v, w, u, s0, dy, dsT, kernel, segments);
     default: STD_TORCH_CHECK(false, what, ": unsupported dtype on CUDA");
   }
   return {};

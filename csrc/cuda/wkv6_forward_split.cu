@@ -1,12 +1,7 @@
-// A second CUDA forward kernel of the WKV6 recurrence, with four threads per state column.
+// The split CUDA forward kernel of the WKV6 recurrence, four threads per state column (Wkv6Kernel::
+// kCudaSplit; its backward is the recurrent one of wkv6_cuda.cu).
 //
-// STATUS: written without a GPU and never run on one; its device code (wkv6_forward_split_kernel.cuh)
-// runs on the CPU under tests/cuda_emu. It is used only when the environment variable
-// RWKV_VISION_CUDA_FORWARD=split is set, so that the first GPU session can test it
-// (tests/ops/test_wkv6_cuda.py runs every forward test under each kernel) and time it against the
-// default one-thread-per-column kernel (benchmarks/wkv6.py prints both) before making it the default.
-//
-// Why it should be faster: the default forward has one thread per value channel, so a (b, h) block
+// Why: the recurrent forward (wkv6_cuda.cu) has one thread per value channel, so a (b, h) block
 // is n threads and the whole launch is b * h * n threads: at b = 8, h = 32, n = 64 that is 512 warps
 // for 132 SMs, about one warp per scheduler, with no other warp to run while one waits on shared
 // memory or on its 64-long chain of dependent multiply-adds into y. Here each column is shared by P = 4
@@ -18,7 +13,6 @@
 // wkv6_cuda.cu).
 #include "cuda/cuda_common.cuh"
 #include "cuda/wkv6_forward_split_kernel.cuh"
-
 
 namespace rwkv_vision {
 namespace {

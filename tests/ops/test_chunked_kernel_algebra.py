@@ -147,10 +147,11 @@ def test_chunked_kernel_algebra_matches_autograd(t, segments):
     expected = torch.autograd.grad((y_ref * dy).sum() + (s_ref * dsT).sum(), [leaves[name] for name in NAMES])
 
     r, k, v, w = (inputs[name][0] for name in "rkvw")
-    y, sT, grads, du, ds0 = chunked_kernels(r, k, v, w, inputs["u"], inputs["initial_state"][0], dy[0], dsT[0], segments)
+    y, sT, grads, du, ds0 = chunked_kernels(
+        r, k, v, w, inputs["u"], inputs["initial_state"][0], dy[0], dsT[0], segments
+    )
     assert rel_rms(y, y_ref[0]) < 1e-12 and rel_rms(sT, s_ref[0]) < 1e-12
     actual = [grads["r"], grads["k"], grads["v"], grads["w"], du, ds0]
     for name, a, e in zip(NAMES, actual, expected):
         e = e[0] if name not in ("u",) else e
         assert rel_rms(a, e) < 1e-12, name
-

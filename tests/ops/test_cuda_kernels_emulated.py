@@ -37,8 +37,20 @@ def harness(tmp_path_factory):
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     assert compiler, "a C++ compiler is needed (the extension's build needs one too)"
     exe = tmp_path_factory.mktemp("cuda_emu") / "harness"
-    cmd = [compiler, "-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-I", str(EMU / "include"),
-           "-I", str(ROOT / "csrc"), str(EMU / "harness.cpp"), "-o", str(exe)]
+    cmd = [
+        compiler,
+        "-std=c++17",
+        "-O2",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        "-I",
+        str(EMU / "include"),
+        "-I",
+        str(ROOT / "csrc"),
+        str(EMU / "harness.cpp"),
+        "-o",
+        str(exe),
+    ]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-4000:]
     return exe
@@ -52,8 +64,16 @@ def test_the_emulator_catches_a_missing_barrier_and_a_bad_one(harness):
 
 def run_emulated(harness, tmp_path, inputs, dy, dsT, segments=None, *, mode="chunked", seed=1):
     b, t, h, n = inputs["r"].shape
-    files = {"r": inputs["r"], "k": inputs["k"], "v": inputs["v"], "w": inputs["w"], "u": inputs["u"],
-             "s0": inputs["initial_state"], "dy": dy, "dsT": dsT}
+    files = {
+        "r": inputs["r"],
+        "k": inputs["k"],
+        "v": inputs["v"],
+        "w": inputs["w"],
+        "u": inputs["u"],
+        "s0": inputs["initial_state"],
+        "dy": dy,
+        "dsT": dsT,
+    }
     for name, x in files.items():
         x.detach().to(torch.float32).contiguous().numpy().tofile(tmp_path / f"{name}.bin")
     env = dict(os.environ, EMU_SEED=str(seed))
@@ -65,27 +85,33 @@ def run_emulated(harness, tmp_path, inputs, dy, dsT, segments=None, *, mode="chu
     shapes = {"y": (b, t, h, n), "sT": (b, h, n, n)}
     if mode != "split":
         shapes.update(dr=(b, t, h, n), dk=(b, t, h, n), dv=(b, t, h, n), dw=(b, t, h, n), du=(h, n), ds0=(b, h, n, n))
-    out = {name: torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(shape))
-           for name, shape in shapes.items()}
+    out = {
+        name: torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(shape))
+        for name, shape in shapes.items()
+    }
     return out, run.stdout
 
 
 CHUNKED_CASES = pytest.mark.parametrize(
     "b,t,h,n,segments",
     [
-        (2, 1, 2, 32, 1),    # one step: a chunk that is almost all padding
-        (1, 16, 1, 32, 1),   # exactly one chunk
-        (2, 37, 2, 32, 1),   # a ragged last chunk
-        (1, 70, 2, 32, 3),   # segments: phases A, B, C both ways, the last one short
-        (1, 33, 1, 64, 2),   # n = 64
+        (2, 1, 2, 32, 1),  # one step: a chunk that is almost all padding
+        (1, 16, 1, 32, 1),  # exactly one chunk
+        (2, 37, 2, 32, 1),  # a ragged last chunk
+        (1, 70, 2, 32, 3),  # segments: phases A, B, C both ways, the last one short
+        (1, 33, 1, 64, 2),  # n = 64
         (1, 20, 1, 128, 2),  # n = 128: two column groups in the forward
         (1, 300, 1, 32, 0),  # 0: segments as the host picks them (here 2: 19 chunks, at least 8 each)
     ],
 )
+
+
 def random_cotangents(b, t, h, n, seed=7):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, t, h, n, generator=g, dtype=torch.float64),
-            torch.randn(b, h, n, n, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(b, t, h, n, generator=g, dtype=torch.float64),
+        torch.randn(b, h, n, n, generator=g, dtype=torch.float64),
+    )
 
 
 def float64_expected(inputs, dy, dsT):
@@ -130,8 +156,9 @@ def test_step_kernel_matches_float64_reference(harness, tmp_path, b, h, n):
     state = torch.randn(b, h, n, n, generator=g, dtype=torch.float64)
     for name, x in {"r": r, "k": k, "v": v, "w": w, "u": u, "s0": state}.items():
         x.float().numpy().tofile(tmp_path / f"{name}.bin")
-    run = subprocess.run([str(harness), "step", str(tmp_path), str(b), str(h), str(n)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(harness), "step", str(tmp_path), str(b), str(h), str(n)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     y = torch.from_numpy(np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(b, h, n))
     new_state = torch.from_numpy(np.fromfile(tmp_path / "state.bin", dtype=np.float32).reshape(b, h, n, n))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rwkv_vision
-from rwkv_vision.ops import backend_info, has_extension, wkv6, wkv6_ref
+from rwkv_vision.ops import BACKENDS, backend_info, has_extension, use_backend, wkv6, wkv6_ref, wkv6_step
 
 from .wkv6_cases import NAMES, assert_matches_reference, in_two_segments, make_inputs, rel_rms, run_with_grads
 
@@ -106,6 +108,11 @@ def test_opcheck_forward_and_backward():
     dy = torch.randn_like(inputs["r"])
     dsT = torch.randn_like(inputs["initial_state"])
     torch.library.opcheck(torch.ops.rwkv_vision.wkv6_backward.default, args + [dy, dsT])
+    # The kernel choice and segment count as explicit arguments (0, 0: the device's kernel).
+    torch.library.opcheck(
+        torch.ops.rwkv_vision.wkv6_forward.default, [x.clone().requires_grad_(True) for x in args] + [0, 0]
+    )
+    torch.library.opcheck(torch.ops.rwkv_vision.wkv6_backward.default, args + [dy, dsT, 0, 0])
 
 
 @kernel
@@ -253,9 +260,6 @@ def test_compiled_op_checks_its_contract():
 
 
 def test_without_extension_falls_back_and_says_why():
-    import subprocess
-    import sys
-
     code = (
         "import torch, rwkv_vision as rv\n"
         "info = rv.ops.backend_info()\n"
@@ -273,3 +277,206 @@ def test_without_extension_falls_back_and_says_why():
     env = dict(os.environ, RWKV_VISION_DISABLE_EXTENSION="1")
     env.pop("RWKV_VISION_REQUIRE_EXTENSION", None)
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ---- choosing the implementation -----------------------------------------------------------------
+
+dispatch = sys.modules["rwkv_vision.ops.wkv6"]  # the module; rwkv_vision.ops.wkv6 is the function
+
+
+def test_the_accepted_backends():
+    assert BACKENDS == ("auto", "kernel", "cuda_recurrent", "cuda_split", "cuda_chunked", "chunked", "reference")
+
+
+def spy_on_implementations(monkeypatch):
+    """Record which of wkv6_ref, wkv6_chunked and the compiled op a wkv6 call reaches."""
+    calls = []
+    for name in ("wkv6_ref", "wkv6_chunked"):
+        real = getattr(dispatch, name)
+        monkeypatch.setattr(dispatch, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    ops = dispatch.kernel_ops()
+    if ops is not None:
+
+        class Ops:
+            def wkv6_forward(self, *a):
+                calls.append(("kernel", *a[6:]))
+                return ops.wkv6_forward(*a)
+
+        monkeypatch.setattr(dispatch, "kernel_ops", lambda: Ops())
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["auto", "kernel", "chunked", "reference", None])
+def test_each_backend_runs_its_implementation_and_matches_float64(backend, monkeypatch):
+    if backend == "kernel" and not has_extension():
+        pytest.skip("compiled extension not built")
+    calls = spy_on_implementations(monkeypatch)
+    run = lambda *a, **kw: wkv6(*a, backend=backend, **kw)  # noqa: E731
+    assert_matches_reference(run, make_inputs(2, 37, 2, 16, seed=21), 1e-5)
+    kernel_call = ("kernel", 0, 0)  # the op's kernel and segments: the device's kernel, segments chosen
+    expected = {
+        "auto": kernel_call if has_extension() else "wkv6_chunked",
+        None: kernel_call if has_extension() else "wkv6_chunked",
+        "kernel": kernel_call,
+        "chunked": "wkv6_chunked",
+        "reference": "wkv6_ref",
+    }[backend]
+    assert calls == [expected], calls
+
+
+def expected_cuda_variant_error(backend):
+    """What wkv6 says when asked for a CUDA variant on CPU tensors, depending on the build."""
+    info = backend_info()
+    if not info["extension"]:
+        return "not loaded"
+    if not info["cuda_kernels"]:
+        return "built without CUDA kernels"
+    if backend not in info["cuda_variants"]:
+        return (
+            r"experimental CUDA kernel and this build does not include it; rebuild with "
+            r"RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON"
+        )
+    return "is a CUDA kernel, but r is on cpu"
+
+
+@pytest.mark.parametrize("backend", ["cuda_recurrent", "cuda_split", "cuda_chunked"])
+def test_cuda_variant_on_cpu_tensors_says_why(backend):
+    with pytest.raises(ValueError, match=rf"backend='{backend}' cannot run: .*{expected_cuda_variant_error(backend)}"):
+        wkv6(*_args(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cuda_split", "cuda_chunked"])
+def test_experimental_variant_missing_from_the_build_says_how_to_build_it(backend, monkeypatch):
+    # As in a CUDA build without RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS: the build is named before the device.
+    monkeypatch.setattr(dispatch, "kernel_ops", lambda: object())
+    monkeypatch.setattr(dispatch, "KERNEL_DEVICES", frozenset({"cpu", "cuda"}))
+    monkeypatch.setattr(dispatch, "CUDA_VARIANTS", ("cuda_recurrent",))
+    with pytest.raises(ValueError, match=r"RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON .*pip install"):
+        wkv6(*_args(), backend=backend)
+    # The decoding step has one CUDA kernel for every variant name: only the device is in the way.
+    r = torch.randn(1, 2, 8)
+    with pytest.raises(ValueError, match="is a CUDA kernel, but r is on cpu"):
+        wkv6_step(r, r, r, -r.abs(), torch.randn(2, 8), torch.zeros(1, 2, 8, 8), backend=backend)
+
+
+@pytest.mark.parametrize("segments", [0, -1, 2.5, True, "2"])
+def test_bad_segments(segments):
+    with pytest.raises(ValueError, match="segments must be a positive int or None"):
+        wkv6(*_args(), backend="cuda_chunked", segments=segments)
+
+
+@pytest.mark.parametrize("backend", ["auto", "kernel", "cuda_recurrent", "cuda_split", "chunked", "reference"])
+def test_segments_belong_to_the_chunked_cuda_kernels(backend):
+    with pytest.raises(ValueError, match="segments applies only to backend='cuda_chunked'"):
+        wkv6(*_args(), backend=backend, segments=2)
+
+
+@kernel
+def test_compiled_op_checks_the_kernel_choice():
+    args = _args()
+    with pytest.raises(RuntimeError, match=r"kernel must be 0 \(the device's kernel\), 1 .* or 2 .*got 5"):
+        torch.ops.rwkv_vision.wkv6_forward(*args, 5, 0)
+    with pytest.raises(RuntimeError, match="segments must be 0 .* got -1"):
+        torch.ops.rwkv_vision.wkv6_forward(*args, 0, -1)
+    with pytest.raises(RuntimeError, match=r"segments applies only to the chunked CUDA kernels \(kernel 2\)"):
+        torch.ops.rwkv_vision.wkv6_forward(*args, 0, 3)
+    built = "cuda_split" in backend_info()["cuda_variants"]
+    message = (
+        "is the split CUDA kernel, but the tensors are on the CPU"
+        if built
+        else "is experimental and this build does not include it; rebuild with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON"
+    )
+    for op, extra in (
+        (torch.ops.rwkv_vision.wkv6_forward, []),
+        (torch.ops.rwkv_vision.wkv6_backward, [torch.randn(2, 5, 2, 8), torch.randn(2, 2, 8, 8)]),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            op(*args, *extra, 1, 0)
+
+
+@kernel
+@pytest.mark.parametrize("choice", [(0, 0), (1, 0), (2, 3)])
+def test_the_registered_autograd_hands_the_kernel_choice_to_the_backward(choice):
+    # On fake tensors (fake kernels, the registered autograd, no real kernel): whatever the forward was
+    # given, the backward op gets the same kernel and segments.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "rwkv_vision":
+                filled, _ = torch._library.utils.fill_defaults(func._schema, args, kwargs or {})
+                seen.append((func.__name__.split(".")[0], tuple(filled[-2:])))
+            return func(*args, **(kwargs or {}))
+
+    with FakeTensorMode():
+        leaves = [x.clone().requires_grad_(True) for x in _args()]
+        with Record():
+            y, s = torch.ops.rwkv_vision.wkv6_forward(*leaves, *choice)
+            (y.sum() + s.sum()).backward()
+    assert seen == [("wkv6_forward", choice), ("wkv6_backward", choice)]
+
+
+def test_use_backend_sets_the_default_within_a_block(monkeypatch):
+    calls = spy_on_implementations(monkeypatch)
+    args = _args()
+    with use_backend("reference"):
+        wkv6(*args)
+        with use_backend("chunked"):
+            wkv6(*args)
+            wkv6(*args, backend="reference")  # an explicit argument wins
+        wkv6(*args)
+    assert calls == ["wkv6_ref", "wkv6_chunked", "wkv6_ref", "wkv6_ref"]
+    assert sys.modules["rwkv_vision.ops.backends"]._override is None  # restored on leaving the outer block
+    with pytest.raises(ValueError, match="use_backend: backend must be one of"):
+        with use_backend("fast"):
+            pass
+
+
+def run_python(code, **env):
+    full = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+
+
+def test_an_unknown_default_in_the_environment_names_the_variable():
+    code = (
+        "import torch, rwkv_vision as rv\n"
+        "r = torch.randn(1, 3, 1, 4)\n"
+        "assert rv.ops.backend_info()['default_backend'].startswith('invalid'), rv.ops.backend_info()\n"
+        "y, _ = rv.wkv6(r, r, r, -r.abs(), torch.randn(1, 4), backend='reference')  # explicit: fine\n"
+        "rv.wkv6(r, r, r, -r.abs(), torch.randn(1, 4))\n"
+    )
+    run = run_python(code, RWKV_VISION_WKV6_BACKEND="fastest")
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError") and "RWKV_VISION_WKV6_BACKEND='fastest'" in last, run.stderr
+    assert "accepted values: auto, kernel, cuda_recurrent, cuda_split, cuda_chunked, chunked, reference" in last
+
+
+def test_the_default_in_the_environment_is_read_once():
+    code = (
+        "import os, sys, torch, rwkv_vision as rv\n"
+        "dispatch = sys.modules['rwkv_vision.ops.wkv6']\n"
+        "assert rv.ops.default_backend() == 'reference'\n"
+        "os.environ['RWKV_VISION_WKV6_BACKEND'] = 'nonsense'  # too late: it was read at import\n"
+        "calls = []\n"
+        "real = dispatch.wkv6_ref\n"
+        "dispatch.wkv6_ref = lambda *a: calls.append(1) or real(*a)\n"
+        "r = torch.randn(1, 3, 1, 4)\n"
+        "rv.wkv6(r, r, r, -r.abs(), torch.randn(1, 4))\n"
+        "assert calls == [1] and rv.ops.default_backend() == 'reference'\n"
+        "assert rv.ops.backend_info()['default_backend'] == 'reference'\n"
+    )
+    run = run_python(code, RWKV_VISION_WKV6_BACKEND="reference")
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_retired_kernel_variables_are_named_when_set():
+    run = run_python("import rwkv_vision", RWKV_VISION_CUDA_FORWARD="chunked", RWKV_VISION_CUDA_SEGMENTS="2")
+    assert run.returncode == 0, run.stderr
+    assert (
+        "ignoring RWKV_VISION_CUDA_FORWARD, RWKV_VISION_CUDA_SEGMENTS: the CUDA kernel is chosen by argument"
+        in run.stderr
+    )

@@ -63,8 +63,14 @@ def test_segments_with_carried_state_equal_one_run():
 
 
 @settings(max_examples=20, deadline=None)
-@given(b=st.integers(1, 2), t=st.integers(1, 40), h=st.integers(1, 3), n=st.integers(1, 12),
-       L=st.integers(1, 20), seed=st.integers(0, 1000))
+@given(
+    b=st.integers(1, 2),
+    t=st.integers(1, 40),
+    h=st.integers(1, 3),
+    n=st.integers(1, 12),
+    L=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
 def test_any_shape_and_chunk_length(b, t, h, n, L, seed):
     # float64: shapes and chunk boundaries are under test here, not float32 rounding of tiny sums.
     inputs = make_inputs(b, t, h, n, dtype=torch.float64, seed=seed)

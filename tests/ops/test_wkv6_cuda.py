@@ -16,9 +16,35 @@ def cuda_wkv6(*args, **kw):
     return wkv6(*args, backend="kernel", **kw)
 
 
+def variant(backend, **options):
+    """wkv6 on one CUDA kernel variant, with run_with_grads' signature."""
+    return lambda *args, **kw: wkv6(*args, backend=backend, **options, **kw)
+
+
+def built(backend):
+    """Skip unless this build has the CUDA variant (the experimental ones need a build option)."""
+    return pytest.mark.skipif(
+        backend not in backend_info()["cuda_variants"],
+        reason=f"{backend} is an experimental CUDA kernel, not in this build "
+        "(build with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON to test it)",
+    )
+
+
+needs_split, needs_chunked = built("cuda_split"), built("cuda_chunked")
+
+
 def test_cuda_kernels_are_built_and_visible():
     info = backend_info()
     assert info["cuda_kernels"] and info["cuda_available"], info
+    assert "cuda_recurrent" in info["cuda_variants"], info
+
+
+def test_kernel_is_the_recurrent_variant():
+    inputs = make_inputs(2, 40, 3, 64, device="cuda", seed=13)
+    y_k, s_k, g_k = run_with_grads(cuda_wkv6, inputs)
+    y_r, s_r, g_r = run_with_grads(variant("cuda_recurrent"), inputs)
+    assert torch.equal(y_k, y_r) and torch.equal(s_k, s_r)
+    assert all(torch.equal(g_k[k], g_r[k]) for k in g_r)
 
 
 @pytest.mark.parametrize("with_state", [False, True])
@@ -76,17 +102,17 @@ def test_torch_compile_fullgraph():
     assert rel_rms(y, y_e) < 1e-6 and rel_rms(s, s_e) < 1e-6
 
 
-def assert_graph_replay_equals_eager(inputs):
+def assert_graph_replay_equals_eager(inputs, run=cuda_wkv6):
     """The kernels run on torch's current stream, so a side stream's CUDA graph captures them."""
     args = [inputs[k] for k in NAMES]
-    expected, _ = cuda_wkv6(*args)
+    expected, _ = run(*args)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        cuda_wkv6(*args)  # warm-up outside capture
+        run(*args)  # warm-up outside capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            y, _ = cuda_wkv6(*args)
+            y, _ = run(*args)
     graph.replay()
     torch.cuda.synchronize()
     assert rel_rms(y, expected) < 1e-6
@@ -111,58 +137,54 @@ def test_float64_on_cuda_falls_back_or_says_why():
         wkv6(*[inputs[k] for k in NAMES], backend="kernel")
 
 
-# The other forward kernels, chosen by RWKV_VISION_CUDA_FORWARD, which the C++ op reads on every call:
-# "split" (csrc/cuda/wkv6_forward_split.cu, four threads per state column, float32 arithmetic like the
-# default) and "chunked" (csrc/cuda/wkv6_chunked_cuda.cu, 16-step chunks on TF32 tensor cores, so
-# about 1e-3 relative error even for float32 inputs). The backward is the recurrent kernel's in all cases.
-FLOAT32_TOL = {"split": 1e-5, "chunked": 2e-3}
+# The experimental variants, chosen by backend=: "cuda_split" (csrc/cuda/wkv6_forward_split.cu, four
+# threads per state column, float32 arithmetic like the default; the recurrent backward) and "cuda_chunked"
+# (csrc/cuda/wkv6_chunked_cuda.cu, 16-step chunks on TF32 tensor cores, so about 1e-3 relative error even
+# for float32 inputs; its own backward). Each skips where the build does not include it.
+FLOAT32_TOL = {"cuda_split": 1e-5, "cuda_chunked": 2e-3}
+EXPERIMENTAL = [pytest.param("cuda_split", marks=needs_split), pytest.param("cuda_chunked", marks=needs_chunked)]
 
 
-@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
+@pytest.mark.parametrize("kernel", EXPERIMENTAL)
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("t", (1, 2, 7, 15, 16, 17, 65, 257))
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_forward_kernel_matches_float64_reference(kernel, n, t, with_state, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
+def test_forward_kernel_matches_float64_reference(kernel, n, t, with_state):
     inputs = make_inputs(2, t, 3, n, device="cuda", with_state=with_state, seed=t + n)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL[kernel])
+    assert_matches_reference(variant(kernel), inputs, FLOAT32_TOL[kernel])
 
 
-@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
+@pytest.mark.parametrize("kernel", EXPERIMENTAL)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_forward_kernel_half_precision(kernel, n, dtype, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
-    assert_matches_reference(cuda_wkv6, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
+def test_forward_kernel_half_precision(kernel, n, dtype):
+    assert_matches_reference(variant(kernel), make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
 
 
-@pytest.mark.parametrize("kernel", sorted(FLOAT32_TOL))
-def test_forward_kernels_agree_with_the_default(kernel, monkeypatch):
+@pytest.mark.parametrize("kernel", EXPERIMENTAL)
+def test_forward_kernels_agree_with_the_default(kernel):
     inputs = make_inputs(3, 513, 7, 64, dtype=torch.bfloat16, device="cuda", seed=11)
     args = [inputs[k] for k in NAMES]
     y_default, s_default = cuda_wkv6(*args, output_final_state=True)
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", kernel)
-    y_other, s_other = cuda_wkv6(*args, output_final_state=True)
+    y_other, s_other = variant(kernel)(*args, output_final_state=True)
     assert rel_rms(y_other, y_default) < 5e-3 and rel_rms(s_other, s_default) < FLOAT32_TOL[kernel]
 
 
 # The chunked forward splits time into segments run in parallel when b * h is small (phases A, B, C
-# of wkv6_chunked_cuda.cu); RWKV_VISION_CUDA_SEGMENTS forces their number.
+# of wkv6_chunked_cuda.cu); segments= forces their number.
+@needs_chunked
 @pytest.mark.parametrize("segments", [1, 2, 3, 7, 1000])
 @pytest.mark.parametrize("t", (33, 161, 250))
-def test_chunked_forward_segments(segments, t, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
-    monkeypatch.setenv("RWKV_VISION_CUDA_SEGMENTS", str(segments))
+def test_chunked_forward_segments(segments, t):
     inputs = make_inputs(2, t, 3, 64, device="cuda", seed=segments + t)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    assert_matches_reference(variant("cuda_chunked", segments=segments), inputs, FLOAT32_TOL["cuda_chunked"])
 
 
-def test_chunked_forward_long_single_sequence_picks_segments_itself(monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
-    monkeypatch.delenv("RWKV_VISION_CUDA_SEGMENTS", raising=False)
+@needs_chunked
+def test_chunked_forward_long_single_sequence_picks_segments_itself():
     inputs = make_inputs(1, 4099, 1, 64, dtype=torch.bfloat16, device="cuda", seed=5)
     args = [inputs[k] for k in NAMES]
-    y, s = cuda_wkv6(*args, output_final_state=True)
+    y, s = variant("cuda_chunked")(*args, output_final_state=True)
     ref64 = {k: (x.double().cpu() if x is not None else None) for k, x in inputs.items()}
     y_ref, s_ref = wkv6(*[ref64[k] for k in NAMES], backend="reference", output_final_state=True)
     assert rel_rms(y, y_ref) < 5e-3 and rel_rms(s, s_ref) < 5e-3
@@ -178,91 +200,103 @@ def extreme_decay_inputs(n):
     return inputs
 
 
+@needs_chunked
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_chunked_forward_with_extreme_decays(n, monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
-    assert_matches_reference(cuda_wkv6, extreme_decay_inputs(n), FLOAT32_TOL["chunked"])
+def test_chunked_forward_with_extreme_decays(n):
+    assert_matches_reference(variant("cuda_chunked"), extreme_decay_inputs(n), FLOAT32_TOL["cuda_chunked"])
 
 
-def test_unknown_forward_kernel_is_refused(monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "fastest")
+def test_unknown_kernel_is_refused():
     inputs = make_inputs(1, 4, 2, 64, device="cuda")
-    with pytest.raises(RuntimeError, match="RWKV_VISION_CUDA_FORWARD must be recurrent, split or chunked"):
-        cuda_wkv6(*[inputs[k] for k in NAMES])
+    args = [inputs[k] for k in NAMES]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        wkv6(*args, backend="fastest")
+    with pytest.raises(RuntimeError, match=r"kernel must be 0 \(the device's kernel\), 1 .* or 2"):
+        torch.ops.rwkv_vision.wkv6_forward(*args, 7, 0)
 
 
-# The chunked backward (RWKV_VISION_CUDA_BACKWARD=chunked): its own forward pass keeps the state at
-# every chunk start, then chunks are walked in reverse, segments in parallel where b * h is small.
+def test_experimental_kernel_missing_from_the_build_says_how_to_build_it():
+    inputs = make_inputs(1, 4, 2, 64, device="cuda")
+    args = [inputs[k] for k in NAMES]
+    for backend in ("cuda_split", "cuda_chunked"):
+        if backend in backend_info()["cuda_variants"]:
+            wkv6(*args, backend=backend)
+        else:
+            with pytest.raises(ValueError, match="RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON"):
+                wkv6(*args, backend=backend)
+
+
+# The chunked backward (backend="cuda_chunked"): its own forward pass keeps the state at every chunk
+# start, then chunks are walked in reverse, segments in parallel where b * h is small.
 # assert_matches_reference checks every gradient: r, k, v, w (the decay), u and the initial state.
+chunked_kernels = variant("cuda_chunked")
 
 
-@pytest.fixture
-def chunked_kernels(monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "chunked")
-    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "chunked")
-    return monkeypatch
-
-
+@needs_chunked
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("t", (1, 2, 15, 16, 17, 65, 257))
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_chunked_backward_matches_float64_reference(n, t, with_state, chunked_kernels):
+def test_chunked_backward_matches_float64_reference(n, t, with_state):
     inputs = make_inputs(2, t, 3, n, device="cuda", with_state=with_state, seed=t + n)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    assert_matches_reference(chunked_kernels, inputs, FLOAT32_TOL["cuda_chunked"])
 
 
+@needs_chunked
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_chunked_backward_half_precision(n, dtype, chunked_kernels):
-    assert_matches_reference(cuda_wkv6, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
+def test_chunked_backward_half_precision(n, dtype):
+    assert_matches_reference(chunked_kernels, make_inputs(2, 300, 5, n, dtype=dtype, device="cuda", seed=n), 5e-3)
 
 
-def test_chunked_backward_alone_output_only_loss(monkeypatch):
-    # The chunked backward after the default forward, and a loss on y only (dsT = 0).
-    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "chunked")
+@needs_chunked
+def test_chunked_backward_output_only_loss():
+    # A loss on y only (dsT = 0), many heads.
     inputs = make_inputs(3, 50, 17, 64, device="cuda", seed=2)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"], state_loss=False)
+    assert_matches_reference(chunked_kernels, inputs, FLOAT32_TOL["cuda_chunked"], state_loss=False)
 
 
+@needs_chunked
 @pytest.mark.parametrize("segments", [2, 3, 7, 1000])
 @pytest.mark.parametrize("t", (33, 161, 250))
-def test_chunked_backward_segments(segments, t, chunked_kernels):
-    chunked_kernels.setenv("RWKV_VISION_CUDA_SEGMENTS", str(segments))
+def test_chunked_backward_segments(segments, t):
     inputs = make_inputs(2, t, 3, 64, device="cuda", seed=segments + t)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    assert_matches_reference(variant("cuda_chunked", segments=segments), inputs, FLOAT32_TOL["cuda_chunked"])
 
 
-def test_chunked_backward_long_single_sequence_picks_segments_itself(chunked_kernels):
-    chunked_kernels.delenv("RWKV_VISION_CUDA_SEGMENTS", raising=False)
+@needs_chunked
+def test_chunked_backward_long_single_sequence_picks_segments_itself():
     inputs = make_inputs(1, 2051, 2, 64, device="cuda", seed=4)
-    assert_matches_reference(cuda_wkv6, inputs, FLOAT32_TOL["chunked"])
+    assert_matches_reference(chunked_kernels, inputs, FLOAT32_TOL["cuda_chunked"])
 
 
+@needs_chunked
 @pytest.mark.parametrize("n", CUDA_HEAD_SIZES)
-def test_chunked_backward_with_extreme_decays(n, chunked_kernels):
-    assert_matches_reference(cuda_wkv6, extreme_decay_inputs(n), FLOAT32_TOL["chunked"])
+def test_chunked_backward_with_extreme_decays(n):
+    assert_matches_reference(chunked_kernels, extreme_decay_inputs(n), FLOAT32_TOL["cuda_chunked"])
 
 
-def test_chunked_kernels_agree_with_the_recurrent_ones_in_bfloat16(chunked_kernels):
+@needs_chunked
+def test_chunked_kernels_agree_with_the_recurrent_ones_in_bfloat16():
     inputs = make_inputs(2, 777, 4, 64, dtype=torch.bfloat16, device="cuda", seed=12)
-    y_c, s_c, g_c = run_with_grads(cuda_wkv6, inputs)
-    chunked_kernels.setenv("RWKV_VISION_CUDA_FORWARD", "recurrent")
-    chunked_kernels.setenv("RWKV_VISION_CUDA_BACKWARD", "recurrent")
-    y_r, s_r, g_r = run_with_grads(cuda_wkv6, inputs)
+    y_c, s_c, g_c = run_with_grads(chunked_kernels, inputs)
+    y_r, s_r, g_r = run_with_grads(variant("cuda_recurrent"), inputs)
     assert rel_rms(y_c, y_r) < 5e-3 and rel_rms(s_c, s_r) < 5e-3
     for k in g_r:
         assert rel_rms(g_c[k], g_r[k]) < 5e-3, k
 
 
-def test_chunked_kernels_in_a_cuda_graph(chunked_kernels):
+@needs_chunked
+def test_chunked_kernels_in_a_cuda_graph():
     # 300 steps at b * h = 2: segments, so every phase and its scratch tensors are captured.
-    assert_graph_replay_equals_eager(make_inputs(1, 300, 2, 64, device="cuda", seed=9))
+    assert_graph_replay_equals_eager(make_inputs(1, 300, 2, 64, device="cuda", seed=9), chunked_kernels)
 
 
-def test_unknown_backward_kernel_is_refused(monkeypatch):
-    monkeypatch.setenv("RWKV_VISION_CUDA_BACKWARD", "fastest")
-    inputs = make_inputs(1, 4, 2, 64, device="cuda")
-    leaves = [x.requires_grad_(True) for x in (inputs[k] for k in NAMES)]
-    y, _ = cuda_wkv6(*leaves)
-    with pytest.raises(RuntimeError, match="RWKV_VISION_CUDA_BACKWARD must be recurrent or chunked"):
-        y.sum().backward()
+@needs_chunked
+def test_chunked_kernels_under_torch_compile():
+    # The kernel choice and segments are constants of the traced op call.
+    inputs = make_inputs(2, 40, 2, 64, device="cuda", seed=14)
+    run = variant("cuda_chunked", segments=2)
+    compiled = torch.compile(lambda *a: run(*a, output_final_state=True), fullgraph=True)
+    y, s = compiled(*[inputs[k] for k in NAMES])
+    y_e, s_e = run(*[inputs[k] for k in NAMES], output_final_state=True)
+    assert rel_rms(y, y_e) < 1e-6 and rel_rms(s, s_e) < 1e-6

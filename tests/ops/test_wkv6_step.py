@@ -69,11 +69,11 @@ def test_half_precision_inputs(backend, dtype):
 def test_token_by_token_equals_the_sequence_op(backend):
     """Eleven steps from a given state give wkv6's outputs and final state over those eleven tokens."""
     x = make_inputs(2, 11, 3, 32, seed=9)
-    y_seq, s_seq = wkv6(x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"], output_final_state=True,
-                        backend="reference")
+    y_seq, s_seq = wkv6(
+        x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"], output_final_state=True, backend="reference"
+    )
     state = x["initial_state"].clone()
-    ys = [wkv6_step(*(x[key][:, i].contiguous() for key in "rkvw"), x["u"], state, backend=backend)
-          for i in range(11)]
+    ys = [wkv6_step(*(x[key][:, i].contiguous() for key in "rkvw"), x["u"], state, backend=backend) for i in range(11)]
     assert rel_rms(torch.stack(ys, 1), y_seq) < 1e-6 and rel_rms(state, s_seq) < 1e-6
 
 
@@ -163,11 +163,11 @@ def test_cuda_kernel_matches_float64_formula(n, dtype):
 @pytest.mark.cuda
 def test_cuda_kernel_many_steps_equal_the_sequence_kernel():
     x = make_inputs(2, 40, 4, 64, dtype=torch.bfloat16, seed=4, device="cuda")
-    y_seq, s_seq = wkv6(x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"], output_final_state=True,
-                        backend="kernel")
+    y_seq, s_seq = wkv6(
+        x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"], output_final_state=True, backend="kernel"
+    )
     state = x["initial_state"].clone()
-    ys = [wkv6_step(*(x[key][:, i].contiguous() for key in "rkvw"), x["u"], state, backend="kernel")
-          for i in range(40)]
+    ys = [wkv6_step(*(x[key][:, i].contiguous() for key in "rkvw"), x["u"], state, backend="kernel") for i in range(40)]
     assert rel_rms(torch.stack(ys, 1), y_seq) < 5e-3 and rel_rms(state, s_seq) < 1e-5
 
 
@@ -180,8 +180,7 @@ def test_opcheck_schema_and_fake_kernel():
     matches its output (torch.library.opcheck)."""
     x = step_inputs(2, 3, 8, seed=4)
     args = [x["r"], x["k"], x["v"], x["w"], x["u"], x["initial_state"].clone()]
-    torch.library.opcheck(torch.ops.rwkv_vision.wkv6_step.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.rwkv_vision.wkv6_step.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
 @needs_extension

@@ -3,8 +3,9 @@
 Letter legend used throughout the library: b batch, t time, h heads, n head size, c channels.
 """
 
+from .backends import BACKEND_ENV, BACKENDS, default_backend, use_backend
 from .extension import ExtensionError, backend_info, has_extension
-from .wkv6 import BACKENDS, CUDA_HEAD_SIZES, wkv6
+from .wkv6 import CUDA_HEAD_SIZES, wkv6
 from .wkv6_chunked import wkv6_chunked
 from .wkv6_ref import wkv6_ref
 from .wkv6_step import wkv6_step, wkv6_step_ref
@@ -20,4 +21,7 @@ __all__ = [
     "ExtensionError",
     "CUDA_HEAD_SIZES",
     "BACKENDS",
+    "BACKEND_ENV",
+    "default_backend",
+    "use_backend",
 ]

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
 
-__all__ = ["has_extension", "has_kernel", "backend_info", "load_extension", "ExtensionError"]
+from .backends import EXPERIMENTAL_CUDA_VARIANTS, KERNEL_CODES, default_backend
+
+__all__ = [
+    "has_extension",
+    "has_kernel",
+    "cuda_variants",
+    "backend_info",
+    "build_info",
+    "load_extension",
+    "ExtensionError",
+]
 
 OP_NAMESPACE = "rwkv_vision"
 
@@ -38,7 +48,7 @@ def _find(module: str) -> str | None:
     return spec.origin if spec is not None and spec.origin else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_extension() -> tuple[bool, str | None, str | None]:
     """Load the op library once. Returns (loaded, path, reason it was not loaded)."""
     if _truthy("RWKV_VISION_DISABLE_EXTENSION"):
@@ -75,7 +85,9 @@ def has_kernel(op: str, device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{OP_NAMESPACE}::{op}", key)
 
 
-def _build_info() -> dict[str, Any]:
+@cache
+def build_info() -> dict[str, Any]:
+    """What ``CMakeLists.txt`` recorded about the build (lower-case keys; empty when there is none)."""
     path = _find(f"{__package__.rsplit('.', 1)[0]}._build_info")
     if path is None:
         return {}
@@ -85,21 +97,40 @@ def _build_info() -> dict[str, Any]:
     return {k.lower(): v for k, v in namespace.items() if k.isupper()}
 
 
+def cuda_variants() -> tuple[str, ...]:
+    """The ``backend`` names of the CUDA kernel variants compiled into the loaded library: ("cuda_recurrent",)
+    in a default CUDA build, all three with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON, () without CUDA kernels."""
+    if not has_kernel("wkv6_forward", "cuda"):
+        return ()
+    experimental = build_info().get("experimental_cuda_kernels", False)
+    return tuple(name for name in KERNEL_CODES if experimental or name not in EXPERIMENTAL_CUDA_VARIANTS)
+
+
 def backend_info() -> dict[str, Any]:
     """What is loaded and why not: a dict for bug reports and for choosing code paths.
 
     Keys: ``extension`` (bool), ``path``, ``reason`` (why not loaded, or None), ``cpu_kernels``,
-    ``cuda_kernels`` (compiled into the library), ``cuda_available`` (a device is visible now),
-    ``build`` (torch version, CUDA version and architectures the library was built with), ``torch``.
+    ``cuda_kernels`` (compiled into the library), ``cuda_variants`` (the ``backend`` names of the CUDA
+    kernel variants compiled in: ``cuda_recurrent``, and ``cuda_split`` and ``cuda_chunked`` in a build
+    with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON), ``cuda_available`` (a device is visible now),
+    ``default_backend`` (what ``backend=None`` means now, or why the environment's value is refused),
+    ``build`` (torch version, CUDA version, architectures and options the library was built with),
+    ``torch``.
     """
     loaded, path, reason = load_extension()
+    try:
+        default = default_backend()
+    except ValueError as err:
+        default = f"invalid: {err}"
     return {
         "extension": loaded,
         "path": path,
         "reason": reason,
         "cpu_kernels": loaded and has_kernel("wkv6_forward", "cpu"),
         "cuda_kernels": loaded and has_kernel("wkv6_forward", "cuda"),
+        "cuda_variants": list(cuda_variants()),
         "cuda_available": torch.cuda.is_available(),
-        "build": _build_info() if loaded else {},
+        "default_backend": default,
+        "build": build_info() if loaded else {},
         "torch": torch.__version__,
     }

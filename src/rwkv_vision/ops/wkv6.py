@@ -13,24 +13,22 @@ Per batch and head, with a state S[j, i] (j key channel, i value channel)::
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .backends import BACKENDS, KERNEL_CODES, default_backend
 from .wkv6_chunked import wkv6_chunked
-from .wkv6_kernel import KERNEL_DEVICES, kernel_ops
+from .wkv6_kernel import CUDA_VARIANTS, KERNEL_DEVICES, kernel_ops
 from .wkv6_ref import wkv6_ref
 
 __all__ = ["wkv6", "wkv6_ref", "CUDA_HEAD_SIZES", "BACKENDS"]
 
 #: Head sizes the CUDA kernels are compiled for. The CPU kernel takes any head size.
 CUDA_HEAD_SIZES = (32, 64, 128)
-#: Values of ``backend``: "auto" uses a compiled kernel where one applies and the chunked pure-PyTorch
-#: implementation elsewhere; "reference" is the step-by-step loop every other backend is tested against.
-BACKENDS = ("auto", "kernel", "chunked", "reference")
-
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_DEFAULT_BACKEND = os.environ.get("RWKV_VISION_WKV6_BACKEND", "auto")
+_BUILD_EXPERIMENTAL = (
+    "rebuild with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON (e.g. `RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON "
+    'pip install --no-build-isolation -e .`; docs/ops.md, "Building from source")'
+)
 
 
 def _check(r, k, v, w, u, initial_state) -> None:
@@ -50,8 +48,7 @@ def _check(r, k, v, w, u, initial_state) -> None:
     for name in ("k", "v", "w"):
         if named[name].shape != r.shape:
             raise ValueError(
-                f"wkv6: {name} must have the shape of r [b, t, h, n] = {tuple(r.shape)}, "
-                f"got {tuple(named[name].shape)}"
+                f"wkv6: {name} must have the shape of r [b, t, h, n] = {tuple(r.shape)}, got {tuple(named[name].shape)}"
             )
     for name in ("k", "v"):
         if named[name].dtype != r.dtype:
@@ -64,16 +61,24 @@ def _check(r, k, v, w, u, initial_state) -> None:
         raise ValueError(f"wkv6: u must be [h, n] = [{h}, {n}], got {tuple(u.shape)}")
     if initial_state is not None and initial_state.shape != (b, h, n, n):
         raise ValueError(
-            f"wkv6: initial_state must be [b, h, n, n] = [{b}, {h}, {n}, {n}], "
-            f"got {tuple(initial_state.shape)}"
+            f"wkv6: initial_state must be [b, h, n, n] = [{b}, {h}, {n}, {n}], got {tuple(initial_state.shape)}"
         )
     for name, x in named.items():
         if x.device != r.device:
             raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; put all inputs on one device")
 
 
+def _cuda_reason(r: torch.Tensor) -> str | None:
+    """Why the CUDA kernels cannot take r's dtype and head size (None when they can)."""
+    if r.dtype == torch.float64:
+        return "the CUDA kernels take float32, bfloat16 and float16, not float64"
+    if r.shape[-1] not in CUDA_HEAD_SIZES:
+        return f"the CUDA kernels support head sizes n in {CUDA_HEAD_SIZES}, got n = {r.shape[-1]}"
+    return None
+
+
 def _kernel_reason(r: torch.Tensor) -> str | None:
-    """Why no compiled kernel applies to these inputs (None when one does)."""
+    """Why the device's own compiled kernel does not apply to these inputs (None when it does)."""
     ops = kernel_ops()
     if ops is None:
         return "the compiled extension is not loaded (see rwkv_vision.ops.backend_info())"
@@ -84,11 +89,35 @@ def _kernel_reason(r: torch.Tensor) -> str | None:
         return f"the extension was built without {device.upper()} kernels"
     if device == "cpu":
         return None
-    if r.dtype == torch.float64:
-        return "the CUDA kernel takes float32, bfloat16 and float16, not float64"
-    if r.shape[-1] not in CUDA_HEAD_SIZES:
-        return f"the CUDA kernel supports head sizes n in {CUDA_HEAD_SIZES}, got n = {r.shape[-1]}"
-    return None
+    return _cuda_reason(r)
+
+
+def _variant_reason(r: torch.Tensor, backend: str, *, experimental_applies: bool = True) -> str | None:
+    """Why the CUDA variant ``backend`` ("cuda_recurrent", "cuda_split", "cuda_chunked") cannot run on
+    these inputs (None when it can). Without ``experimental_applies`` (wkv6_step: one CUDA kernel for all
+    three names) an experimental variant missing from the build is no reason."""
+    if kernel_ops() is None:
+        return "the compiled extension is not loaded (see rwkv_vision.ops.backend_info())"
+    if "cuda" not in KERNEL_DEVICES:
+        return "the extension was built without CUDA kernels (RWKV_VISION_WITH_CUDA=ON builds them)"
+    if experimental_applies and backend not in CUDA_VARIANTS:
+        return f"{backend!r} is an experimental CUDA kernel and this build does not include it; {_BUILD_EXPERIMENTAL}"
+    if r.device.type != "cuda":
+        return f"{backend!r} is a CUDA kernel, but r is on {r.device.type}"
+    return _cuda_reason(r)
+
+
+def _check_segments(segments, backend: str) -> int:
+    """The ``segments`` argument of the compiled ops: 0 (chosen for the device) or the forced count."""
+    if segments is None:
+        return 0
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"wkv6: segments must be a positive int or None, got {segments!r}")
+    if backend != "cuda_chunked":
+        raise ValueError(
+            f"wkv6: segments applies only to backend='cuda_chunked' (its time segments), got backend={backend!r}"
+        )
+    return segments
 
 
 def wkv6(
@@ -101,6 +130,7 @@ def wkv6(
     output_final_state: bool = False,
     *,
     backend: str | None = None,
+    segments: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The RWKV-6 WKV recurrence over a whole sequence, with state in and out.
 
@@ -110,10 +140,14 @@ def wkv6(
         u: [h, n] the bonus for the current token.
         initial_state: optional [b, h, n, n] state to start from (zeros if None).
         output_final_state: return the state after the last step (else None is returned).
-        backend: "auto" (default; the ``RWKV_VISION_WKV6_BACKEND`` variable overrides it): a compiled
-            kernel where one applies, else "chunked"; "kernel" (a compiled kernel or an error saying why
-            not); "chunked" (``wkv6_chunked``: pure PyTorch, t / 16 sequential steps, any device);
-            "reference" (``wkv6_ref``: the plain loop over time).
+        backend: which implementation runs, one of ``BACKENDS``: "auto" (a compiled kernel where one
+            applies, else "chunked"), "kernel" (the device's compiled kernel, or an error saying why
+            not), "cuda_recurrent", "cuda_split", "cuda_chunked" (a CUDA kernel variant, or an error
+            saying why not), "chunked" (``wkv6_chunked``: pure PyTorch, t / 16 sequential steps, any
+            device), "reference" (``wkv6_ref``: the plain loop over time). None: :func:`default_backend`
+            ("auto" unless ``use_backend`` or ``RWKV_VISION_WKV6_BACKEND`` says otherwise).
+        segments: only with "cuda_chunked": run time as this many segments in parallel (None: chosen
+            for the device).
 
     Returns:
         y: [b, t, h, n] in the dtype of r.
@@ -133,19 +167,27 @@ def wkv6(
         >>> y.shape, s.shape
         (torch.Size([2, 7, 4, 64]), torch.Size([2, 4, 64, 64]))
     """
-    backend = _DEFAULT_BACKEND if backend is None else backend
+    backend = default_backend() if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"wkv6: backend must be one of {BACKENDS}, got {backend!r}")
     _check(r, k, v, w, u, initial_state)
+    forced_segments = _check_segments(segments, backend)
     if backend == "reference":
         return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
     if backend == "chunked":
         return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
-    reason = _kernel_reason(r)
-    if reason is not None:
-        if backend == "kernel":
-            raise ValueError(f"wkv6: backend='kernel' but no kernel applies: {reason}")
-        return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+    if backend in KERNEL_CODES:
+        reason = _variant_reason(r, backend)
+        if reason is not None:
+            raise ValueError(f"wkv6: backend={backend!r} cannot run: {reason}")
+        code = KERNEL_CODES[backend]
+    else:
+        reason = _kernel_reason(r)
+        if reason is not None:
+            if backend == "kernel":
+                raise ValueError(f"wkv6: backend='kernel' but no kernel applies: {reason}")
+            return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+        code = 0
 
     acc = torch.float64 if r.dtype == torch.float64 else torch.float32
     b, _, h, n = r.shape
@@ -161,5 +203,7 @@ def wkv6(
         w.to(acc).contiguous(),
         u.to(acc).contiguous(),
         s0,
+        code,
+        forced_segments,
     )
     return y, (s_t if output_final_state else None)

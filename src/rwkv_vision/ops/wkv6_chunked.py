@@ -28,9 +28,8 @@ import torch.nn.functional as F
 __all__ = ["wkv6_chunked", "DEFAULT_CHUNK"]
 
 
-#: L when none is given. Measured on the CPU (b=2, t=1024, h=8, n=64, float32, 2 threads, 2026-11-23):
-#: L = 4, 8, 16, 32 took 47, 35, 29, 40 ms forward and 400, 260, 167, 190 ms forward+backward.
-#: Not yet measured on a GPU, where fewer, larger chunks also mean fewer kernel launches.
+#: L when none is given: the fastest of 4, 8, 16, 32 on the CPU (docs/performance.md, "The pure-PyTorch
+#: fallback"). Larger L means fewer sequential steps but L (L - 1) / 2 pair terms per chunk.
 DEFAULT_CHUNK = 16
 
 

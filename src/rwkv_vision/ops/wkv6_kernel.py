@@ -1,27 +1,33 @@
 """The compiled WKV6 ops: fake (meta) kernels and autograd, registered once the library loads.
 
-``rwkv_vision::wkv6_forward(r, k, v, w, u, s0) -> (y, sT)`` and
-``rwkv_vision::wkv6_backward(r, k, v, w, u, s0, dy, dsT) -> (dr, dk, dv, dw, du, ds0)`` are defined in
-``csrc/wkv6_ops.cpp``, with the decoding step ``rwkv_vision::wkv6_step(r, k, v, w, u, state) -> y`` (r, k, v,
-w [b, h, n]; the state updated in place). Their contract (letters b t h n as everywhere): r, k, v, dy are [b, t, h, n] of one
-dtype T; w is [b, t, h, n], u is [h, n] and every state is [b, h, n, n], all in the accumulation dtype F
-(float64 when T is float64, float32 otherwise); all contiguous, one device. ``ops.wkv6`` casts to this.
+``rwkv_vision::wkv6_forward(r, k, v, w, u, s0, kernel=0, segments=0) -> (y, sT)`` and
+``rwkv_vision::wkv6_backward(r, k, v, w, u, s0, dy, dsT, kernel=0, segments=0) -> (dr, dk, dv, dw, du, ds0)``
+are defined in ``csrc/wkv6_ops.cpp``, with the decoding step ``rwkv_vision::wkv6_step(r, k, v, w, u, state)
+-> y`` (r, k, v, w [b, h, n]; the state updated in place). Their contract (letters b t h n as everywhere):
+r, k, v, dy are [b, t, h, n] of one dtype T; w is [b, t, h, n], u is [h, n] and every state is
+[b, h, n, n], all in the accumulation dtype F (float64 when T is float64, float32 otherwise); all
+contiguous, one device. ``ops.wkv6`` casts to this.
+
+``kernel`` picks the implementation (``backends.KERNEL_CODES``; ``Wkv6Kernel`` in ``csrc/wkv6.h``): 0 the device's
+kernel (the CPU kernel, or the recurrent CUDA kernels), 1 the split CUDA forward with the recurrent
+backward, 2 the chunked CUDA forward and backward. ``segments`` forces the number of time segments of
+the chunked CUDA kernels (0: chosen for the device). The backward runs with the forward's values.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .extension import has_extension, has_kernel
+from .extension import cuda_variants, has_extension, has_kernel
 
-__all__ = ["kernel_ops", "KERNEL_DEVICES"]
+__all__ = ["kernel_ops", "KERNEL_DEVICES", "CUDA_VARIANTS"]
 
 
-def _fake_forward(r, k, v, w, u, s0):
+def _fake_forward(r, k, v, w, u, s0, kernel=0, segments=0):
     return r.new_empty(r.shape), s0.new_empty(s0.shape)
 
 
-def _fake_backward(r, k, v, w, u, s0, dy, dsT):
+def _fake_backward(r, k, v, w, u, s0, dy, dsT, kernel=0, segments=0):
     return (
         r.new_empty(r.shape),
         k.new_empty(k.shape),
@@ -37,7 +43,8 @@ def _fake_step(r, k, v, w, u, state):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    *tensors, ctx.kernel, ctx.segments = inputs  # torch.library fills in the defaulted ints
+    ctx.save_for_backward(*tensors)
 
 
 def _backward(ctx, dy, dsT):
@@ -45,26 +52,26 @@ def _backward(ctx, dy, dsT):
     # Autograd hands over None (or expanded zeros) for an output that took no part in the loss.
     dy = torch.zeros_like(r) if dy is None else dy.contiguous()
     dsT = torch.zeros_like(s0) if dsT is None else dsT.contiguous()
-    return torch.ops.rwkv_vision.wkv6_backward(r, k, v, w, u, s0, dy, dsT)
+    grads = torch.ops.rwkv_vision.wkv6_backward(r, k, v, w, u, s0, dy, dsT, ctx.kernel, ctx.segments)
+    return (*grads, None, None)
 
 
 def _register():
     if not has_extension():
-        return None, frozenset()
+        return None, frozenset(), ()
     torch.library.register_fake("rwkv_vision::wkv6_forward")(_fake_forward)
     torch.library.register_fake("rwkv_vision::wkv6_backward")(_fake_backward)
     # wkv6_step mutates its state and has no autograd: it is for decoding (ops.wkv6_step refuses grads).
     torch.library.register_fake("rwkv_vision::wkv6_step")(_fake_step)
-    torch.library.register_autograd(
-        "rwkv_vision::wkv6_forward", _backward, setup_context=_setup_context
-    )
+    torch.library.register_autograd("rwkv_vision::wkv6_forward", _backward, setup_context=_setup_context)
     devices = frozenset(d for d in ("cpu", "cuda") if has_kernel("wkv6_forward", d))
-    return torch.ops.rwkv_vision, devices
+    return torch.ops.rwkv_vision, devices, cuda_variants()
 
 
 # Resolved once at import (loading a prebuilt library, never compiling) so that code traced by
-# torch.compile only reads these constants.
-_OPS, KERNEL_DEVICES = _register()
+# torch.compile only reads these constants. CUDA_VARIANTS: the backend names of the CUDA kernel
+# variants this build has, e.g. ("cuda_recurrent",) or all three.
+_OPS, KERNEL_DEVICES, CUDA_VARIANTS = _register()
 
 
 def kernel_ops():

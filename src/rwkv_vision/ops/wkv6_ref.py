@@ -57,4 +57,3 @@ def wkv6_ref(
         state = torch.exp(w_t).unsqueeze(-1) * state + kv
     y = torch.stack(ys, dim=1).to(out_dtype)
     return y, (state if output_final_state else None)
-

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .wkv6 import _DEFAULT_BACKEND, _FLOAT_DTYPES, BACKENDS, _kernel_reason
+from .backends import BACKENDS, KERNEL_CODES, default_backend
+from .wkv6 import _FLOAT_DTYPES, _kernel_reason, _variant_reason
 from .wkv6_kernel import kernel_ops
 
 __all__ = ["wkv6_step", "wkv6_step_ref"]
@@ -51,8 +52,10 @@ def _check(r, k, v, w, u, state) -> None:
     b, h, n = r.shape
     for name in ("k", "v", "w"):
         if named[name].shape != r.shape:
-            raise ValueError(f"wkv6_step: {name} must have the shape of r [b, h, n] = {tuple(r.shape)}, "
-                             f"got {tuple(named[name].shape)}")
+            raise ValueError(
+                f"wkv6_step: {name} must have the shape of r [b, h, n] = {tuple(r.shape)}, "
+                f"got {tuple(named[name].shape)}"
+            )
     for name in ("k", "v"):
         if named[name].dtype != r.dtype:
             raise TypeError(f"wkv6_step: {name} must have the dtype of r ({r.dtype}), got {named[name].dtype}")
@@ -66,8 +69,9 @@ def _check(r, k, v, w, u, state) -> None:
     if not state.is_contiguous():
         raise ValueError("wkv6_step: state must be contiguous (it is updated in place)")
     if torch.is_grad_enabled() and any(x.requires_grad for x in named.values()):
-        raise RuntimeError("wkv6_step: is for decoding and has no gradient; train with wkv6, or call it "
-                           "under torch.no_grad()")
+        raise RuntimeError(
+            "wkv6_step: is for decoding and has no gradient; train with wkv6, or call it under torch.no_grad()"
+        )
 
 
 def wkv6_step(
@@ -87,24 +91,32 @@ def wkv6_step(
         w: [b, h, n] log of the decay (w <= 0), any floating dtype (used in the state's dtype).
         u: [h, n] the bonus for the current token.
         state: [b, h, n, n] float32 (float64 for float64 r), contiguous; updated in place.
-        backend: as for :func:`rwkv_vision.ops.wkv6`: "auto", "kernel", or "reference" / "chunked" (both
-            mean the pure-PyTorch twin here: one token has nothing to chunk).
+        backend: as for :func:`rwkv_vision.ops.wkv6`: "auto", "kernel", "cuda_recurrent" / "cuda_split" /
+            "cuda_chunked" (all three mean the one CUDA step kernel, which every build has), or
+            "reference" / "chunked" (both mean the pure-PyTorch twin: one token has nothing to chunk).
 
     Returns:
         y: [b, h, n] in the dtype of r.
 
     Not differentiable (decoding only): with gradients enabled and an input that requires them it raises.
     """
-    backend = _DEFAULT_BACKEND if backend is None else backend
+    backend = default_backend() if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"wkv6_step: backend must be one of {BACKENDS}, got {backend!r}")
     _check(r, k, v, w, u, state)
-    if backend not in ("reference", "chunked"):
+    if backend in ("reference", "chunked"):
+        return wkv6_step_ref(r, k, v, w, u, state)
+    if backend in KERNEL_CODES:
+        reason = _variant_reason(r, backend, experimental_applies=False)
+        if reason is not None:
+            raise ValueError(f"wkv6_step: backend={backend!r} cannot run: {reason}")
+    else:
         reason = _kernel_reason(r)
-        if reason is None:
-            acc = state.dtype
-            return kernel_ops().wkv6_step(r.contiguous(), k.contiguous(), v.contiguous(),
-                                          w.to(acc).contiguous(), u.to(acc).contiguous(), state)
-        if backend == "kernel":
-            raise ValueError(f"wkv6_step: backend='kernel' but no kernel applies: {reason}")
-    return wkv6_step_ref(r, k, v, w, u, state)
+        if reason is not None:
+            if backend == "kernel":
+                raise ValueError(f"wkv6_step: backend='kernel' but no kernel applies: {reason}")
+            return wkv6_step_ref(r, k, v, w, u, state)
+    acc = state.dtype
+    return kernel_ops().wkv6_step(
+        r.contiguous(), k.contiguous(), v.contiguous(), w.to(acc).contiguous(), u.to(acc).contiguous(), state
+    )
