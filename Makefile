@@ -6,9 +6,11 @@ PIP := $(PY) -m pip
 # AUTO: build the CUDA kernels when torch has CUDA and nvcc is found; ON: fail if they cannot be built.
 RWKV_VISION_WITH_CUDA ?= AUTO
 RWKV_VISION_CUDA_ARCHITECTURES ?= 90
-export RWKV_VISION_WITH_CUDA RWKV_VISION_CUDA_ARCHITECTURES
+# ON: also build the CUDA kernels that have not run on a GPU yet (split, chunked; docs/ops.md).
+RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS ?= OFF
+export RWKV_VISION_WITH_CUDA RWKV_VISION_CUDA_ARCHITECTURES RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
 
-.PHONY: venv install test test-cuda bench demo toy-model ablations clean
+.PHONY: venv install lint format test test-cuda bench demo toy-model ablations clean
 
 $(VENV)/.deps-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,8 @@ $(VENV)/.deps-stamp:
 	# test-only: the CLIP key converter and the preprocessing are checked against transformers;
 	# matplotlib draws the ablation and benchmark plots (and their tests)
 	$(PIP) install -q transformers matplotlib
+	# lint and format check (configured in pyproject.toml)
+	$(PIP) install -q "ruff>=0.6"
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -27,10 +31,22 @@ venv: $(VENV)/.deps-stamp
 install: venv
 	$(PIP) install -q --no-build-isolation --no-deps -e . \
 		-Ccmake.define.RWKV_VISION_WITH_CUDA=$(RWKV_VISION_WITH_CUDA) \
-		-Ccmake.define.RWKV_VISION_CUDA_ARCHITECTURES="$(RWKV_VISION_CUDA_ARCHITECTURES)"
+		-Ccmake.define.RWKV_VISION_CUDA_ARCHITECTURES="$(RWKV_VISION_CUDA_ARCHITECTURES)" \
+		-Ccmake.define.RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=$(RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS)
 	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -c "import rwkv_vision, json; print(json.dumps(rwkv_vision.ops.backend_info()))"
 
-test: install
+LINT_PATHS := src tests examples benchmarks
+
+# ruff: lint (pyflakes, pycodestyle, imports, bugbear, pyupgrade) and the format check; `make format` fixes.
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: venv
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: lint install
 	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m "not cuda" tests
 
 test-cuda: install

@@ -69,18 +69,19 @@ def test_wkv6_benchmark_quick_cpu_table():
         assert f"| cpu | {system} | 2, 256, 8, 64 |" in proc.stdout
 
 
-def test_wkv6_benchmark_kernel_choice_is_scoped(monkeypatch):
-    # Each GPU row picks its kernels through the environment, for its forward and its backward alike,
-    # and must leave the environment as it found it for the next row.
+def test_wkv6_benchmark_rows_choose_their_kernel_by_argument(monkeypatch):
+    # Each GPU row names the kernel variant it runs (forward and backward alike) through wkv6's backend
+    # argument; a variant the build lacks is listed as such rather than silently replaced.
     monkeypatch.syspath_prepend(str(BENCH))
     import wkv6 as bench
 
-    monkeypatch.setenv("RWKV_VISION_CUDA_FORWARD", "split")
-    monkeypatch.delenv("RWKV_VISION_CUDA_BACKWARD", raising=False)
-    with bench.C.environment({"RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}):
-        assert os.environ["RWKV_VISION_CUDA_FORWARD"] == os.environ["RWKV_VISION_CUDA_BACKWARD"] == "chunked"
-    assert os.environ["RWKV_VISION_CUDA_FORWARD"] == "split" and "RWKV_VISION_CUDA_BACKWARD" not in os.environ
-    systems = bench.gpu_systems()
-    assert systems["rwkv_vision CUDA, chunked"][1] == {
-        "RWKV_VISION_CUDA_FORWARD": "chunked", "RWKV_VISION_CUDA_BACKWARD": "chunked"}
+    from rwkv_vision.ops import backend_info
+
+    assert bench.CUDA_ROWS == {"rwkv_vision CUDA, recurrent": "cuda_recurrent",
+                               "rwkv_vision CUDA, split forward": "cuda_split",
+                               "rwkv_vision CUDA, chunked": "cuda_chunked"}
+    systems, built = bench.gpu_systems(), backend_info()["cuda_variants"]
+    for name, backend in bench.CUDA_ROWS.items():
+        assert (name in systems) == (backend in built)
+        assert (f"{name} (not built)" in systems) == (backend not in built)
     assert "fla (not installed)" in systems or "fla chunk_rwkv6" in systems

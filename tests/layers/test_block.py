@@ -55,3 +55,47 @@ def test_block_drops_into_another_model():
     y.sum().backward()
     assert y.shape == (2, 6, 4)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_step_equals_forward_and_updates_the_state_in_place():
+    from rwkv_vision.state import LayerState
+
+    x = torch.randn(2, 6, 32)
+    whole, whole_state = BLOCK0(x, return_state=True)
+    state = LayerState(att_shift=torch.zeros(2, 32), wkv=torch.zeros(2, 4, 8, 8), ffn_shift=torch.zeros(2, 32))
+    steps = torch.stack([BLOCK0.step(x[:, i], state) for i in range(6)], 1)
+    torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.wkv, whole_state.wkv, rtol=1e-5, atol=1e-5)
+
+
+def test_block_takes_any_mixer_and_mlp():
+    class Causal(nn.Module):  # a stand-in mixer: a running mean, with the mixer's interface
+        def __init__(self, dim, device=None, dtype=None):
+            super().__init__()
+            self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
+
+        def forward(self, x, state=None, *, return_state=False):
+            y = self.proj(x.cumsum(1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1))
+            return (y, (x[:, -1], None)) if return_state else y
+
+    block = Block(32, Causal, _Plain)
+    assert block.ln0 is None and isinstance(block.att, Causal)
+    assert block(torch.randn(2, 5, 32)).shape == (2, 5, 32)
+    y, state = block(torch.randn(2, 5, 32), return_state=True)
+    assert y.shape == (2, 5, 32) and state.ffn_shift.shape == (2, 32)
+
+
+class _Plain(nn.Module):
+    def __init__(self, dim, device=None, dtype=None):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim, device=device, dtype=dtype)
+
+    def forward(self, x, state=None, *, return_state=False):
+        y = self.fc(x)
+        return (y, x[:, -1]) if return_state else y
+
+
+def test_embed_norm_is_explicit():
+    a = Block.rwkv6(n_embd=32, head_size=8, layer_id=3, n_layer=4, embed_norm=True)
+    b = Block.rwkv6(n_embd=32, head_size=8, layer_id=0, n_layer=4, embed_norm=False)
+    assert a.ln0 is not None and b.ln0 is None

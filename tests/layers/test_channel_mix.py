@@ -25,3 +25,14 @@ def test_matches_formula_and_official_shapes():
     expected = torch.sigmoid(xr @ ffn.receptance.weight.T) * (hidden @ ffn.value.weight.T)
     torch.testing.assert_close(out, expected)
     assert torch.equal(new_state, x[:, -1])
+
+
+def test_step_equals_forward_one_token_at_a_time():
+    torch.manual_seed(0)
+    ffn = ChannelMix(n_embd=16, dim_ffn=40, layer_id=1, n_layer=2)
+    x = torch.randn(2, 4, 16)
+    whole, shift = ffn(x, return_state=True)
+    s = torch.zeros(2, 16)
+    steps = torch.stack([ffn.step(x[:, i], s) for i in range(4)], 1)
+    torch.testing.assert_close(steps, whole)
+    assert torch.equal(s, shift)

@@ -41,3 +41,26 @@ def test_state_carry_equals_one_pass(static):
 def test_head_size_must_divide_channels():
     with pytest.raises(ValueError, match="head_size"):
         TimeMix(n_embd=30, head_size=8, layer_id=0, n_layer=1)
+
+
+def test_backend_is_chosen_by_argument_and_checked():
+    torch.manual_seed(0)
+    att = TimeMix(n_embd=32, head_size=8, layer_id=0, n_layer=1, backend="reference")
+    x = torch.randn(2, 7, 32)
+    reference = att(x)
+    att.backend = "chunked"
+    torch.testing.assert_close(att(x), reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        TimeMix(n_embd=32, head_size=8, layer_id=0, n_layer=1, backend="fast")
+
+
+def test_step_equals_forward_one_token_at_a_time():
+    torch.manual_seed(0)
+    att = TimeMix(n_embd=32, head_size=8, d_mix=3, d_decay=5, layer_id=1, n_layer=3)
+    x = torch.randn(2, 5, 32)
+    whole, (shift, wkv) = att(x, return_state=True)
+    s, w = torch.zeros(2, 32), torch.zeros(2, 4, 8, 8)
+    steps = torch.stack([att.step(x[:, i], s, w) for i in range(5)], 1)
+    torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, wkv, rtol=1e-5, atol=1e-6)
+    assert torch.equal(s, shift)

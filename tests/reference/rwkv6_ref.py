@@ -1,6 +1,6 @@
 """An independent float64 reference of the RWKV-6 ("x060") language model.
 
-Written from the math in docs/visualrwkv-reference.md ("The RWKV-6 block"), reading an official-format
+Written from the math of the project reference on VisualRWKV (shared/docs/visualrwkv-reference.md beside the repository) ("The RWKV-6 block"), reading an official-format
 state dict directly; it uses no rwkv_vision module, not even the wkv6 op. Slow and plain on purpose.
 Letter legend: b batch, t time, h heads, n head size, c channels, v vocabulary.
 """

@@ -1,6 +1,6 @@
 """An independent float64 reference of the official VisualRWKV v6.0 forward.
 
-Written from docs/visualrwkv-reference.md ("Vision path", "Scan directions"), reading an official flat
+Written from the project reference on VisualRWKV (shared/docs/visualrwkv-reference.md beside the repository) ("Vision path", "Scan directions"), reading an official flat
 checkpoint (``rwkv.*``, ``vit.vision_model.*`` with Hugging Face CLIP names, ``proj.weight``) directly. It
 uses no rwkv_vision module: the CLIP tower is written out here with separate q/k/v, and the RWKV-6 block
 math comes from ``reference.rwkv6_ref``. Slow and plain on purpose.

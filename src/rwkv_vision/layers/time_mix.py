@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import wkv6, wkv6_step
+from ..ops import BACKENDS, wkv6, wkv6_step
 from ..state import TimeMixState
 from ._depth import depth_ratios
 from .ddlerp import add_ddlerp_parameters, ddlerp
@@ -59,6 +59,8 @@ class TimeMix(nn.Module):
             decay of the paper's ablation.
         layer_id, n_layer: where the layer sits in its stack; the initialisation depends on it (RWKV's
             per-depth time scales), so both are required.
+        backend: the WKV implementation (``ops.BACKENDS``: "auto", "kernel", "cuda_recurrent", "chunked",
+            ...); None follows ``ops.use_backend`` / the process default. A plain attribute: set it any time.
     """
 
     def __init__(
@@ -72,10 +74,14 @@ class TimeMix(nn.Module):
         data_dependent_decay: bool = True,
         layer_id: int,
         n_layer: int,
+        backend: str | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"TimeMix: backend must be None or one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         if head_size <= 0 or n_embd % head_size != 0:
             raise ValueError(f"TimeMix: n_embd ({n_embd}) must be a multiple of head_size ({head_size})")
         self.n_embd, self.head_size, self.n_head = n_embd, head_size, n_embd // head_size
@@ -122,7 +128,9 @@ class TimeMix(nn.Module):
         g = F.silu(self.gate(x_g))
         w = log_decay(x_w, self).view(b, t, h, n)
 
-        y, wkv_state = wkv6(r, k, v, w, self.time_faaaa, initial_state=wkv_state, output_final_state=return_state)
+        y, wkv_state = wkv6(
+            r, k, v, w, self.time_faaaa, initial_state=wkv_state, output_final_state=return_state, backend=self.backend
+        )
         y = self.ln_x(y.reshape(b * t, c)).view(b, t, c)
         out = self.output(y * g)
         return (out, TimeMixState(shift, wkv_state)) if return_state else out
@@ -154,7 +162,8 @@ class TimeMix(nn.Module):
         else:
             w = torch.exp(decay).neg_().expand(b, c)
         u = self.time_faaaa.float().reshape(h, n).contiguous()
-        y = wkv6_step(r.view(b, h, n), k.view(b, h, n), v.view(b, h, n), w.reshape(b, h, n).contiguous(), u, wkv)
+        w = w.reshape(b, h, n).contiguous()
+        y = wkv6_step(r.view(b, h, n), k.view(b, h, n), v.view(b, h, n), w, u, wkv, backend=self.backend)
         y = F.group_norm(y.view(b, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps)
         return F.linear(y * g, self.output.weight)
 
