@@ -8,6 +8,7 @@ would already catch (``ValueError``), so ``except ValueError`` keeps working:
                          out-of-range field; the message names the field and what was expected
       CheckpointError    a checkpoint file or directory that cannot be read; names the file
       StateDictError     tensors that do not fit the model; lists every missing, unexpected and mis-shaped key
+    ExtensionError       (a RuntimeError) the compiled kernels are required but cannot be loaded
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["RWKVVisionError", "ConfigError", "CheckpointError", "StateDictError", "natural_key"]
+__all__ = ["RWKVVisionError", "ConfigError", "CheckpointError", "StateDictError", "ExtensionError", "natural_key"]
 
 
 class RWKVVisionError(ValueError):
@@ -54,3 +55,8 @@ class StateDictError(RWKVVisionError):
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
+
+
+class ExtensionError(RuntimeError):
+    """The compiled extension is required (``RWKV_VISION_REQUIRE_EXTENSION=1``) but cannot be used: an
+    environment problem, not bad input, hence a RuntimeError."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ExtensionError
 from .backends import EXPERIMENTAL_CUDA_VARIANTS, KERNEL_CODES, default_backend
 
 __all__ = [
@@ -28,10 +29,6 @@ __all__ = [
 ]
 
 OP_NAMESPACE = "rwkv_vision"
-
-
-class ExtensionError(RuntimeError):
-    """The compiled extension is required (RWKV_VISION_REQUIRE_EXTENSION=1) but cannot be used."""
 
 
 def _truthy(name: str) -> bool:
