@@ -27,7 +27,7 @@ import torch
 import _common as C
 from rwkv_vision.decoding import Decoder
 from rwkv_vision.models.visualrwkv import VisualRWKV
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
 from rwkv_vision.vision.encoders import clip_vit_l14_336, tiny_clip
 
 PAPER_SPEEDUP, PAPER_MEMORY_SAVING = 3.98, 0.54

@@ -51,10 +51,10 @@ import torch.nn.functional as F
 
 from rwkv_vision import RWKV6, VisualRWKV
 from rwkv_vision.data import QUESTION_TYPES, ShapesVQA, WordTokenizer, exact_match
-from rwkv_vision.layers.projector import LinearProjector
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX, get_layout
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
+from rwkv_vision.prompt import get_layout
 from rwkv_vision.scan import get_scan_policy
-from rwkv_vision.vision import ImagePreprocessor, timm_vit
+from rwkv_vision.vision import ImagePreprocessor, LinearProjector, timm_vit
 
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions
 

@@ -20,7 +20,13 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "rwkv_vision"
 
 #: (importing package prefix, imported package prefix): deferred imports allowed inside functions only.
-ENTRY_POINT_EDGES = (("rwkv_vision.models", "rwkv_vision.checkpoint"),)
+#: Besides loading, a model's ``processor`` property and ``chat`` method are such doors (to the processor
+#: and the chat loop, which sit above the models).
+ENTRY_POINT_EDGES = (
+    ("rwkv_vision.models", "rwkv_vision.checkpoint"),
+    ("rwkv_vision.models", "rwkv_vision.processor"),
+    ("rwkv_vision.models", "rwkv_vision.chat"),
+)
 #: Layers, from the bottom: a module may import its own layer and the layers below it (module level).
 LAYERS = [
     ("rwkv_vision.errors", "rwkv_vision.registry", "rwkv_vision.ops", "rwkv_vision.image_tokens"),

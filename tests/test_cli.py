@@ -13,9 +13,9 @@ from reference.fixtures import one_cpu_thread  # noqa: F401
 from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import RWKV6, VisualRWKV, generation
 from rwkv_vision.cli import main
-from rwkv_vision.data.word_tokenizer import WordTokenizer
 from rwkv_vision.checkpoint import load_checkpoint
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
+from rwkv_vision.tokenizers import WordTokenizer
 from rwkv_vision.vision import tiny_clip
 
 RWKV_SIZES = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)

@@ -168,7 +168,7 @@ def test_bad_arguments_name_themselves(model):
 def test_visualrwkv_chunked_prefill_equals_one_pass():
     from reference.visualrwkv_ref import random_visualrwkv_checkpoint
     from rwkv_vision.models.visualrwkv import VisualRWKV
-    from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
+    from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 
     sizes = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
     vision = dict(width=64, layers=1, patch=14, image=28, mlp=96)  # 2 x 2 grid + CLS = 5 tokens

@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from reference.fixtures import one_cpu_thread  # noqa: F401
 from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import GatedMLPProjector, ImageLast, MultiDir, Sandwich, VisualRWKV
-from rwkv_vision.data.word_tokenizer import WordTokenizer
 from rwkv_vision.checkpoint import (
     OFFICIAL_PREFIXES,
     CheckpointError,
@@ -32,10 +31,11 @@ from rwkv_vision.checkpoint.config_json import (
     scan_to_config,
 )
 from rwkv_vision.errors import StateDictError
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.models import RWKV6
 from rwkv_vision.checkpoint import official as official_layouts
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.scan import BiDir, Custom, ScanPolicy, Snake, UniDir, Zigzag
+from rwkv_vision.tokenizers import WordTokenizer
 from rwkv_vision.vision import ImagePreprocessor, timm_vit
 
 RWKV_SIZES = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from rwkv_vision.prompt import (
-    IMAGE_TOKEN_INDEX,
     ImageFirst,
     ImageLast,
     Message,
@@ -15,7 +15,6 @@ from rwkv_vision.prompt import (
     expand_image_embeddings,
     get_layout,
 )
-from rwkv_vision.scan import ImageSpan
 
 VQA = "<image>\nWhat color is the bus?\nAnswer the question using a single word or phrase."
 

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rwkv_vision.image_tokens import ImageSpan
 from rwkv_vision.scan import (
     BiDir,
     Custom,
-    ImageSpan,
     MultiDir,
     ScannedBlock,
     Snake,

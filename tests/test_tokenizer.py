@@ -1,7 +1,7 @@
 import pytest
 
 from rwkv_vision import WorldTokenizer
-from rwkv_vision.tokenizer import Tokenizer
+from rwkv_vision.tokenizers import Tokenizer
 
 
 @pytest.fixture(scope="module")

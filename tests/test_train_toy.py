@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import VisualRWKV
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_toy.py"

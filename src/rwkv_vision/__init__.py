@@ -2,13 +2,16 @@
 
 The path of data, module by module (each imports only what comes before it):
 
-    pixels --vision.ImagePreprocessor--> vision encoder (timm) --layers.projector--> image embeddings
-    text --tokenizer--> prompt layout (image first / last / sandwich) --> ids with image placeholders
+    pixels --vision.ImagePreprocessor--> vision encoder (timm) --vision.projector--> image embeddings
+    text --tokenizers--> prompt layout (image first / last / sandwich) --> ids with image placeholders
+         (image_tokens: the placeholder id, and the span of each image's tokens)
     --> models.RWKV6 blocks (layers.*), each wrapped by a scan policy (scan.py) --> logits
     --> generation (prefill with scans, then O(1)-per-token decode from the cached state.py)
 
-``models.VisualRWKV`` puts these together; ``hub`` loads and saves it. The recurrence itself is
-``ops.wkv6`` (C++/CUDA kernels with a pure-PyTorch twin).
+``models.VisualRWKV`` puts these together; ``processor.VisualRWKVProcessor`` turns images and text into its
+inputs, ``chat.chat`` answers a question with both, and ``checkpoint`` loads and saves it. Named components (scan
+policies, layouts, projectors, encoders, tokenizers) are listed in their ``registry.Registry``. The
+recurrence itself is ``ops.wkv6`` (C++/CUDA kernels with a pure-PyTorch twin).
 """
 
 from . import ops
@@ -17,19 +20,24 @@ from .ops import wkv6, wkv6_ref
 # Vision side: preprocessing, encoders, projectors.
 from . import vision
 from .vision import ImagePreprocessor, VisionEncoder
-from .layers.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
+from .vision.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
 
-# Text side and the sequence: tokenizer, prompt layouts, scan policies.
-from .tokenizer import WorldTokenizer
+# Text side and the sequence: tokenizers, image tokens, prompt layouts, scan policies.
+from . import tokenizers
+from .tokenizers import Tokenizer, WordTokenizer, WorldTokenizer
+from .image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from . import prompt, scan
-from .prompt import IMAGE_TOKEN_INDEX, ImageFirst, ImageLast, Sandwich
-from .scan import BiDir, Custom, ImageSpan, MultiDir, ScannedBlock, Snake, UniDir, Zigzag
+from .prompt import ImageFirst, ImageLast, Sandwich
+from .scan import BiDir, Custom, MultiDir, ScannedBlock, Snake, UniDir, Zigzag
+from .registry import Registry
 
 # The language model, its state, generation, and the VLM.
 from .state import RWKVState
 from .models import RWKV6, create_model
 from .generation import GenerationConfig, generate
 from .models.visualrwkv import VisualRWKV
+from .processor import VisualRWKVProcessor
+from .chat import chat
 
 __version__ = "0.1.0"
 
@@ -37,10 +45,12 @@ __all__ = [
     "ops", "wkv6", "wkv6_ref",
     "vision", "ImagePreprocessor", "VisionEncoder",
     "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector",
-    "WorldTokenizer",
-    "prompt", "IMAGE_TOKEN_INDEX", "ImageFirst", "ImageLast", "Sandwich",
-    "scan", "UniDir", "BiDir", "MultiDir", "Snake", "Zigzag", "Custom", "ImageSpan", "ScannedBlock",
+    "tokenizers", "Tokenizer", "WorldTokenizer", "WordTokenizer",
+    "IMAGE_TOKEN_INDEX", "ImageSpan",
+    "prompt", "ImageFirst", "ImageLast", "Sandwich",
+    "scan", "UniDir", "BiDir", "MultiDir", "Snake", "Zigzag", "Custom", "ScannedBlock",
+    "Registry",
     "RWKVState", "RWKV6", "create_model", "GenerationConfig", "generate",
-    "VisualRWKV",
+    "VisualRWKV", "VisualRWKVProcessor", "chat",
     "__version__",
 ]

@@ -21,9 +21,21 @@ from . import demo
 from .checkpoint.config_json import parse_dtype
 
 _DTYPE_CHOICES = ("float32", "bfloat16", "float16")
-_SCANS = ("unidir", "bidir", "multidir", "snake", "zigzag")
-_LAYOUTS = ("image_first", "image_last", "sandwich", "first", "last")
 DEFAULT_MODEL = "visualrwkv-6.0-1b6"
+
+
+def _scan_choices() -> list[str]:
+    """The scan policies registered now (``scan.SCANS``) that need no arguments."""
+    from .scan import scan_policy_names
+
+    return scan_policy_names()
+
+
+def _layout_choices() -> list[str]:
+    """The prompt layouts registered now (``prompt.LAYOUTS``), names then aliases."""
+    from .prompt import LAYOUTS
+
+    return LAYOUTS.names(aliases=True)
 
 
 def _load(args, **kwargs):
@@ -49,9 +61,11 @@ def _chat(args) -> int:
         except (OSError, UnidentifiedImageError) as e:
             raise ValueError(f"IMAGE: cannot open {image_path!r} as an image ({e})") from None
     model = _load(args, **({"scan": args.scan} if args.scan else {}))
-    tok = model.get_tokenizer()
+    from .chat import chat
+
+    processor = model.processor if args.layout is None else model.processor.replace(layout=args.layout)
     if args.no_stream:
-        print(model.chat(image, question, layout=args.layout, max_new_tokens=args.max_new_tokens))
+        print(chat(model, processor, image, question, max_new_tokens=args.max_new_tokens))
         return 0
     from .generation import TextStreamer
 
@@ -67,8 +81,8 @@ def _chat(args) -> int:
             sys.stdout.flush()
             shown[0] = answer
 
-    model.chat(image, question, layout=args.layout, max_new_tokens=args.max_new_tokens,
-               streamer=TextStreamer(tok, on_text=on_text))
+    chat(model, processor, image, question, max_new_tokens=args.max_new_tokens,
+         streamer=TextStreamer(processor.tokenizer, on_text=on_text))
     sys.stdout.write("\n")
     sys.stdout.flush()
     return 0
@@ -95,6 +109,8 @@ def _add_source(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rwkv-vision`` parser; ``--scan`` / ``--layout`` offer what is registered when this is called."""
+    scans, layouts = _scan_choices(), _layout_choices()
     parser = argparse.ArgumentParser(prog="rwkv-vision", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -104,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"directory, file, Hub repo id or released name (default {DEFAULT_MODEL}, downloads 3.8 GB)")
     _add_source(p)
-    p.add_argument("--layout", default=None, choices=_LAYOUTS, help="where the image goes (default: the model's)")
-    p.add_argument("--scan", default=None, choices=_SCANS, help="patch order per layer (default: the model's)")
+    p.add_argument("--layout", default=None, choices=layouts, help="where the image goes (default: the model's)")
+    p.add_argument("--scan", default=None, choices=scans, help="patch order per layer (default: the model's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES, help="default: the checkpoint's")
     p.add_argument("--device", default=None, help="e.g. cuda, cpu (default cpu)")
@@ -117,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="a directory (config.json + model.safetensors), or a path ending in .safetensors")
     _add_source(p)
     p.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES, help="cast the weights (default: keep)")
-    p.add_argument("--scan", default=None, choices=_SCANS, help="scan policy to record (default: the source's)")
-    p.add_argument("--layout", default=None, choices=_LAYOUTS, help="layout to record (default: the source's)")
+    p.add_argument("--scan", default=None, choices=scans, help="scan policy to record (default: the source's)")
+    p.add_argument("--layout", default=None, choices=layouts, help="layout to record (default: the source's)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("info", help="describe a checkpoint as JSON")

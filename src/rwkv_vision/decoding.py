@@ -241,7 +241,7 @@ class Decoder:
             logits, state = self.rwkv(input_ids=ids, state=state, chunk_size=chunk_size, logits_to_keep=1)
             self.load_state(state, rows=rows)
             return logits[:, -1]
-        from .prompt import IMAGE_TOKEN_INDEX
+        from .image_tokens import IMAGE_TOKEN_INDEX
 
         is_image = ids == IMAGE_TOKEN_INDEX
         n_images = int(is_image.sum())

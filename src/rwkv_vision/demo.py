@@ -5,7 +5,7 @@
     python -m rwkv_vision.demo --num-images 5 --output-dir demo_output
 
 For each image it prints the question, the answer token by token as generation produces it (through the
-``streamer`` callback of ``VisualRWKV.generate``), the true answer when it is known, the time to the first
+``streamer`` callback of :func:`rwkv_vision.chat.chat`, run with the model's processor), the true answer when it is known, the time to the first
 token (image preprocessing + encoder + the whole prompt prefill) and the time per further token (one step of
 the recurrence from the cached state), and it writes the image as a PNG, upscaled with nearest-neighbour
 so each pixel stays a crisp square, into the output folder.
@@ -77,20 +77,23 @@ class _TimedStreamer:
             self.out.flush()
 
 
-def answer_streamed(model, image, question: str, *, max_new_tokens: int = 8, out: TextIO | None = None) -> dict[str, Any]:
-    """Answer ``question`` about ``image`` (PIL) with ``model.chat``, printing the answer as it streams.
+def answer_streamed(
+    model, image, question: str, *, max_new_tokens: int = 8, out: TextIO | None = None, processor=None
+) -> dict[str, Any]:
+    """Answer ``question`` about ``image`` (PIL) with :func:`~rwkv_vision.chat.chat` and ``processor``
+    (default ``model.processor``), printing the answer as it streams.
 
     Returns ``{"answer", "tokens", "time_to_first_token", "time_per_token"}`` (seconds; ``time_per_token``
     is the mean gap between consecutive tokens, None with a single token).
     """
     # Looked up at call time, not import time, so a later redirection of sys.stdout is honoured.
+    from .chat import chat
+
     out = sys.stdout if out is None else out
-    tok = model.get_tokenizer()
-    stop = tuple(getattr(tok, "stop_token_ids", ()) or ())
-    streamer = _TimedStreamer(tok, stop, out)
-    overrides = {"stop_tokens": stop} if stop else {}
+    processor = model.processor if processor is None else processor
+    streamer = _TimedStreamer(processor.tokenizer, processor.stop_token_ids, out)
     start = time.perf_counter()
-    answer = model.chat(image, question, max_new_tokens=max_new_tokens, streamer=streamer, **overrides)
+    answer = chat(model, processor, image, question, max_new_tokens=max_new_tokens, streamer=streamer)
     times = streamer.times
     return dict(
         answer=answer,
@@ -106,10 +109,10 @@ EXAMPLE_QUESTIONS = (
 )
 
 
-def _check_question(model, question: str) -> None:
+def _check_question(processor, question: str) -> None:
     """Tokenise the prompt once before anything is printed, so an unknown word is reported up front."""
     try:
-        model.layout.tokenize(question, model.get_tokenizer(), num_images=1)
+        processor.layout.tokenize(question, processor.tokenizer, num_images=1)
     except ValueError as e:
         raise ValueError(
             f"question: {e}\nthe model knows only the ShapesVQA words (case-sensitive), e.g. "
@@ -121,12 +124,12 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{1000 * seconds:.1f} ms"
 
 
-def _model_view(model, image):
+def _model_view(processor, image):
     """The image as the model sees it (after the preprocessor's resize and crop), as a PIL image."""
     import numpy as np
     from PIL import Image
 
-    pre = model.get_preprocessor()
+    pre = processor.image_processor
     x = pre(image)[0].permute(1, 2, 0).numpy()  # [H, W, 3], normalised
     x = x * np.asarray(pre.std, np.float32) + np.asarray(pre.mean, np.float32)
     return Image.fromarray(np.clip(np.rint(x * 255), 0, 255).astype(np.uint8), mode="RGB")
@@ -173,8 +176,9 @@ def run_demo(
     elif not isinstance(model, torch.nn.Module):
         model = VisualRWKV.from_pretrained(model, device=device)
     model.eval()
+    processor = model.processor
     if question:
-        _check_question(model, question)
+        _check_question(processor, question)
     out = sys.stdout if out is None else out
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +192,7 @@ def run_demo(
         print(f"question: {q}", file=out)
         out.write("answer:   ")
         out.flush()
-        r = answer_streamed(model, pil_image, q, max_new_tokens=max_new_tokens, out=out)
+        r = answer_streamed(model, pil_image, q, max_new_tokens=max_new_tokens, out=out, processor=processor)
         out.write("\n")
         if truth is not None:
             mark = "correct" if exact_match(r["answer"], truth) else "WRONG"
@@ -204,7 +208,7 @@ def run_demo(
                 pil.load()
             except (OSError, ValueError) as e:
                 raise ValueError(f"image: cannot read {image!r} as an image ({e})") from None
-            ask(pil, question, None, output_dir / "your_image_model_view.png", _model_view(model, pil))
+            ask(pil, question, None, output_dir / "your_image_model_view.png", _model_view(processor, pil))
             return records
         size, grid = model.encoder.image_size[0], model.encoder.grid[0]
         dataset = ShapesVQA("test", size=start + num_images, seed=seed, image_size=size, grid=grid)

@@ -10,10 +10,15 @@ blank lines collapse to one ``"\\n"``. A layout places the ``<image>`` placehold
   without ``<image>`` and without "Answer the question using a single word or phrase." (released weights).
 
 Each turn is tokenised separately, the image turn split at ``<image>``; every placeholder becomes one
-:data:`IMAGE_TOKEN_INDEX` id, which :func:`expand_image_embeddings` replaces by the image's embeddings
-(``layout.image_tokens`` of them, 577 for CLIP ViT-L/14-336 with CLS last). The layout also reports the
-:class:`~rwkv_vision.scan.ImageSpan` of every image in the *expanded* sequence; scan policies consume
-those spans, and nothing else recomputes where images are.
+:data:`~rwkv_vision.image_tokens.IMAGE_TOKEN_INDEX` id, which :func:`expand_image_embeddings` replaces by the
+image's embeddings (``layout.image_tokens`` of them, 577 for CLIP ViT-L/14-336 with CLS last). The layout also
+reports the :class:`~rwkv_vision.image_tokens.ImageSpan` of every image in the *expanded* sequence; scan
+policies consume those spans, and nothing else recomputes where images are. (``IMAGE_TOKEN_INDEX`` and
+``ImageSpan`` are defined in :mod:`rwkv_vision.image_tokens` and re-exported here.)
+
+Layouts are registered by name in :data:`LAYOUTS` (``"image_first"``/``"first"``, ``"image_last"``/``"last"``,
+``"sandwich"``/``"middle"``), which :func:`get_layout`, ``config.json`` and the ``rwkv-vision`` command read.
+Any tokenizer with ``encode``/``decode`` works (see :class:`rwkv_vision.tokenizers.Tokenizer`).
 
 Shape legend: b batch, t time (positions; ``t`` before expansion, ``T`` after), c channels.
 """
@@ -23,32 +28,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from .scan import ClsPosition, ImageSpan
+from .image_tokens import IMAGE_TOKEN_INDEX, ClsPosition, ImageSpan
+from .registry import Registry
+from .tokenizers.base import Tokenizer
 
 __all__ = [
     "IMAGE_TOKEN_INDEX",
     "IMAGE_PLACEHOLDER",
     "SHORT_ANSWER_INSTRUCTION",
-    "TextTokenizer",
     "Message",
     "PromptIds",
     "PromptLayout",
     "ImageFirst",
     "ImageLast",
     "Sandwich",
+    "LAYOUTS",
     "get_layout",
     "clean_text",
     "normalize_conversation",
     "expand_image_embeddings",
 ]
-
-IMAGE_TOKEN_INDEX: int = -200
-"""Placeholder id in ``input_ids`` for one image (never a vocabulary id)."""
 
 IMAGE_PLACEHOLDER: str = "<image>"
 SHORT_ANSWER_INSTRUCTION: str = "Answer the question using a single word or phrase."
@@ -60,12 +65,15 @@ _ROLE_ALIASES = {
 _BLANK_RUNS = re.compile(r"\n(\s*\n)+")
 
 
-class TextTokenizer(Protocol):
-    """Anything with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``."""
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
+def __getattr__(name: str) -> Any:
+    # TextTokenizer was merged into the one tokenizer protocol (kept importable for one release).
+    if name == "TextTokenizer":
+        warnings.warn(
+            "rwkv_vision.prompt.TextTokenizer is deprecated; use rwkv_vision.tokenizers.Tokenizer",
+            DeprecationWarning, stacklevel=2,
+        )
+        return Tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def clean_text(text: str) -> str:
@@ -246,7 +254,7 @@ class PromptLayout:
     def tokenize(
         self,
         conversation: Any,
-        tokenizer: TextTokenizer,
+        tokenizer: Tokenizer,
         *,
         num_images: int | None = None,
         add_generation_prompt: bool = True,
@@ -285,6 +293,11 @@ class PromptLayout:
         return expand_image_embeddings(input_ids, image_embeds, embed_fn, grids=self.image_grid, cls=self.cls)
 
 
+#: Prompt layouts by name (``@LAYOUTS.register("name")`` next to each class); names are case-insensitive.
+LAYOUTS: Registry[type[PromptLayout]] = Registry("prompt layout")
+
+
+@LAYOUTS.register("image_first", aliases=("first",))
 @dataclasses.dataclass(frozen=True)
 class ImageFirst(PromptLayout):
     """``"<image>\\n{question}"``."""
@@ -293,6 +306,7 @@ class ImageFirst(PromptLayout):
         return "\n".join([IMAGE_PLACEHOLDER] * num_images + [q for q in [self._question(text)] if q])
 
 
+@LAYOUTS.register("image_last", aliases=("last",))
 @dataclasses.dataclass(frozen=True)
 class ImageLast(PromptLayout):
     """``"{question}\\n<image>"``."""
@@ -301,6 +315,7 @@ class ImageLast(PromptLayout):
         return "\n".join([q for q in [self._question(text)] if q] + [IMAGE_PLACEHOLDER] * num_images)
 
 
+@LAYOUTS.register("sandwich", aliases=("middle",))
 @dataclasses.dataclass(frozen=True)
 class Sandwich(PromptLayout):
     """``"{question'}\\n<image>\\n{question}"`` — the layout of the released v6.0 weights.
@@ -318,20 +333,17 @@ class Sandwich(PromptLayout):
         return "\n".join(parts)
 
 
-_LAYOUTS = {"first": ImageFirst, "image_first": ImageFirst, "last": ImageLast, "image_last": ImageLast,
-            "sandwich": Sandwich, "middle": Sandwich}
-
-
 def get_layout(layout: PromptLayout | str | None, **kwargs: Any) -> PromptLayout:
-    """A layout from an object or a name (``"first"``, ``"last"``, ``"sandwich"``/``"middle"``);
-    ``None`` gives :class:`Sandwich` (the released weights). ``kwargs`` go to the constructor."""
+    """A layout from an object or a name registered in :data:`LAYOUTS` (``"image_first"``/``"first"``,
+    ``"image_last"``/``"last"``, ``"sandwich"``/``"middle"``, or your own); ``None`` gives :class:`Sandwich`
+    (the released weights). ``kwargs`` go to the constructor."""
     if layout is None:
         return Sandwich(**kwargs)
     if isinstance(layout, PromptLayout):
         return dataclasses.replace(layout, **kwargs) if kwargs else layout
-    if isinstance(layout, str) and layout.lower() in _LAYOUTS:
-        return _LAYOUTS[layout.lower()](**kwargs)
-    raise ValueError(f"layout must be a PromptLayout or one of {sorted(_LAYOUTS)}, got {layout!r}")
+    if isinstance(layout, str) and layout in LAYOUTS:
+        return LAYOUTS.get(layout)(**kwargs)
+    raise ValueError(f"layout must be a PromptLayout or one of {sorted(LAYOUTS)}, got {layout!r}")
 
 
 def _grid_for(k: int, cls: ClsPosition, j: int) -> tuple[int, int]:

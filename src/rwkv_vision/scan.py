@@ -13,7 +13,11 @@ Conventions used throughout this module:
 * a permutation ``perm`` (LongTensor ``[rows*cols]``) lists, for each position ``k`` of the permuted span,
   the row-major patch placed there: ``permuted[k] = span[perm[k]]``; its inverse ``inv`` undoes it:
   ``span[p] = permuted[inv[p]]``;
-* :class:`ImageSpan` says where one image's tokens lie in a (text + image) sequence.
+* :class:`~rwkv_vision.image_tokens.ImageSpan` (defined in :mod:`rwkv_vision.image_tokens`, re-exported
+  here) says where one image's tokens lie in a (text + image) sequence.
+
+Each policy is registered by name in :data:`SCANS` (``"bidir"``, ``"multidir"``, ...), which
+:func:`get_scan_policy`, ``config.json`` and the ``rwkv-vision`` command read.
 
 Shape legend: b batch, t time (sequence positions), c channels.
 """
@@ -21,17 +25,21 @@ Shape legend: b batch, t time (sequence positions), c channels.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from .image_tokens import ClsPosition, ImageSpan  # noqa: F401  (ClsPosition: re-exported for old imports)
+from .registry import Registry
+
 __all__ = [
     "ImageSpan",
     "ScanPolicy",
+    "SCANS",
     "UniDir",
     "BiDir",
     "MultiDir",
@@ -39,6 +47,7 @@ __all__ = [
     "Zigzag",
     "Custom",
     "get_scan_policy",
+    "scan_policy_names",
     "normalize_spans",
     "permute_spans",
     "unpermute_spans",
@@ -46,74 +55,8 @@ __all__ = [
     "ScannedBlock",
 ]
 
-ClsPosition = Literal["first", "last", None]
-
-
-# --------------------------------------------------------------------------------------------------
-# Where images are in a sequence
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSpan:
-    """The tokens of one image inside a sequence.
-
-    ``start`` is the position of the image's first token (patch or CLS). The image occupies
-    ``num_tokens = rows*cols + (cls is not None)`` positions from there. With ``cls="last"`` (VisualRWKV
-    v6.0: 576 patches row-major, then CLS) the patch tokens are ``[start, start + rows*cols)`` and the CLS
-    token sits at ``start + rows*cols``; with ``cls="first"`` (v5 checkpoints) CLS is at ``start`` and the
-    patches follow. Only the patch tokens are ever reordered by a scan policy.
-
-    Args:
-        start: first position of the image block in the (expanded) sequence, >= 0.
-        rows, cols: the patch grid (e.g. 24 x 24 for CLIP ViT-L/14 at 336 px).
-        cls: ``"last"``, ``"first"`` or ``None`` (no CLS token).
-    """
-
-    start: int
-    rows: int
-    cols: int
-    cls: ClsPosition = "last"
-
-    def __post_init__(self) -> None:
-        for name in ("start", "rows", "cols"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"ImageSpan.{name} must be an int, got {type(value).__name__}")
-        if self.start < 0:
-            raise ValueError(f"ImageSpan.start must be >= 0, got {self.start}")
-        if self.rows < 1 or self.cols < 1:
-            raise ValueError(f"ImageSpan grid must be at least 1 x 1, got rows={self.rows}, cols={self.cols}")
-        if self.cls not in ("first", "last", None):
-            raise ValueError(f"ImageSpan.cls must be 'first', 'last' or None, got {self.cls!r}")
-
-    @property
-    def num_patches(self) -> int:
-        return self.rows * self.cols
-
-    @property
-    def num_tokens(self) -> int:
-        """Patches plus the CLS token if there is one."""
-        return self.num_patches + (self.cls is not None)
-
-    @property
-    def patch_start(self) -> int:
-        return self.start + (self.cls == "first")
-
-    @property
-    def patch_stop(self) -> int:
-        """One past the last patch position."""
-        return self.patch_start + self.num_patches
-
-    @property
-    def stop(self) -> int:
-        """One past the last token of the image block (CLS included)."""
-        return self.start + self.num_tokens
-
-    def shifted(self, offset: int) -> ImageSpan:
-        """The same span moved by ``offset`` positions (e.g. after a prefix was prepended)."""
-        return dataclasses.replace(self, start=self.start + offset)
-
+#: Scan policies by name (``@SCANS.register("name")`` next to each class); names are case-insensitive.
+SCANS: Registry[type[ScanPolicy]] = Registry("scan policy")
 
 SpansArg = Sequence[ImageSpan] | Sequence[Sequence[ImageSpan]] | None
 
@@ -277,6 +220,7 @@ def _cached_perm(policy: ScanPolicy, layer_mod: int, rows: int, cols: int, inver
     return perm.to(device)
 
 
+@SCANS.register("unidir")
 class UniDir(ScanPolicy):
     """Every layer reads the patches row-major (the plain causal order)."""
 
@@ -284,6 +228,7 @@ class UniDir(ScanPolicy):
         return None
 
 
+@SCANS.register("bidir")
 class BiDir(ScanPolicy):
     """Odd layers (``i % 2 == 1``) read the patch span reversed; even layers row-major.
 
@@ -297,6 +242,7 @@ class BiDir(ScanPolicy):
         return None if layer_index % 2 == 0 else list(range(rows * cols - 1, -1, -1))
 
 
+@SCANS.register("multidir")
 class MultiDir(ScanPolicy):
     """A 4-layer cycle over a square grid: row-major, row-major reversed, column-major, column-major
     reversed (``i % 4 == 0, 1, 2, 3``). Raises on a non-square grid."""
@@ -312,6 +258,7 @@ class MultiDir(ScanPolicy):
         return base[::-1] if phase in (1, 3) else base
 
 
+@SCANS.register("snake")
 class Snake(ScanPolicy):
     """Boustrophedon rows: even rows left to right, odd rows right to left, so consecutive tokens are
     always spatial neighbours.
@@ -335,6 +282,7 @@ class Snake(ScanPolicy):
         return f"Snake(bidirectional={self.bidirectional})"
 
 
+@SCANS.register("zigzag")
 class Zigzag(ScanPolicy):
     """Anti-diagonal (JPEG-style) zigzag order, starting at the top-left patch.
 
@@ -364,6 +312,7 @@ class Zigzag(ScanPolicy):
         return f"Zigzag(bidirectional={self.bidirectional}, transpose={self.transpose})"
 
 
+@SCANS.register("custom")
 class Custom(ScanPolicy):
     """User-given permutations, cycled over layers: layer ``i`` uses ``permutations[i % len]``.
 
@@ -420,26 +369,37 @@ class Custom(ScanPolicy):
         return f"Custom(<{self.period} permutations, lengths {lens}>)"
 
 
-_POLICIES: dict[str, Callable[[], ScanPolicy]] = {
-    "unidir": UniDir,
-    "bidir": BiDir,
-    "multidir": MultiDir,
-    "snake": Snake,
-    "zigzag": Zigzag,
-}
+def _needs_arguments(cls: Callable[..., Any]) -> bool:
+    """True when ``cls()`` cannot be called: a constructor argument has no default (e.g. Custom's)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
+def scan_policy_names() -> list[str]:
+    """Names :func:`get_scan_policy` builds without arguments (every registered policy but ``custom``):
+    the choices of the ``rwkv-vision --scan`` option."""
+    return [name for name in SCANS.names() if not _needs_arguments(SCANS.get(name))]
 
 
 def get_scan_policy(policy: ScanPolicy | str | None) -> ScanPolicy:
-    """A policy object from a policy or its name (``"unidir"``, ``"bidir"``, ``"multidir"``, ``"snake"``,
-    ``"zigzag"``; case-insensitive). ``None`` gives :class:`UniDir`. For config files and the CLI;
-    code should pass objects."""
+    """A policy object from a policy or a name registered in :data:`SCANS` (``"unidir"``, ``"bidir"``,
+    ``"multidir"``, ``"snake"``, ``"zigzag"``, or your own; case-insensitive). ``None`` gives
+    :class:`UniDir`. For config files and the CLI; code should pass objects."""
     if policy is None:
         return UniDir()
     if isinstance(policy, ScanPolicy):
         return policy
-    if isinstance(policy, str) and policy.lower() in _POLICIES:
-        return _POLICIES[policy.lower()]()
-    raise ValueError(f"scan policy must be a ScanPolicy or one of {sorted(_POLICIES)}, got {policy!r}")
+    if isinstance(policy, str) and policy in SCANS:
+        cls = SCANS.get(policy)
+        if _needs_arguments(cls):
+            raise ValueError(
+                f"scan policy {policy!r} needs arguments: construct {cls.__name__}(...) and pass the object"
+            )
+        return cls()
+    raise ValueError(f"scan policy must be a ScanPolicy or one of {scan_policy_names()}, got {policy!r}")
 
 
 # --------------------------------------------------------------------------------------------------

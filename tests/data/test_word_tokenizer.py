@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwkv_vision.data import ShapesVQA, WordTokenizer, all_words
-from rwkv_vision.data.word_tokenizer import END_ID, PROMPT_WORDS, TURN_ID, UNK_ID
+from rwkv_vision.tokenizers.word import END_ID, PROMPT_WORDS, TURN_ID, UNK_ID
 
 TOK = WordTokenizer()
 PIECES = [" ", "\n", "\n\n", "?", ".", ",", ":"]

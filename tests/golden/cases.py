@@ -55,7 +55,7 @@ def _vlm_outputs(prefix: str, model, ids, pixels) -> dict[str, torch.Tensor]:
 def golden_outputs(work: Path) -> dict[str, torch.Tensor]:
     from rwkv_vision import VisualRWKV, create_model, generate
     from rwkv_vision.data import ShapesVQA
-    from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
+    from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
     from rwkv_vision.pretrained import load_toy_model
 
     out: dict[str, torch.Tensor] = {}

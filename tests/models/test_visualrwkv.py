@@ -13,7 +13,7 @@ from reference.visualrwkv_ref import random_visualrwkv_checkpoint, visualrwkv_re
 from rwkv_vision.errors import StateDictError
 from rwkv_vision.models.rwkv6 import RWKV6
 from rwkv_vision.models.visualrwkv import VisualRWKV
-from rwkv_vision.prompt import IMAGE_TOKEN_INDEX as IMG
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.prompt import ImageFirst
 from rwkv_vision.scan import BiDir, MultiDir, UniDir
 

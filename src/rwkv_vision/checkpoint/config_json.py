@@ -47,10 +47,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..layers.projector import GatedMLPProjector, LinearProjector, MLPProjector
-from ..prompt import ImageFirst, ImageLast, PromptLayout, Sandwich
-from ..scan import BiDir, Custom, MultiDir, ScanPolicy, Snake, UniDir, Zigzag
+from ..prompt import LAYOUTS, PromptLayout, Sandwich
+from ..scan import SCANS, Custom, ScanPolicy, Snake, Zigzag
+from ..tokenizers import TOKENIZERS
 from ..vision.preprocess import ImagePreprocessor
+from ..vision.projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector
 
 __all__ = [
     "FORMAT",
@@ -113,17 +114,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # --- scan policies ----------------------------------------------------------------------------------------
 
-_SCAN_NAMES = {UniDir: "unidir", BiDir: "bidir", MultiDir: "multidir", Snake: "snake", Zigzag: "zigzag", Custom: "custom"}
-
-
 def scan_to_config(policy: ScanPolicy) -> dict[str, Any]:
     """A scan policy as JSON data: ``{"name": ...}`` plus its options (Custom: its permutations as lists)."""
     # Exact types only: a subclass may change the order, and its name would then describe another policy.
-    kind = _SCAN_NAMES.get(type(policy))
+    kind = SCANS.name_of(policy)
+    if kind is not None and kind not in _SCAN_FIELDS and policy._key():
+        kind = None  # a registered policy with options this format cannot record
     if kind is None:
         raise ValueError(
             f"scan: a {type(policy).__name__} policy has no config.json form; use one of "
-            f"{sorted(_SCAN_NAMES.values())} (Custom for any fixed permutations)"
+            f"{SCANS.names()} (Custom for any fixed permutations)"
         )
     out: dict[str, Any] = {"name": kind}
     if isinstance(policy, Snake):
@@ -144,9 +144,9 @@ _SCAN_FIELDS = {
 def scan_from_config(data: Mapping[str, Any]) -> ScanPolicy:
     """The policy :func:`scan_to_config` described."""
     name = data.get("name") if isinstance(data, Mapping) else None
-    if name not in _SCAN_FIELDS:
-        raise CheckpointError(f"scan.name must be one of {sorted(_SCAN_FIELDS)}, got {name!r}")
-    problems = _check_section("scan", data, required=("name", *_SCAN_FIELDS[name]), optional=())
+    if not isinstance(name, str) or name not in SCANS.names():
+        raise CheckpointError(f"scan.name must be one of {SCANS.names()}, got {name!r}")
+    problems = _check_section("scan", data, required=("name", *_SCAN_FIELDS.get(name, ())), optional=())
     if problems:
         raise CheckpointError("; ".join(problems))
     if name == "custom":
@@ -157,25 +157,21 @@ def scan_from_config(data: Mapping[str, Any]) -> ScanPolicy:
             return Custom(perms)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"scan.permutations: {e}") from None
-    flags = {k: data[k] for k in _SCAN_FIELDS[name]}
+    flags = {k: data[k] for k in _SCAN_FIELDS.get(name, ())}
     bad = [k for k, v in flags.items() if not isinstance(v, bool)]
     if bad:
         raise CheckpointError(f"scan: {', '.join(bad)} must be true or false, got {[flags[k] for k in bad]}")
-    return {"unidir": UniDir, "bidir": BiDir, "multidir": MultiDir, "snake": Snake, "zigzag": Zigzag}[name](**flags)
+    return SCANS.get(name)(**flags)
 
 
 # --- prompt layouts ---------------------------------------------------------------------------------------
 
-_LAYOUT_NAMES = {ImageFirst: "image_first", ImageLast: "image_last", Sandwich: "sandwich"}
-_LAYOUT_CLASSES = {v: k for k, v in _LAYOUT_NAMES.items()}
-
-
 def layout_to_config(layout: PromptLayout) -> dict[str, Any]:
     """A layout as JSON data; its grid and CLS position are not stored (they follow the encoder)."""
-    kind = _LAYOUT_NAMES.get(type(layout))
+    kind = LAYOUTS.name_of(layout)
     if kind is None:
         raise ValueError(
-            f"layout: a {type(layout).__name__} has no config.json form; use one of {sorted(_LAYOUT_CLASSES)}"
+            f"layout: a {type(layout).__name__} has no config.json form; use one of {LAYOUTS.names()}"
         )
     out: dict[str, Any] = {"name": kind, "user_role": layout.user_role, "assistant_role": layout.assistant_role}
     if isinstance(layout, Sandwich):
@@ -186,29 +182,25 @@ def layout_to_config(layout: PromptLayout) -> dict[str, Any]:
 def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
     """The layout :func:`layout_to_config` described (grid (24, 24) until the model sets the encoder's)."""
     name = data.get("name") if isinstance(data, Mapping) else None
-    if name not in _LAYOUT_CLASSES:
-        raise CheckpointError(f"layout.name must be one of {sorted(_LAYOUT_CLASSES)}, got {name!r}")
+    if not isinstance(name, str) or name not in LAYOUTS.names():
+        raise CheckpointError(f"layout.name must be one of {LAYOUTS.names()}, got {name!r}")
     extra = ("instruction",) if name == "sandwich" else ()
     problems = _check_section("layout", data, required=("name", "user_role", "assistant_role", *extra), optional=())
     problems += [f"layout.{k} must be a string" for k in ("user_role", "assistant_role", *extra)
                  if k in data and not isinstance(data[k], str)]
     if problems:
         raise CheckpointError("; ".join(problems))
-    return _LAYOUT_CLASSES[name](**{k: data[k] for k in ("user_role", "assistant_role", *extra)})
+    return LAYOUTS.get(name)(**{k: data[k] for k in ("user_role", "assistant_role", *extra)})
 
 
 # --- projectors -------------------------------------------------------------------------------------------
 
-_PROJECTOR_NAMES = {LinearProjector: "linear", MLPProjector: "mlp", GatedMLPProjector: "gated_mlp"}
-_PROJECTOR_CLASSES = {v: k for k, v in _PROJECTOR_NAMES.items()}
-
-
 def projector_to_config(proj: nn.Module) -> dict[str, Any]:
     """``{"type", "in_features", "out_features", "bias"[, "hidden_features"]}`` (w -> c)."""
-    kind = _PROJECTOR_NAMES.get(type(proj))
-    if kind is None:
+    kind = PROJECTORS.name_of(proj)
+    if kind is None or not isinstance(proj, (LinearProjector, MLPProjector, GatedMLPProjector)):
         raise ValueError(
-            f"proj: a {type(proj).__name__} has no config.json form; use one of {sorted(_PROJECTOR_CLASSES)}"
+            f"proj: a {type(proj).__name__} has no config.json form; use one of {PROJECTORS.names()}"
         )
     if isinstance(proj, LinearProjector):
         return {"type": kind, "in_features": proj.in_features, "out_features": proj.out_features,
@@ -221,8 +213,8 @@ def projector_to_config(proj: nn.Module) -> dict[str, Any]:
 def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -> nn.Module:
     """The projector :func:`projector_to_config` described (freshly initialised)."""
     kind = data.get("type") if isinstance(data, Mapping) else None
-    if kind not in _PROJECTOR_CLASSES:
-        raise CheckpointError(f"projector.type must be one of {sorted(_PROJECTOR_CLASSES)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in PROJECTORS.names():
+        raise CheckpointError(f"projector.type must be one of {PROJECTORS.names()}, got {kind!r}")
     sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" else ())
     problems = _check_section("projector", data, required=("type", *sizes, "bias"), optional=())
     problems += [f"projector.{k} must be a positive int, got {data[k]!r}" for k in sizes
@@ -232,7 +224,7 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
     if problems:
         raise CheckpointError("; ".join(problems))
     kwargs = {k: data[k] for k in sizes[2:]}
-    return _PROJECTOR_CLASSES[kind](
+    return PROJECTORS.get(kind)(
         data["in_features"], data["out_features"], bias=data["bias"], device=device, dtype=dtype, **kwargs
     )
 
@@ -267,17 +259,16 @@ def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
 
 def tokenizer_to_config(tokenizer: Any, *, vocab_size: int) -> tuple[dict[str, Any], Any]:
     """(the config entry, the object whose ``save(path)`` writes ``tokenizer.json`` or None)."""
-    from ..tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer
+    from ..tokenizers import WORLD_VOCAB_SIZE
 
     if tokenizer is None:
         # VisualRWKV.get_tokenizer falls back to World, which only fits a World-sized vocabulary.
         return ({"type": "world"} if vocab_size == WORLD_VOCAB_SIZE else {"type": None}), None
-    if isinstance(tokenizer, WorldTokenizer):
-        return {"type": "world"}, None
-    from ..data.word_tokenizer import WordTokenizer
-
-    if isinstance(tokenizer, WordTokenizer):
-        return {"type": "word", "file": TOKENIZER_NAME}, tokenizer
+    kind = TOKENIZERS.name_of(tokenizer)
+    if kind is not None:  # a registered class: stored in a file if it has one (word), else rebuilt bare (world)
+        if _tokenizer_has_file(type(tokenizer)):
+            return {"type": kind, "file": TOKENIZER_NAME}, tokenizer
+        return {"type": kind}, None
     cls = type(tokenizer)
     if callable(getattr(tokenizer, "save", None)) and callable(getattr(cls, "from_file", None)):
         return {"type": "class", "class": f"{cls.__module__}:{cls.__qualname__}", "file": TOKENIZER_NAME}, tokenizer
@@ -285,6 +276,10 @@ def tokenizer_to_config(tokenizer: Any, *, vocab_size: int) -> tuple[dict[str, A
         f"tokenizer: a {cls.__name__} cannot be saved (it needs save(path) and a from_file(path) classmethod); "
         "set model.tokenizer = None or pass a tokenizer that can"
     )
+
+
+def _tokenizer_has_file(cls: type) -> bool:
+    return callable(getattr(cls, "save", None)) and callable(getattr(cls, "from_file", None))
 
 
 def tokenizer_from_config(data: Mapping[str, Any], *, directory=None) -> Any:
@@ -296,27 +291,28 @@ def tokenizer_from_config(data: Mapping[str, Any], *, directory=None) -> Any:
     from pathlib import Path
 
     kind = data.get("type", "missing") if isinstance(data, Mapping) else "missing"
-    if kind not in ("world", "word", "class", None):
-        raise CheckpointError(f"tokenizer.type must be 'world', 'word', 'class' or null, got {kind!r}")
-    fields = {"world": (), None: (), "word": ("file",), "class": ("class", "file")}[kind]
+    registered = isinstance(kind, str) and kind != "class" and kind in TOKENIZERS.names()
+    if not (registered or kind in ("class", None)):
+        known = ", ".join(repr(n) for n in [*TOKENIZERS.names(), "class"])
+        raise CheckpointError(f"tokenizer.type must be {known} or null, got {kind!r}")
+    if registered:
+        fields = ("file",) if _tokenizer_has_file(TOKENIZERS.get(kind)) else ()
+    else:
+        fields = {None: (), "class": ("class", "file")}[kind]
     problems = _check_section("tokenizer", data, required=("type", *fields), optional=())
     if problems:
         raise CheckpointError("; ".join(problems))
     if kind is None:
         return None
-    if kind == "world":
-        from ..tokenizer import WorldTokenizer
-
-        return WorldTokenizer()
+    if registered and not fields:
+        return TOKENIZERS.get(kind)()
     if directory is None:
         raise CheckpointError(f"tokenizer: its file {data['file']!r} needs the checkpoint directory")
     path = Path(directory) / data["file"]
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; config.json says the tokenizer is stored in this file")
-    if kind == "word":
-        from ..data.word_tokenizer import WordTokenizer
-
-        cls = WordTokenizer
+    if registered:
+        cls = TOKENIZERS.get(kind)
     else:
         module, _, name = str(data["class"]).partition(":")
         if not (module == "rwkv_vision" or module.startswith("rwkv_vision.")) or not name:

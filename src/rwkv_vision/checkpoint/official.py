@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from ..errors import StateDictError
-from ..layers.projector import LinearProjector
 from ..models.config import RWKV6Config
 from ..models.rwkv6 import RWKV6
 from ..models.visualrwkv import VisualRWKV
@@ -23,6 +22,7 @@ from ..prompt import PromptLayout
 from ..scan import ScanPolicy
 from ..vision.convert_clip import clip_config_from_state_dict, load_clip_state_dict, timm_to_clip_state_dict
 from ..vision.encoders import timm_vit
+from ..vision.projector import LinearProjector
 from .diff import check_state_dict, diff_state_dict
 
 __all__ = [

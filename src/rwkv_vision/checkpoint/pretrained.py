@@ -119,7 +119,7 @@ def from_pretrained(
                 "load the directory that contains both"
             )
         model = visualrwkv_from_official_state_dict(sd, cls=cls, **kwargs)
-        from ..tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer
+        from ..tokenizers import WORLD_VOCAB_SIZE, WorldTokenizer
 
         if model.tokenizer is None and model.rwkv.vocab_size == WORLD_VOCAB_SIZE:
             model.tokenizer = WorldTokenizer()  # the released models' tokenizer (its vocabulary is bundled)

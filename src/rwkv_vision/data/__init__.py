@@ -1,7 +1,8 @@
 """Synthetic data for training and evaluating small VisualRWKV models.
 
 * :mod:`.shapes` — ShapesVQA, coloured shapes on a grid with closed-vocabulary questions.
-* :mod:`.word_tokenizer` — a word-level tokenizer over that vocabulary plus the VisualRWKV prompt words.
+* ``WordTokenizer`` — a word-level tokenizer over that vocabulary plus the VisualRWKV prompt words (defined in
+  :mod:`rwkv_vision.tokenizers.word`, re-exported here).
 """
 
 from .shapes import (
@@ -22,7 +23,7 @@ from .shapes import (
     sample_seed,
     scene_split,
 )
-from .word_tokenizer import WordTokenizer
+from ..tokenizers.word import WordTokenizer
 
 __all__ = [
     "COLORS", "SHAPES", "QUESTION_TYPES", "SPLITS", "Sample", "Scene", "ShapeObject", "ShapesVQA",

@@ -25,6 +25,17 @@ __all__ = [
     "Block",
 ]
 
-from .projector import GatedMLPProjector, LinearProjector, MLPProjector, Projector, create_projector
+_MOVED_TO_VISION = ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector")
 
-__all__ += ["Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector"]
+
+def __getattr__(name: str):
+    # The projectors moved to rwkv_vision.vision.projector; the old names work for one release, with a warning.
+    if name in _MOVED_TO_VISION:
+        import warnings
+
+        from ..vision import projector
+
+        warnings.warn(f"rwkv_vision.layers.{name} is deprecated; import it from rwkv_vision.vision.projector "
+                      "(or rwkv_vision.vision)", DeprecationWarning, stacklevel=2)
+        return getattr(projector, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,141 +1,28 @@
-"""Projectors: vision features -> language-model embedding space.
+"""Deprecated: the projectors moved to the vision side, :mod:`rwkv_vision.vision.projector`.
 
-Shape legend: b batch, t time (image tokens), c channels (``in_features`` -> ``out_features``).
-
-* :class:`LinearProjector` — VisualRWKV v6.0: one ``Linear(1024, C, bias=False)``; it subclasses
-  ``nn.Linear``, so as ``model.proj`` its parameter is the official key ``proj.weight``.
-* :class:`MLPProjector` — LLaVA-1.5's ``Linear -> GELU -> Linear``.
-* :class:`GatedMLPProjector` — later VisualRWKV versions: ``x = proj(f); o_proj(x * sigmoid(gate(x)))``.
+This module keeps the old names importable for one release; each use warns with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from typing import Any
 
-import torch
-from torch import nn
-
-__all__ = ["Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS"]
-
-
-def _check_features(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+_NEW = "rwkv_vision.vision.projector"
+_MOVED = ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS")
+__all__ = list(_MOVED)
 
 
-class Projector(nn.Module):
-    """Base class: ``forward(features [b, t, in_features]) -> [b, t, out_features]`` (any leading dims)."""
-
-    in_features: int
-    out_features: int
-
-    def _check_input(self, features: torch.Tensor) -> None:
-        if not isinstance(features, torch.Tensor) or features.dim() < 1 or features.shape[-1] != self.in_features:
-            raise ValueError(
-                f"features must be a tensor [..., {self.in_features}], got {getattr(features, 'shape', type(features).__name__)}"
-            )
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"rwkv_vision.layers.projector.{name} is deprecated; import it from {_NEW} (or rwkv_vision.vision)",
+        DeprecationWarning, stacklevel=2,
+    )
+    return getattr(importlib.import_module(_NEW), name)
 
 
-class LinearProjector(nn.Linear, Projector):
-    """``Linear(in_features, out_features, bias=False)`` (VisualRWKV v6.0).
-
-    It *is* an ``nn.Linear`` (parameter ``weight`` [out_features, in_features]), so a model holding it as
-    ``self.proj`` has the official key ``proj.weight`` and loads the released checkpoint unchanged.
-
-    Args:
-        in_features: vision width (1024 for CLIP ViT-L/14).
-        out_features: LM width C.
-        bias: add a bias (False in v6.0).
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = False, device=None, dtype=None):
-        _check_features("in_features", in_features)
-        _check_features("out_features", out_features)
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self._check_input(features)
-        return super().forward(features)
-
-    def extra_repr(self) -> str:
-        return nn.Linear.extra_repr(self)
-
-
-class MLPProjector(Projector):
-    """LLaVA-1.5's ``mlp2x_gelu``: ``Linear(in, hidden) -> GELU -> Linear(hidden, out)``, with biases.
-
-    Args:
-        in_features, out_features: input / output widths.
-        hidden_features: defaults to ``out_features`` (as in LLaVA).
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, *, hidden_features: int | None = None, bias: bool = True,
-        device=None, dtype=None,
-    ):
-        super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        hidden = out_features if hidden_features is None else _check_features("hidden_features", hidden_features)
-        self.fc1 = nn.Linear(in_features, hidden, bias=bias, device=device, dtype=dtype)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, out_features, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self._check_input(features)
-        return self.fc2(self.act(self.fc1(features)))
-
-
-class GatedMLPProjector(Projector):
-    """``x = proj(features); o_proj(x * sigmoid(gate(x)))`` (later VisualRWKV versions), no biases.
-
-    Args:
-        in_features, out_features: input / output widths.
-        hidden_features: width of ``x``; defaults to ``out_features``.
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, *, hidden_features: int | None = None, bias: bool = False,
-        device=None, dtype=None,
-    ):
-        super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        hidden = out_features if hidden_features is None else _check_features("hidden_features", hidden_features)
-        self.proj = nn.Linear(in_features, hidden, bias=bias, device=device, dtype=dtype)
-        self.gate = nn.Linear(hidden, hidden, bias=bias, device=device, dtype=dtype)
-        self.o_proj = nn.Linear(hidden, out_features, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        self._check_input(features)
-        x = self.proj(features)
-        return self.o_proj(x * torch.sigmoid(self.gate(x)))
-
-
-PROJECTORS: dict[str, type[Projector]] = {
-    "linear": LinearProjector,
-    "mlp": MLPProjector,
-    "mlp2x_gelu": MLPProjector,
-    "gated_mlp": GatedMLPProjector,
-}
-
-
-def create_projector(name_or_cls: str | type[Projector], **kwargs: Any) -> Projector:
-    """Build a projector from a name (``"linear"``, ``"mlp"``/``"mlp2x_gelu"``, ``"gated_mlp"``) or a class.
-
-    ``kwargs`` go to the constructor (``in_features``, ``out_features``, ``device``, ``dtype``, ...).
-    """
-    if isinstance(name_or_cls, str):
-        key = name_or_cls.lower().replace("-", "_")
-        if key not in PROJECTORS:
-            raise ValueError(f"name_or_cls: unknown projector {name_or_cls!r}; expected one of {sorted(PROJECTORS)} or a class")
-        cls = PROJECTORS[key]
-    elif isinstance(name_or_cls, type) and issubclass(name_or_cls, nn.Module):
-        cls = name_or_cls
-    else:
-        raise TypeError(f"name_or_cls must be a projector name or an nn.Module subclass, got {name_or_cls!r}")
-    return cls(**kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MOVED))

@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..generation import CHAT_STOP_TOKENS, GenerationConfig, GenerationOutput, generate
-from ..layers.projector import LinearProjector
-from ..prompt import IMAGE_TOKEN_INDEX, PromptLayout, Sandwich, expand_image_embeddings, get_layout
-from ..scan import BiDir, ImageSpan, ScanPolicy, get_scan_policy, scanned_call
+from ..generation import GenerationConfig, GenerationOutput, generate
+from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
+from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
+from ..scan import BiDir, ScanPolicy, get_scan_policy, scanned_call
 from ..state import RWKVState
 from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
+from ..vision.projector import LinearProjector
 from .config import VisualRWKVConfig
 from .rwkv6 import RWKV6
 
@@ -131,7 +132,7 @@ class VisualRWKV(nn.Module):
 
     def get_tokenizer(self):
         if self.tokenizer is None:
-            from ..tokenizer import WorldTokenizer
+            from ..tokenizers import WorldTokenizer
 
             self.tokenizer = WorldTokenizer()
         return self.tokenizer
@@ -152,6 +153,22 @@ class VisualRWKV(nn.Module):
         if preprocessor is not None and not callable(preprocessor):
             raise TypeError(f"image_preprocessor must be an ImagePreprocessor (or None), got {type(preprocessor).__name__}")
         self.preprocessor = preprocessor
+
+    def _processor(self, layout: PromptLayout | str | None = None, tokenizer: Any = None) -> VisualRWKVProcessor:
+        # The layout keeps the encoder's grid; a tokenizer given here leaves the model's untouched. The
+        # processor sits above the models (it reads config.json sections), so it is imported when asked for.
+        from ..processor import VisualRWKVProcessor
+
+        rows, cols = self.encoder.grid
+        lay = self.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=self.encoder.cls)
+        tok = tokenizer if tokenizer is not None else self.get_tokenizer()
+        return VisualRWKVProcessor(tokenizer=tok, image_processor=self.get_preprocessor(), layout=lay)
+
+    @property
+    def processor(self) -> VisualRWKVProcessor:
+        """The model's tokenizer, image preprocessor and layout (with the encoder's grid) as one
+        :class:`~rwkv_vision.processor.VisualRWKVProcessor` (made afresh from the current attributes)."""
+        return self._processor()
 
     # --- loading and saving ------------------------------------------------------------------------------
 
@@ -380,20 +397,10 @@ class VisualRWKV(nn.Module):
         ``question`` is a string or a conversation (see :mod:`rwkv_vision.prompt`); the layout (default:
         the model's, Sandwich for the released weights) places the image. Greedy by default; stops on the
         tokenizer's ``stop_token_ids`` if it has them, else "\\n\\n" (261) or 0; the answer is the decoded
-        text up to the first "\\n\\n", stripped.
+        text up to the first "\\n\\n", stripped. This is :func:`rwkv_vision.chat.chat` with :attr:`processor`
+        (``layout=`` / ``tokenizer=`` replace its parts for this call).
         """
-        tok = tokenizer if tokenizer is not None else self.get_tokenizer()
-        rows, cols = self.encoder.grid
-        lay = self.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=self.encoder.cls)
-        images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-        prompt = lay.tokenize(question, tok, num_images=len(images))
-        device = self.rwkv.emb.weight.device
-        pixels = None
-        if images:
-            pixels = self.get_preprocessor()(images, device=device, dtype=next(self.encoder.parameters()).dtype)
-        # A tokenizer of its own (e.g. WordTokenizer) knows its "\n\n" and end ids; World's are the default.
-        overrides.setdefault("stop_tokens", tuple(getattr(tok, "stop_token_ids", CHAT_STOP_TOKENS)))
-        out = self.generate(
-            prompt.to_tensor(device=device), pixels, max_new_tokens=max_new_tokens, streamer=streamer, **overrides
-        )
-        return tok.decode(out.tokens[0]).split("\n\n")[0].strip()
+        from ..chat import chat
+
+        processor = self._processor(layout, tokenizer)
+        return chat(self, processor, image, question, max_new_tokens=max_new_tokens, streamer=streamer, **overrides)

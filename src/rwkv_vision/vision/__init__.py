@@ -1,5 +1,6 @@
 """Vision side of the data path: ``ImagePreprocessor`` (PIL -> pixel_values), timm encoders with feature
-selection (``VisionEncoder``), and the Hugging Face CLIP <-> timm weight converter."""
+selection (``VisionEncoder``), projectors into the language model's width, and the Hugging Face CLIP <-> timm
+weight converter."""
 
 from .convert_clip import (
     clip_config_from_state_dict,
@@ -10,6 +11,7 @@ from .convert_clip import (
     timm_to_clip_state_dict,
 )
 from .encoders import (
+    ENCODERS,
     VisionEncoder,
     clip_vit_l14_336,
     create_encoder,
@@ -19,11 +21,13 @@ from .encoders import (
     tiny_clip,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor, to_rgb
+from .projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector, Projector, create_projector
 
 __all__ = [
     "ImagePreprocessor", "to_rgb", "CLIP_MEAN", "CLIP_STD",
     "VisionEncoder", "timm_vit", "clip_vit_l14_336", "tiny_clip", "create_encoder", "register_encoder",
-    "list_encoders",
+    "list_encoders", "ENCODERS",
+    "Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS",
     "find_clip_prefix", "clip_config_from_state_dict", "clip_to_timm_state_dict", "timm_to_clip_state_dict",
     "load_clip_state_dict", "encoder_from_clip_state_dict",
 ]

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..scan import ClsPosition
+from ..image_tokens import ClsPosition
 from .encoders import VisionEncoder, timm_vit
 
 __all__ = [

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # timm is imported where it is used: it costs ~2 s at import, and `import rwkv_vision` should not pay that
 # for text-only use.
 
-from ..scan import ClsPosition
+from ..image_tokens import ClsPosition
+from ..registry import Registry
 
 __all__ = [
     "VisionEncoder",
@@ -37,8 +38,13 @@ __all__ = [
     "create_encoder",
     "register_encoder",
     "list_encoders",
+    "ENCODERS",
     "CLIP_VIT_L14_336",
 ]
+
+#: Vision encoder builders by name (exact names), each ``builder(layer=, cls=, device=, dtype=, ...) ->
+#: VisionEncoder``; :func:`create_encoder` also accepts any timm ViT name.
+ENCODERS: Registry[Callable[..., VisionEncoder]] = Registry("vision encoder", normalize=None)
 
 # timm's plain "vit_large_patch14_clip_336" uses exact GELU (for the LAION towers); OpenAI CLIP needs
 # quick-GELU, so it is forced here rather than relying on the *_quickgelu_* alias.
@@ -151,6 +157,7 @@ def timm_vit(
     return enc.to(dtype=dtype) if dtype is not None else enc
 
 
+@ENCODERS.register("clip-vit-l14-336")
 def clip_vit_l14_336(*, layer: int = -1, cls: ClsPosition = "last", device=None, dtype=None) -> VisionEncoder:
     """OpenAI CLIP ViT-L/14 at 336 px as VisualRWKV v6.0 uses it (random weights; load a checkpoint).
 
@@ -159,6 +166,7 @@ def clip_vit_l14_336(*, layer: int = -1, cls: ClsPosition = "last", device=None,
     return timm_vit("vit_large_patch14_clip_336", layer=layer, cls=cls, device=device, dtype=dtype, **CLIP_VIT_L14_336)
 
 
+@ENCODERS.register("tiny-clip")
 def tiny_clip(
     *, image_size: int = 28, layer: int = -1, cls: ClsPosition = "last", device=None, dtype=None, **kwargs: Any
 ) -> VisionEncoder:
@@ -173,30 +181,26 @@ def tiny_clip(
     return timm_vit("vit_base_patch16_clip_224", layer=layer, cls=cls, device=device, dtype=dtype, **args)
 
 
-_ENCODERS: dict[str, Callable[..., VisionEncoder]] = {
-    "clip-vit-l14-336": clip_vit_l14_336,
-    "tiny-clip": tiny_clip,
-}
-
-
 def register_encoder(name: str, builder: Callable[..., VisionEncoder]) -> None:
-    """Register ``builder(layer=, cls=, device=, dtype=, ...) -> VisionEncoder`` under ``name``."""
+    """Register ``builder(layer=, cls=, device=, dtype=, ...) -> VisionEncoder`` under ``name`` in
+    :data:`ENCODERS` (replacing an earlier builder of that name); ``@ENCODERS.register(name)`` does the same
+    as a decorator."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     if not callable(builder):
         raise TypeError(f"builder must be callable, got {type(builder).__name__}")
-    _ENCODERS[name] = builder
+    ENCODERS.register(name, builder, override=True)
 
 
 def list_encoders() -> list[str]:
     """Names accepted by :func:`create_encoder` (besides any timm ViT name)."""
-    return sorted(_ENCODERS)
+    return ENCODERS.names()
 
 
 def create_encoder(name: str, **kwargs: Any) -> VisionEncoder:
     """A registered encoder (``"clip-vit-l14-336"``, ``"tiny-clip"``, ...) or, failing that, a timm ViT name."""
-    if name in _ENCODERS:
-        return _ENCODERS[name](**kwargs)
+    if name in ENCODERS:
+        return ENCODERS.get(name)(**kwargs)
     if isinstance(name, str):
         import timm
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkv_vision.layers.projector import (
+from rwkv_vision.vision.projector import (
     GatedMLPProjector,
     LinearProjector,
     MLPProjector,
