@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import RWKV6, VisualRWKV, chat
 from rwkv_vision.chat import extract_answer
 from rwkv_vision.data import ShapesVQA, exact_match
@@ -16,6 +15,8 @@ from rwkv_vision.generation import CHAT_STOP_TOKENS, TextStreamer
 from rwkv_vision.pretrained import load_toy_model
 from rwkv_vision.prompt import get_layout
 from rwkv_vision.vision import tiny_clip
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 N_SAMPLES = 8
 

@@ -10,17 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import RWKV6, VisualRWKV
+from rwkv_vision.checkpoint.config_json import CheckpointError
 from rwkv_vision.data import ShapesVQA
 from rwkv_vision.generation import CHAT_STOP_TOKENS
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
-from rwkv_vision.checkpoint.config_json import CheckpointError
 from rwkv_vision.pretrained import load_toy_model, path
 from rwkv_vision.processor import ProcessorOutput, VisualRWKVProcessor
 from rwkv_vision.prompt import ImageFirst, ImageLast, Sandwich, get_layout
 from rwkv_vision.tokenizers import WordTokenizer, WorldTokenizer
 from rwkv_vision.vision import ImagePreprocessor, tiny_clip
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 
 def inputs_as_chat_built_them(model, image, question, *, layout=None, tokenizer=None):

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from rwkv_vision import VisualRWKV
-from rwkv_vision.cli import build_parser
 from rwkv_vision.checkpoint.config_json import (
     CheckpointError,
     layout_from_config,
@@ -20,13 +19,13 @@ from rwkv_vision.checkpoint.config_json import (
     tokenizer_from_config,
     tokenizer_to_config,
 )
+from rwkv_vision.cli import build_parser
 from rwkv_vision.prompt import LAYOUTS, ImageFirst, ImageLast, Sandwich, get_layout
 from rwkv_vision.registry import Registry, UnknownNameError
 from rwkv_vision.scan import SCANS, BiDir, Custom, MultiDir, ScanPolicy, Snake, UniDir, Zigzag, get_scan_policy
 from rwkv_vision.tokenizers import TOKENIZERS, WordTokenizer, WorldTokenizer
 from rwkv_vision.vision import ENCODERS, PROJECTORS, create_encoder, list_encoders, register_encoder, tiny_clip
 from rwkv_vision.vision.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
-
 
 # --- the generic registry ---------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
   :mod:`rwkv_vision.tokenizers.word`, re-exported here).
 """
 
+from ..tokenizers.word import WordTokenizer
 from .shapes import (
     COLORS,
     QUESTION_TYPES,
@@ -23,7 +24,6 @@ from .shapes import (
     sample_seed,
     scene_split,
 )
-from ..tokenizers.word import WordTokenizer
 
 __all__ = [
     "COLORS", "SHAPES", "QUESTION_TYPES", "SPLITS", "Sample", "Scene", "ShapeObject", "ShapesVQA",

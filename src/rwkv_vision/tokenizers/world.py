@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import ast
 import codecs
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .base import TOKENIZERS
 
@@ -34,14 +34,14 @@ WORLD_VOCAB_SIZE = 65536
 WORLD_STOP_TOKEN_IDS: tuple[int, ...] = (261, 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rust_tokenizer(vocab_file: str | None):
     from pyrwkv_tokenizer import RWKVTokenizer
 
     return RWKVTokenizer(vocab_filepath=vocab_file)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _id_to_bytes(vocab_file: str) -> tuple[bytes, ...]:
     # Each line is "<id> <python literal of a str or bytes> <byte length>".
     table = [b""] * WORLD_VOCAB_SIZE
