@@ -22,18 +22,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rwkv_vision"
 #: (importing package prefix, imported package prefix): deferred imports allowed inside functions only.
 #: Besides loading, a model's ``processor`` property and ``chat`` method are such doors (to the processor
 #: and the chat loop, which sit above the models).
-ENTRY_POINT_EDGES = (
-    ("rwkv_vision.models", "rwkv_vision.checkpoint"),
-    ("rwkv_vision.models", "rwkv_vision.processor"),
-    ("rwkv_vision.models", "rwkv_vision.chat"),
-)
+ENTRY_POINT_EDGES = (("rwkv_vision.models", "rwkv_vision.checkpoint"),)
 #: Layers, from the bottom: a module may import its own layer and the layers below it (module level).
 LAYERS = [
     ("rwkv_vision.errors", "rwkv_vision.registry", "rwkv_vision.ops", "rwkv_vision.image_tokens"),
     ("rwkv_vision.state", "rwkv_vision.layers", "rwkv_vision.scan", "rwkv_vision.vision", "rwkv_vision.tokenizers",
-     "rwkv_vision.tokenizer", "rwkv_vision.prompt", "rwkv_vision.data"),
-    ("rwkv_vision.models", "rwkv_vision.generation"),
-    ("rwkv_vision.decoding", "rwkv_vision.processor", "rwkv_vision.checkpoint"),
+     "rwkv_vision.tokenizer", "rwkv_vision.prompt", "rwkv_vision.data", "rwkv_vision.sections",
+     "rwkv_vision.processor"),
+    ("rwkv_vision.models", "rwkv_vision.generation", "rwkv_vision.chat"),
+    ("rwkv_vision.decoding", "rwkv_vision.checkpoint"),
 ]
 
 
@@ -175,3 +172,14 @@ def test_old_models_name_for_the_official_config_reader_warns():
         warnings.simplefilter("always")
         assert models.config_from_official_state_dict is config_from_official_state_dict
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+def test_every_exception_class_is_defined_in_errors():
+    defined = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and (b.id.endswith("Error") or b.id.endswith("Exception")) for b in node.bases
+            ):
+                defined.append((_module_name(path), node.name))
+    assert {m for m, _ in defined} == {"rwkv_vision.errors"}, defined

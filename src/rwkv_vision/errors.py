@@ -8,6 +8,7 @@ would already catch (``ValueError``), so ``except ValueError`` keeps working:
                          out-of-range field; the message names the field and what was expected
       CheckpointError    a checkpoint file or directory that cannot be read; names the file
       StateDictError     tensors that do not fit the model; lists every missing, unexpected and mis-shaped key
+      UnknownNameError   a component name (scan policy, layout, projector, encoder, tokenizer) nobody registered
     ExtensionError       (a RuntimeError) the compiled kernels are required but cannot be loaded
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["RWKVVisionError", "ConfigError", "CheckpointError", "StateDictError", "ExtensionError", "natural_key"]
+__all__ = ["RWKVVisionError", "ConfigError", "CheckpointError", "StateDictError", "UnknownNameError", "ExtensionError",
+           "natural_key"]
 
 
 class RWKVVisionError(ValueError):
@@ -55,6 +57,10 @@ class StateDictError(RWKVVisionError):
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
+
+
+class UnknownNameError(RWKVVisionError):
+    """A name that is not registered; the message lists the known names."""
 
 
 class ExtensionError(RuntimeError):

@@ -26,8 +26,17 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError
 from .image_tokens import ImageSpan
 from .prompt import PromptIds, PromptLayout, get_layout
+from .sections import (
+    layout_from_config,
+    layout_to_config,
+    preprocessor_from_config,
+    preprocessor_to_config,
+    tokenizer_from_config,
+    tokenizer_to_config,
+)
 from .tokenizers.world import WORLD_STOP_TOKEN_IDS
 from .vision.preprocess import ImagePreprocessor
 
@@ -173,7 +182,6 @@ class VisualRWKVProcessor:
 
         ``vocab_size`` is only read without a tokenizer: a World-sized vocabulary records ``"world"``.
         """
-        from .checkpoint.config_json import layout_to_config, preprocessor_to_config, tokenizer_to_config
 
         if self.image_processor is None:
             raise ValueError("image_processor: a processor without one has no config.json form")
@@ -184,7 +192,6 @@ class VisualRWKVProcessor:
     def save(self, directory: str | Path) -> dict[str, Any]:
         """Write the tokenizer's file (``tokenizer.json``, for a tokenizer that saves itself) into ``directory``
         and return :meth:`to_config` — the sections a ``config.json`` in that directory holds."""
-        from .checkpoint.config_json import tokenizer_to_config
 
         config = self.to_config()
         _, to_save = tokenizer_to_config(self.tokenizer, vocab_size=None)
@@ -211,8 +218,6 @@ class VisualRWKVProcessor:
         when ``data`` is a whole ``config.json`` (``img_size / patch_size``, ``cls``), else 24 x 24, CLS last.
         ``tokenizer`` replaces the config's.
         """
-        from .checkpoint.config_json import layout_from_config, preprocessor_from_config, tokenizer_from_config
-        from .errors import CheckpointError
 
         if not isinstance(data, Mapping):
             raise CheckpointError(f"processor config must be an object, got {type(data).__name__}")

@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar, overload
 
+from .errors import UnknownNameError
+
 __all__ = ["Registry", "UnknownNameError"]
 
 T = TypeVar("T")
 
-
-class UnknownNameError(ValueError):
-    """A name that is not registered; the message lists the known names."""
 
 
 def _lower(name: str) -> str:

@@ -30,6 +30,18 @@ def _check_int(owner: str, name: str, value: Any, *, low: int = 1, high: int | N
         raise ConfigError(f"{owner}.{name} must be >= {low}{upper}, got {value}")
 
 
+def _check_fields(cls: type, data: Mapping[str, Any], source: str) -> None:
+    """Every field of the dataclass ``cls`` present in ``data``, and nothing else (a newer writer's field
+    must not be silently dropped)."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    problems = [f"{source}.{k} is missing" for k in fields if k not in data]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        problems.append(f"{source} has unknown field(s) {unknown} (expected {fields})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 @dataclasses.dataclass(frozen=True)
 class RWKV6Config:
     """The hyperparameters of an :class:`~rwkv_vision.models.RWKV6` language model.
@@ -85,11 +97,7 @@ class RWKV6Config:
         ``source`` and the field."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(fields))
-        missing = [f for f in fields if f not in data]
-        if unknown or missing:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}, missing field(s) {missing} (expected {fields})")
+        _check_fields(cls, data, source)
         try:
             return cls(**data)
         except ConfigError as e:
@@ -146,9 +154,6 @@ class VisualRWKVConfig:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "VisualRWKVConfig":
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        unknown, missing = sorted(set(data) - set(fields)), [f for f in fields if f not in data]
-        if unknown or missing:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}, missing field(s) {missing} (expected {fields})")
+        _check_fields(cls, data, source)
         return cls(rwkv=RWKV6Config.from_dict(data["rwkv"], source=f"{source}.rwkv"),
                    **{k: data[k] for k in ("encoder", "projector", "scan", "layout")})

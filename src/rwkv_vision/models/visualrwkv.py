@@ -36,26 +36,22 @@ from ..state import RWKVState
 from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
 from ..vision.projector import LinearProjector
+from ..chat import chat
+from ..processor import VisualRWKVProcessor
+from ..sections import (
+    encoder_from_config,
+    encoder_to_config,
+    layout_from_config,
+    layout_to_config,
+    projector_from_config,
+    projector_to_config,
+    scan_from_config,
+    scan_to_config,
+)
 from .config import VisualRWKVConfig
 from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
-
-def self_describing_config(config: VisualRWKVConfig) -> dict[str, Any]:
-    """config.json data for ``config`` with the processor sections a bare model config does not hold
-    (default preprocessing at the encoder's size is chosen later, no tokenizer)."""
-    from ..checkpoint.config_json import FORMAT, FORMAT_VERSION
-
-    data = config.to_dict()
-    size = data["encoder"]["timm_kwargs"]["img_size"]
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    from ..vision.preprocess import ImagePreprocessor
-    from ..checkpoint.config_json import preprocessor_to_config
-
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, **data,
-            "preprocessor": preprocessor_to_config(ImagePreprocessor(size)), "tokenizer": {"type": None},
-            "dtype": "float32"}
-
 
 class VisualRWKV(nn.Module):
     """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
@@ -155,10 +151,7 @@ class VisualRWKV(nn.Module):
         self.preprocessor = preprocessor
 
     def _processor(self, layout: PromptLayout | str | None = None, tokenizer: Any = None) -> VisualRWKVProcessor:
-        # The layout keeps the encoder's grid; a tokenizer given here leaves the model's untouched. The
-        # processor sits above the models (it reads config.json sections), so it is imported when asked for.
-        from ..processor import VisualRWKVProcessor
-
+        # The layout keeps the encoder's grid; a tokenizer given here leaves the model's untouched.
         rows, cols = self.encoder.grid
         lay = self.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=self.encoder.cls)
         tok = tokenizer if tokenizer is not None else self.get_tokenizer()
@@ -209,8 +202,10 @@ class VisualRWKV(nn.Module):
     def config(self) -> VisualRWKVConfig:
         """The :class:`VisualRWKVConfig` of this model (language model, encoder, projector, scan, layout);
         ``VisualRWKV.from_config(model.config)`` builds a freshly initialised copy."""
-        data = self.to_config()
-        return VisualRWKVConfig.from_dict({k: data[k] for k in ("rwkv", "encoder", "projector", "scan", "layout")})
+        return VisualRWKVConfig(
+            rwkv=self.rwkv.config, encoder=encoder_to_config(self.encoder), projector=projector_to_config(self.proj),
+            scan=scan_to_config(self.scan), layout=layout_to_config(self.layout),
+        )
 
     def to_config(self) -> dict[str, Any]:
         """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.checkpoint.config_json`)."""
@@ -222,15 +217,19 @@ class VisualRWKV(nn.Module):
     def from_config(
         cls, config: VisualRWKVConfig | Mapping[str, Any], *, device=None, dtype=None, **kwargs: Any
     ) -> VisualRWKV:
-        """A freshly initialised model from a :class:`VisualRWKVConfig` or :meth:`to_config` data (a
-        ``"word"``/``"class"`` tokenizer entry needs ``tokenizer=``, since its file is not part of the config)."""
-        from ..checkpoint.config_json import model_from_config
+        """A freshly initialised model from a :class:`VisualRWKVConfig`, or from ``config.json`` data (which
+        also holds the processor's sections; a ``"word"``/``"class"`` tokenizer entry then needs
+        ``tokenizer=``, since its file is not part of the config). ``kwargs`` go to the constructor."""
+        if not isinstance(config, VisualRWKVConfig):
+            from ..checkpoint.config_json import model_from_config
 
-        if isinstance(config, VisualRWKVConfig):
-            config = self_describing_config(config)
-
-        return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
-
+            return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
+        rwkv = RWKV6(config.rwkv, device=device, dtype=dtype)
+        encoder = encoder_from_config(config.encoder, device=device, dtype=dtype)
+        proj = projector_from_config(config.projector, device=device, dtype=dtype)
+        kwargs.setdefault("freeze_encoder", bool(config.encoder.get("frozen", True)))
+        return cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan_from_config(config.scan),
+                   layout=layout_from_config(config.layout), **kwargs)
 
     @classmethod
     def from_official_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> VisualRWKV:
@@ -400,7 +399,5 @@ class VisualRWKV(nn.Module):
         text up to the first "\\n\\n", stripped. This is :func:`rwkv_vision.chat.chat` with :attr:`processor`
         (``layout=`` / ``tokenizer=`` replace its parts for this call).
         """
-        from ..chat import chat
-
         processor = self._processor(layout, tokenizer)
         return chat(self, processor, image, question, max_new_tokens=max_new_tokens, streamer=streamer, **overrides)

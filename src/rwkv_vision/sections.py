@@ -1,0 +1,440 @@
+"""Each component of a VisualRWKV as JSON data and back: the sections of ``config.json``.
+
+A section describes one part (scan policy, prompt layout, projector, image preprocessing, tokenizer, vision
+encoder) with the name its class is registered under and its options, so that a model and its processor can
+be rebuilt without code or pickle. The model config (``models.config.VisualRWKVConfig``), the processor and
+the checkpoint package all read and write parts through these functions; the file format around them is
+``checkpoint.config_json``. Every problem raises a ``CheckpointError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .prompt import LAYOUTS, PromptLayout, Sandwich
+from .scan import SCANS, Custom, ScanPolicy, Snake, Zigzag
+from .tokenizers import TOKENIZERS
+from .vision.preprocess import ImagePreprocessor
+from .vision.projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector
+
+#: The file name of a tokenizer saved beside config.json.
+TOKENIZER_NAME = "tokenizer.json"
+
+__all__ = [
+    "TOKENIZER_NAME",
+    "parse_dtype",
+    "dtype_name",
+    "check_section",
+    "scan_to_config",
+    "scan_from_config",
+    "layout_to_config",
+    "layout_from_config",
+    "projector_to_config",
+    "projector_from_config",
+    "preprocessor_to_config",
+    "preprocessor_from_config",
+    "tokenizer_to_config",
+    "tokenizer_from_config",
+    "encoder_to_config",
+    "encoder_from_config",
+]
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64, "double": torch.float64,
+}
+
+
+
+
+def parse_dtype(dtype: torch.dtype | str | None, *, name: str = "dtype") -> torch.dtype | None:
+    """A ``torch.dtype`` from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float32"``, ...); None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"{name} must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check_section(name: str, data: Any, *, required: tuple, optional: tuple) -> list[str]:
+    if not isinstance(data, Mapping):
+        return [f"{name} must be an object, got {type(data).__name__}"]
+    problems = [f"{name}.{k} is missing" for k in required if k not in data]
+    unknown = sorted(set(data) - set(required) - set(optional))
+    if unknown:
+        problems.append(f"{name} has unknown field(s) {unknown} (expected {sorted(set(required) | set(optional))})")
+    return problems
+
+
+# --- scan policies ----------------------------------------------------------------------------------------
+
+def scan_to_config(policy: ScanPolicy) -> dict[str, Any]:
+    """A scan policy as JSON data: ``{"name": ...}`` plus its options (Custom: its permutations as lists)."""
+    # Exact types only: a subclass may change the order, and its name would then describe another policy.
+    kind = SCANS.name_of(policy)
+    if kind is not None and kind not in _SCAN_FIELDS and policy._key():
+        kind = None  # a registered policy with options this format cannot record
+    if kind is None:
+        raise ValueError(
+            f"scan: a {type(policy).__name__} policy has no config.json form; use one of "
+            f"{SCANS.names()} (Custom for any fixed permutations)"
+        )
+    out: dict[str, Any] = {"name": kind}
+    if isinstance(policy, Snake):
+        out["bidirectional"] = policy.bidirectional
+    elif isinstance(policy, Zigzag):
+        out.update(bidirectional=policy.bidirectional, transpose=policy.transpose)
+    elif isinstance(policy, Custom):
+        out["permutations"] = [None if p is None else list(p) for p in policy.permutations]
+    return out
+
+
+_SCAN_FIELDS = {
+    "unidir": (), "bidir": (), "multidir": (), "snake": ("bidirectional",),
+    "zigzag": ("bidirectional", "transpose"), "custom": ("permutations",),
+}
+
+
+def scan_from_config(data: Mapping[str, Any]) -> ScanPolicy:
+    """The policy :func:`scan_to_config` described."""
+    name = data.get("name") if isinstance(data, Mapping) else None
+    if not isinstance(name, str) or name not in SCANS.names():
+        raise CheckpointError(f"scan.name must be one of {SCANS.names()}, got {name!r}")
+    problems = check_section("scan", data, required=("name", *_SCAN_FIELDS.get(name, ())), optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    if name == "custom":
+        perms = data["permutations"]
+        if not isinstance(perms, list) or not all(p is None or isinstance(p, list) for p in perms):
+            raise CheckpointError(f"scan.permutations must be a list of int lists (or null), got {perms!r}")
+        try:
+            return Custom(perms)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"scan.permutations: {e}") from None
+    flags = {k: data[k] for k in _SCAN_FIELDS.get(name, ())}
+    bad = [k for k, v in flags.items() if not isinstance(v, bool)]
+    if bad:
+        raise CheckpointError(f"scan: {', '.join(bad)} must be true or false, got {[flags[k] for k in bad]}")
+    return SCANS.get(name)(**flags)
+
+
+# --- prompt layouts ---------------------------------------------------------------------------------------
+
+def layout_to_config(layout: PromptLayout) -> dict[str, Any]:
+    """A layout as JSON data; its grid and CLS position are not stored (they follow the encoder)."""
+    kind = LAYOUTS.name_of(layout)
+    if kind is None:
+        raise ValueError(
+            f"layout: a {type(layout).__name__} has no config.json form; use one of {LAYOUTS.names()}"
+        )
+    out: dict[str, Any] = {"name": kind, "user_role": layout.user_role, "assistant_role": layout.assistant_role}
+    if isinstance(layout, Sandwich):
+        out["instruction"] = layout.instruction
+    return out
+
+
+def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
+    """The layout :func:`layout_to_config` described (grid (24, 24) until the model sets the encoder's)."""
+    name = data.get("name") if isinstance(data, Mapping) else None
+    if not isinstance(name, str) or name not in LAYOUTS.names():
+        raise CheckpointError(f"layout.name must be one of {LAYOUTS.names()}, got {name!r}")
+    extra = ("instruction",) if name == "sandwich" else ()
+    problems = check_section("layout", data, required=("name", "user_role", "assistant_role", *extra), optional=())
+    problems += [f"layout.{k} must be a string" for k in ("user_role", "assistant_role", *extra)
+                 if k in data and not isinstance(data[k], str)]
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    return LAYOUTS.get(name)(**{k: data[k] for k in ("user_role", "assistant_role", *extra)})
+
+
+# --- projectors -------------------------------------------------------------------------------------------
+
+def projector_to_config(proj: nn.Module) -> dict[str, Any]:
+    """``{"type", "in_features", "out_features", "bias"[, "hidden_features"]}`` (w -> c)."""
+    kind = PROJECTORS.name_of(proj)
+    if kind is None or not isinstance(proj, (LinearProjector, MLPProjector, GatedMLPProjector)):
+        raise ValueError(
+            f"proj: a {type(proj).__name__} has no config.json form; use one of {PROJECTORS.names()}"
+        )
+    if isinstance(proj, LinearProjector):
+        return {"type": kind, "in_features": proj.in_features, "out_features": proj.out_features,
+                "bias": proj.bias is not None}
+    first = proj.fc1 if isinstance(proj, MLPProjector) else proj.proj
+    return {"type": kind, "in_features": proj.in_features, "out_features": proj.out_features,
+            "hidden_features": first.out_features, "bias": first.bias is not None}
+
+
+def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -> nn.Module:
+    """The projector :func:`projector_to_config` described (freshly initialised)."""
+    kind = data.get("type") if isinstance(data, Mapping) else None
+    if not isinstance(kind, str) or kind not in PROJECTORS.names():
+        raise CheckpointError(f"projector.type must be one of {PROJECTORS.names()}, got {kind!r}")
+    sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" else ())
+    problems = check_section("projector", data, required=("type", *sizes, "bias"), optional=())
+    problems += [f"projector.{k} must be a positive int, got {data[k]!r}" for k in sizes
+                 if k in data and not _is_pos_int(data[k])]
+    if "bias" in data and not isinstance(data["bias"], bool):
+        problems.append(f"projector.bias must be true or false, got {data['bias']!r}")
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    kwargs = {k: data[k] for k in sizes[2:]}
+    return PROJECTORS.get(kind)(
+        data["in_features"], data["out_features"], bias=data["bias"], device=device, dtype=dtype, **kwargs
+    )
+
+
+# --- preprocessing ----------------------------------------------------------------------------------------
+
+_PRE_FIELDS = ("size", "crop_size", "mean", "std", "resample", "alpha")
+
+
+def preprocessor_to_config(pre: ImagePreprocessor) -> dict[str, Any]:
+    if not isinstance(pre, ImagePreprocessor):
+        raise ValueError(f"preprocessor: a {type(pre).__name__} has no config.json form; use an ImagePreprocessor")
+    return {"size": pre.size, "crop_size": pre.crop_size, "mean": list(pre.mean), "std": list(pre.std),
+            "resample": pre.resample, "alpha": pre.alpha}
+
+
+def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
+    problems = check_section("preprocessor", data, required=_PRE_FIELDS, optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    try:
+        return ImagePreprocessor(
+            data["size"], crop_size=data["crop_size"], mean=data["mean"], std=data["std"],
+            resample=data["resample"], alpha=data["alpha"],
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"preprocessor: {e}") from None
+
+
+# --- tokenizers -------------------------------------------------------------------------------------------
+
+
+def tokenizer_to_config(tokenizer: Any, *, vocab_size: int) -> tuple[dict[str, Any], Any]:
+    """(the config entry, the object whose ``save(path)`` writes ``tokenizer.json`` or None)."""
+    from .tokenizers import WORLD_VOCAB_SIZE
+
+    if tokenizer is None:
+        # VisualRWKV.get_tokenizer falls back to World, which only fits a World-sized vocabulary.
+        return ({"type": "world"} if vocab_size == WORLD_VOCAB_SIZE else {"type": None}), None
+    kind = TOKENIZERS.name_of(tokenizer)
+    if kind is not None:  # a registered class: stored in a file if it has one (word), else rebuilt bare (world)
+        if _tokenizer_has_file(type(tokenizer)):
+            return {"type": kind, "file": TOKENIZER_NAME}, tokenizer
+        return {"type": kind}, None
+    cls = type(tokenizer)
+    if callable(getattr(tokenizer, "save", None)) and callable(getattr(cls, "from_file", None)):
+        return {"type": "class", "class": f"{cls.__module__}:{cls.__qualname__}", "file": TOKENIZER_NAME}, tokenizer
+    raise ValueError(
+        f"tokenizer: a {cls.__name__} cannot be saved (it needs save(path) and a from_file(path) classmethod); "
+        "set model.tokenizer = None or pass a tokenizer that can"
+    )
+
+
+def _tokenizer_has_file(cls: type) -> bool:
+    return callable(getattr(cls, "save", None)) and callable(getattr(cls, "from_file", None))
+
+
+def tokenizer_from_config(data: Mapping[str, Any], *, directory=None) -> Any:
+    """The tokenizer of a config entry (``directory`` holds its file). ``{"type": null}`` gives None.
+
+    Only tokenizer classes inside ``rwkv_vision`` are imported by name: a config file must not be able to
+    make the loader import arbitrary code. Others need ``tokenizer=`` passed to ``from_pretrained``.
+    """
+    from pathlib import Path
+
+    kind = data.get("type", "missing") if isinstance(data, Mapping) else "missing"
+    registered = isinstance(kind, str) and kind != "class" and kind in TOKENIZERS.names()
+    if not (registered or kind in ("class", None)):
+        known = ", ".join(repr(n) for n in [*TOKENIZERS.names(), "class"])
+        raise CheckpointError(f"tokenizer.type must be {known} or null, got {kind!r}")
+    if registered:
+        fields = ("file",) if _tokenizer_has_file(TOKENIZERS.get(kind)) else ()
+    else:
+        fields = {None: (), "class": ("class", "file")}[kind]
+    problems = check_section("tokenizer", data, required=("type", *fields), optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    if kind is None:
+        return None
+    if registered and not fields:
+        return TOKENIZERS.get(kind)()
+    if directory is None:
+        raise CheckpointError(f"tokenizer: its file {data['file']!r} needs the checkpoint directory")
+    path = Path(directory) / data["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; config.json says the tokenizer is stored in this file")
+    if registered:
+        cls = TOKENIZERS.get(kind)
+    else:
+        module, _, name = str(data["class"]).partition(":")
+        if not (module == "rwkv_vision" or module.startswith("rwkv_vision.")) or not name:
+            raise CheckpointError(
+                f"tokenizer.class {data['class']!r} is outside rwkv_vision and is not imported from a config "
+                "file; pass tokenizer= to from_pretrained"
+            )
+        cls = importlib.import_module(module)
+        for part in name.split("."):
+            cls = getattr(cls, part)
+    try:
+        return cls.from_file(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid {cls.__name__} file ({e})") from None
+
+
+# --- vision encoders --------------------------------------------------------------------------------------
+
+
+def _act_name(module: nn.Module) -> str | None:
+    from timm.layers.activations import GELU as TimmGELU
+    from timm.layers.activations import GELUTanh, QuickGELU
+
+    if isinstance(module, QuickGELU):
+        return "quick_gelu"
+    if isinstance(module, GELUTanh) or (isinstance(module, nn.GELU) and module.approximate == "tanh"):
+        return "gelu_tanh"
+    if isinstance(module, (nn.GELU, TimmGELU)):
+        return "gelu"
+    return {nn.SiLU: "silu", nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(type(module))
+
+
+def _vit_options(vit: nn.Module) -> dict[str, Any]:
+    """The timm ``VisionTransformer`` arguments readable off a built model (those that shape it)."""
+    blk = vit.blocks[0]
+    out: dict[str, Any] = dict(
+        img_size=list(vit.patch_embed.img_size), patch_size=list(vit.patch_embed.patch_size),
+        in_chans=vit.patch_embed.proj.in_channels, embed_dim=vit.embed_dim, depth=len(vit.blocks),
+        class_token=bool(vit.has_class_token), no_embed_class=bool(vit.no_embed_class),
+        pre_norm=not isinstance(vit.norm_pre, nn.Identity), final_norm=not isinstance(vit.norm, nn.Identity),
+        global_pool=vit.global_pool, dynamic_img_size=bool(vit.dynamic_img_size),
+    )
+    attn = getattr(blk, "attn", None)
+    if attn is not None and hasattr(attn, "num_heads"):
+        out["num_heads"] = attn.num_heads
+    qkv = getattr(attn, "qkv", None)
+    if isinstance(qkv, nn.Linear):
+        out["qkv_bias"] = qkv.bias is not None
+    fc1 = getattr(getattr(blk, "mlp", None), "fc1", None)
+    if isinstance(fc1, nn.Linear):
+        out["mlp_ratio"] = fc1.out_features / vit.embed_dim
+    act = getattr(getattr(blk, "mlp", None), "act", None)
+    if act is not None and _act_name(act) is not None:
+        out["act_layer"] = _act_name(act)
+    out["init_values"] = 1e-5 if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity) else None
+    return out
+
+
+_ALWAYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
+
+
+def _fingerprint(vit: nn.Module) -> list:
+    """What must agree between a model and its rebuild: module types (activations by behaviour), norm eps,
+    head counts, a few top-level flags, and every parameter and buffer shape."""
+    mods = []
+    for name, m in vit.named_modules():
+        act = _act_name(m)
+        mods.append((name, act or type(m).__name__, getattr(m, "eps", None), getattr(m, "num_heads", None)))
+    flags = [getattr(vit, k, None) for k in ("num_prefix_tokens", "no_embed_class", "dynamic_img_size", "global_pool")]
+    shapes = sorted((k, tuple(v.shape)) for k, v in vit.state_dict().items())
+    return [mods, flags, shapes]
+
+
+def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
+    """A :class:`VisionEncoder` as JSON data; raises if rebuilding from that data would give another model."""
+    from .vision.encoders import VisionEncoder
+
+    if not isinstance(encoder, VisionEncoder):
+        raise ValueError(f"encoder: a {type(encoder).__name__} has no config.json form; use a VisionEncoder")
+    vit = encoder.vit
+    arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
+    ours = _vit_options(vit)
+    if arch is not None:
+        import timm
+
+        if arch not in timm.list_models():
+            arch = None
+    kwargs = dict(ours)
+    if arch is not None:
+        # Only what differs from the timm model's own defaults is recorded (plus the main sizes, for
+        # readers): the model name then supplies what JSON cannot say, such as the norm layer's eps.
+        with torch.device("meta"):
+            import timm
+
+            base = _vit_options(timm.create_model(arch, pretrained=False, num_classes=0))
+        kwargs = {k: v for k, v in ours.items() if k in _ALWAYS or base.get(k, object()) != v}
+    if kwargs.get("init_values") is None:
+        kwargs.pop("init_values", None)
+    data = {"kind": "timm_vit", "timm_model": arch, "timm_kwargs": kwargs, "layer": encoder.layer,
+            "cls": encoder.cls, "frozen": not any(p.requires_grad for p in encoder.parameters())}
+    rebuilt = encoder_from_config(data, device="meta")
+    if _fingerprint(rebuilt.vit) != _fingerprint(vit):
+        a, b = _fingerprint(rebuilt.vit), _fingerprint(vit)
+        where = next((f"{x} vs {y}" for part_a, part_b in zip(a, b) for x, y in zip(part_a, part_b) if x != y),
+                     "different module counts")
+        raise ValueError(
+            f"encoder: rebuilding timm model {arch!r} with {kwargs} does not give this ViT (first difference: "
+            f"{where}); build the encoder with timm_vit(name, **kwargs) so it can be described in config.json"
+        )
+    return data
+
+
+def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
+    """The :class:`VisionEncoder` :func:`encoder_to_config` described (random weights; ``device="meta"``
+    allocates nothing)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .vision.encoders import VisionEncoder, timm_vit
+
+    problems = check_section("encoder", data, required=("kind", "timm_model", "timm_kwargs", "layer", "cls", "frozen"),
+                              optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    if data["kind"] != "timm_vit":
+        raise CheckpointError(f"encoder.kind must be 'timm_vit', got {data['kind']!r}")
+    kwargs = data["timm_kwargs"]
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"encoder.timm_kwargs must be an object, got {type(kwargs).__name__}")
+    allowed = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self", "device", "dtype"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise CheckpointError(f"encoder.timm_kwargs: unknown timm VisionTransformer argument(s) {unknown}")
+    if not isinstance(data["layer"], int) or data["layer"] < 0:
+        raise CheckpointError(f"encoder.layer must be a block index >= 0, got {data['layer']!r}")
+    if data["cls"] not in ("first", "last", None):
+        raise CheckpointError(f"encoder.cls must be 'first', 'last' or null, got {data['cls']!r}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    kwargs["num_classes"] = 0
+    try:
+        if data["timm_model"] is None:
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                enc = VisionEncoder(VisionTransformer(**kwargs), layer=data["layer"], cls=data["cls"])
+        else:
+            enc = timm_vit(data["timm_model"], layer=data["layer"], cls=data["cls"], device=device, **kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"encoder: cannot build the ViT from config.json ({e})") from None
+    if dtype is not None:
+        enc = enc.to(dtype=dtype)
+    if data["frozen"]:
+        enc.requires_grad_(False)
+    return enc
+
+
