@@ -26,13 +26,13 @@ import torch
 
 import rwkv_vision
 from rwkv_vision import RWKV6
-from rwkv_vision.inference import Decoder
+from rwkv_vision.decoding import Decoder
 from rwkv_vision.models.registry import get_config
 
 GIB = 1024**3
 
 #: RWKV-6 7B (VisualRWKV-6 7B's language model) and a tiny twin for smoke runs on the CPU.
-RWKV_7B = get_config("rwkv6-7b")
+RWKV_7B = get_config("rwkv6-7b").to_dict()
 RWKV_TINY = dict(n_layer=2, n_embd=64, head_size=32, d_mix=8, d_decay=16, vocab_size=256)
 #: Llama-2-7B (LLaVA-1.5-7B's language model). max_position_embeddings covers the 24K contexts measured.
 LLAMA_7B = dict(
