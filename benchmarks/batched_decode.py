@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import _common as C
 
 
@@ -37,10 +35,11 @@ def main(argv=None):
         def make():
             model = C.build_rwkv(rwkv_cfg, device, dtype)
             return model, lambda b: C.OursDecoder(model, b, args.chunk_size, graph=graph, compile=compile)
+
         return make
 
     def hf(build, cfg):
-        return C.hf_system(build, cfg, device, dtype, wrap=lambda model: (lambda b: C.HFCausal(model)))
+        return C.hf_system(build, cfg, device, dtype, wrap=lambda model: lambda b: C.HFCausal(model))
 
     systems = {}
     if device.type == "cuda":
@@ -67,8 +66,9 @@ def main(argv=None):
                 del runner, logits
         return rows
 
-    rows = C.for_each_system(args, systems, device, measure,
-                             lambda name, status, note: [name, "all", context, status, "", "", note])
+    rows = C.for_each_system(
+        args, systems, device, measure, lambda name, status, note: [name, "all", context, status, "", "", note]
+    )
     C.print_table(["system", "batch", "context", "step ms (median)", "tokens/s", "peak GiB", "note"], rows)
 
 

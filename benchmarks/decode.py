@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import _common as C
 
 
@@ -33,10 +31,16 @@ def main(argv=None):
     parser.add_argument("--contexts", default=None, help="comma-separated prompt lengths (default 1024,8192,24576)")
     parser.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk of our systems")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="use this bandwidth for the floor")
-    parser.add_argument("--small", action="store_true",
-                        help="RWKV-6 0.1B shape (12 x 768) and a Llama of that size instead of 7B (for the CPU)")
-    parser.add_argument("--compile-on-cpu", action="store_true",
-                        help="also time the torch.compile'd Decoder on the CPU (on a GPU it always runs)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="RWKV-6 0.1B shape (12 x 768) and a Llama of that size instead of 7B (for the CPU)",
+    )
+    parser.add_argument(
+        "--compile-on-cpu",
+        action="store_true",
+        help="also time the torch.compile'd Decoder on the CPU (on a GPU it always runs)",
+    )
     args = parser.parse_args(argv)
     device, dtype = C.resolve(args)
     tiny = args.tiny
@@ -57,6 +61,7 @@ def main(argv=None):
             if kind == "forward":
                 return model, C.OursForward(model, args.chunk_size)
             return model, C.OursDecoder(model, 1, args.chunk_size, graph="graph" in kind, compile="compile" in kind)
+
         return make
 
     systems = {}
@@ -68,8 +73,10 @@ def main(argv=None):
     systems["rwkv_vision Decoder eager"] = (ours("eager"), rwkv_cfg["vocab_size"])
     systems["rwkv_vision RWKV6.forward (t=1)"] = (ours("forward"), rwkv_cfg["vocab_size"])
     systems["fla 0.6.0 RWKV6ForCausalLM"] = (C.hf_system(C.build_fla, rwkv_cfg, device, dtype), rwkv_cfg["vocab_size"])
-    systems["transformers Llama (SDPA, KV cache)"] = (C.hf_system(C.build_llama, llama_cfg, device, dtype),
-                                                      llama_cfg["vocab_size"])
+    systems["transformers Llama (SDPA, KV cache)"] = (
+        C.hf_system(C.build_llama, llama_cfg, device, dtype),
+        llama_cfg["vocab_size"],
+    )
 
     def measure(name, model, runner, vocab):
         rows = []
@@ -81,16 +88,27 @@ def main(argv=None):
             try:
                 logits = runner.prefill(C.random_ids(1, ctx, vocab, device, seed=ctx))
                 ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
-                rows.append([name, ctx, C.fmt(ms), C.fmt(C.peak_gib(device)), C.fmt(weights / C.GIB),
-                             C.fmt(floor_ms), C.fmt(ms / floor_ms, 1), ""])
+                rows.append(
+                    [
+                        name,
+                        ctx,
+                        C.fmt(ms),
+                        C.fmt(C.peak_gib(device)),
+                        C.fmt(weights / C.GIB),
+                        C.fmt(floor_ms),
+                        C.fmt(ms / floor_ms, 1),
+                        "",
+                    ]
+                )
             except Exception as err:  # noqa: BLE001 - an OOM at one context must not hide the others
                 rows.append([name, ctx, "error", "", C.fmt(weights / C.GIB), "", "", C.error_text(err)])
             logits = None
             runner.close()
         return rows
 
-    rows = C.for_each_system(args, systems, device, measure,
-                             lambda name, status, note: [name, "all", status, "", "", "", "", note])
+    rows = C.for_each_system(
+        args, systems, device, measure, lambda name, status, note: [name, "all", status, "", "", "", "", note]
+    )
     C.print_table(
         ["system", "context", "decode ms/token (median)", "peak GiB", "weights GiB", "floor ms", "x floor", "note"],
         rows,

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 
+import _common as C
 import torch
 
-import _common as C
 from rwkv_vision.decoding import Decoder
-from rwkv_vision.models.visualrwkv import VisualRWKV
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
+from rwkv_vision.models.visualrwkv import VisualRWKV
 from rwkv_vision.vision.encoders import clip_vit_l14_336, tiny_clip
 
 PAPER_SPEEDUP, PAPER_MEMORY_SAVING = 3.98, 0.54
@@ -35,7 +35,9 @@ PAPER_SPEEDUP, PAPER_MEMORY_SAVING = 3.98, 0.54
 
 def build_visualrwkv(cfg, tiny, device, dtype) -> VisualRWKV:
     rwkv = C.build_rwkv(cfg, device, dtype)
-    encoder = tiny_clip(image_size=28, device=device, dtype=dtype) if tiny else clip_vit_l14_336(device=device, dtype=dtype)
+    encoder = (
+        tiny_clip(image_size=28, device=device, dtype=dtype) if tiny else clip_vit_l14_336(device=device, dtype=dtype)
+    )
     return VisualRWKV(rwkv=rwkv, encoder=encoder).eval()
 
 
@@ -45,19 +47,39 @@ def build_llava(tiny, device, dtype):
     except Exception as err:  # noqa: BLE001
         raise C.Missing(f"transformers Llava not importable ({type(err).__name__}: {err})") from err
     if tiny:
-        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=28, patch_size=14, projection_dim=64)
+        vision = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=64,
+        )
         text = LlamaConfig(**{**C.LLAMA_TINY, "vocab_size": 260})
         image_token, image_seq = 256, 4
     else:
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-                                  hidden_act="quick_gelu")
+        vision = CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
         text = LlamaConfig(**{**C.LLAMA_7B, "vocab_size": 32064})
         image_token, image_seq = 32000, 576
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
-                         image_seq_length=image_seq, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token,
+        image_seq_length=image_seq,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     config._attn_implementation = "sdpa"
     config.text_config._attn_implementation = "sdpa"
     config.vision_config._attn_implementation = "sdpa"
@@ -126,6 +148,7 @@ def main(argv=None):
             ids = torch.cat([torch.full((1, 1), IMAGE_TOKEN_INDEX, device=device), text], dim=1)
             runner = OursVLM(vlm, args.chunk_size, graph) if graph is not None else PlainVLM(vlm)
             return vlm, runner, ids
+
         return make
 
     def llava():
@@ -153,8 +176,9 @@ def main(argv=None):
             weights = C.param_bytes(model) / C.GIB
             C.free(device)
             C.reset_peak(device)
-            prefill_ms = C.median(C.time_calls(lambda: runner.prefill(ids, pixels), device, warmup=1,
-                                               repeat=args.e2e_repeat))
+            prefill_ms = C.median(
+                C.time_calls(lambda: runner.prefill(ids, pixels), device, warmup=1, repeat=args.e2e_repeat)
+            )
             logits = runner.prefill(ids, pixels)
             step_ms = C.decode_ms(runner, logits, device, warmup=args.warmup, repeat=args.repeat)
 
@@ -166,17 +190,38 @@ def main(argv=None):
             e2e_ms = C.median(C.time_calls(end_to_end, device, warmup=1, repeat=args.e2e_repeat))
             peak = C.peak_gib(device)
             results[name] = (step_ms, e2e_ms, peak)
-            rows.append([name, context, C.fmt(prefill_ms / 1e3, 3), C.fmt(step_ms), C.fmt(e2e_ms / 1e3, 3),
-                         C.fmt(peak), C.fmt(weights), ""])
+            rows.append(
+                [
+                    name,
+                    context,
+                    C.fmt(prefill_ms / 1e3, 3),
+                    C.fmt(step_ms),
+                    C.fmt(e2e_ms / 1e3, 3),
+                    C.fmt(peak),
+                    C.fmt(weights),
+                    "",
+                ]
+            )
         except C.Missing as err:
             rows.append([name, context, "missing", "", "", "", "", str(err)[:160]])
         except Exception as err:  # noqa: BLE001 - a peer's failure must not hide the others
             rows.append([name, context, "error", "", "", "", "", C.error_text(err)])
         finally:
-            del model, runner
+            model = runner = None  # drop the references so the memory can be freed
             C.free(device)
-    C.print_table(["system", "context", "prefill s", "decode ms/token", f"end to end s ({new_tokens} tokens)",
-                   "peak GiB", "weights GiB", "note"], rows)
+    C.print_table(
+        [
+            "system",
+            "context",
+            "prefill s",
+            "decode ms/token",
+            f"end to end s ({new_tokens} tokens)",
+            "peak GiB",
+            "weights GiB",
+            "note",
+        ],
+        rows,
+    )
 
     if llava_name in results:
         l_step, l_e2e, l_peak = results[llava_name]
@@ -185,10 +230,27 @@ def main(argv=None):
             if name == llava_name:
                 continue
             saving = 1 - peak / l_peak if peak == peak and l_peak == l_peak else float("nan")
-            ratio_rows.append([name, C.fmt(l_step / step_ms) + "x", C.fmt(l_e2e / e2e_ms) + "x",
-                               C.fmt(100 * saving, 0) + ("%" if saving == saving else ""), f"{PAPER_SPEEDUP}x", f"{PAPER_MEMORY_SAVING:.0%}"])
-        C.print_table(["ours vs LLaVA", "decode speed-up", "end-to-end speed-up", "memory saving",
-                       "paper speed-up", "paper memory saving"], ratio_rows)
+            ratio_rows.append(
+                [
+                    name,
+                    C.fmt(l_step / step_ms) + "x",
+                    C.fmt(l_e2e / e2e_ms) + "x",
+                    C.fmt(100 * saving, 0) + ("%" if saving == saving else ""),
+                    f"{PAPER_SPEEDUP}x",
+                    f"{PAPER_MEMORY_SAVING:.0%}",
+                ]
+            )
+        C.print_table(
+            [
+                "ours vs LLaVA",
+                "decode speed-up",
+                "end-to-end speed-up",
+                "memory saving",
+                "paper speed-up",
+                "paper memory saving",
+            ],
+            ratio_rows,
+        )
     else:
         print("\nno LLaVA numbers: ratios not computed")
 

@@ -77,10 +77,37 @@ def run_name(changes: dict, seed: int) -> str:
 
 def train_command(changes: dict, seed: int, args: argparse.Namespace, result: Path) -> list[str]:
     s = settings(changes)
-    return [sys.executable, str(TRAIN), *TASK, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--seed", str(seed), "--scan", s["scan"], "--layout", s["layout"],
-            "--token-shift", s["token_shift"], "--decay", s["decay"], "--eval-size", str(args.eval_size),
-            "--threads", "1", "--log-every", "100", "--device", "cpu", "--result-json", str(result)]
+    return [
+        sys.executable,
+        str(TRAIN),
+        *TASK,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(seed),
+        "--scan",
+        s["scan"],
+        "--layout",
+        s["layout"],
+        "--token-shift",
+        s["token_shift"],
+        "--decay",
+        s["decay"],
+        "--eval-size",
+        str(args.eval_size),
+        "--threads",
+        "1",
+        "--log-every",
+        "100",
+        "--device",
+        "cpu",
+        "--result-json",
+        str(result),
+    ]
 
 
 def run_one(cmd: list[str], log: Path) -> tuple[int, float]:
@@ -121,14 +148,17 @@ def sweep(args: argparse.Namespace) -> None:
                 label, seed, result = pending.pop(fut)
                 code, seconds = fut.result()
                 acc = json.loads(result.read_text())["eval"]["accuracy"] if result.exists() else None
-                print(f"done   {label} seed {seed}: exit {code}, {seconds:.0f}s, "
-                      f"accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}", flush=True)
+                print(
+                    f"done   {label} seed {seed}: exit {code}, {seconds:.0f}s, "
+                    f"accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}",
+                    flush=True,
+                )
 
 
 def load_results(results: Path) -> dict[str, list[dict]]:
     by_label: dict[str, list[dict]] = {label: [] for _, label, _ in CONFIGS}
     for _, label, changes in CONFIGS:
-        for path in sorted(results.glob(f"{run_name(changes, 0)[:-len('seed0')]}seed*.json")):
+        for path in sorted(results.glob(f"{run_name(changes, 0)[: -len('seed0')]}seed*.json")):
             data = json.loads(path.read_text())
             data["seed"] = int(path.stem.rsplit("seed", 1)[1])
             by_label[label].append(data)
@@ -161,8 +191,10 @@ def findings(by_label: dict) -> list[str]:
         # Two-sample standard error of the difference of means, from the seeds.
         se = 100 * (statistics.variance(accs) / len(accs) + statistics.variance(base) / len(base)) ** 0.5
         verdict = "beyond" if abs(delta) > 2 * se else "within"
-        lines.append(f"* {label}: {delta:+.1f} points against the base ({verdict} two standard errors, "
-                     f"{2 * se:.1f}, of the seed-to-seed spread)")
+        lines.append(
+            f"* {label}: {delta:+.1f} points against the base ({verdict} two standard errors, "
+            f"{2 * se:.1f}, of the seed-to-seed spread)"
+        )
     return lines
 
 
@@ -171,7 +203,7 @@ def _kept_notes(path: Path) -> str:
         return f"{NOTES_BEGIN}\n{NOTES_END}"
     text = path.read_text()
     if NOTES_BEGIN in text and NOTES_END in text:
-        return text[text.index(NOTES_BEGIN):text.index(NOTES_END) + len(NOTES_END)]
+        return text[text.index(NOTES_BEGIN) : text.index(NOTES_END) + len(NOTES_END)]
     return f"{NOTES_BEGIN}\n{NOTES_END}"
 
 
@@ -179,22 +211,36 @@ def report(args: argparse.Namespace) -> str:
     by_label = load_results(args.results)
     types = TYPES
     rows = []
-    groups = {"scan": ["UniDir", CONFIGS[0][1], "MultiDir"],
-              "layout": ["image first", "image last", CONFIGS[0][1]],
-              "recurrence": [CONFIGS[0][1], "static token shift", "static decay", "static shift + decay (RWKV-5-like)"]}
-    names = {"scan": "scan policy (layout sandwich, data-dependent)",
-             "layout": "prompt layout (BiDir, data-dependent)",
-             "recurrence": "recurrence (BiDir, sandwich)"}
+    groups = {
+        "scan": ["UniDir", CONFIGS[0][1], "MultiDir"],
+        "layout": ["image first", "image last", CONFIGS[0][1]],
+        "recurrence": [CONFIGS[0][1], "static token shift", "static decay", "static shift + decay (RWKV-5-like)"],
+    }
+    names = {
+        "scan": "scan policy (layout sandwich, data-dependent)",
+        "layout": "prompt layout (BiDir, data-dependent)",
+        "recurrence": "recurrence (BiDir, sandwich)",
+    }
     for group, labels in groups.items():
         for label in labels:
             runs = by_label[label]
             accs = [r["eval"]["accuracy"] for r in runs]
-            per = [_fmt([r["eval"]["per_type"][t][0] / r["eval"]["per_type"][t][1] for r in runs
-                         if t in r["eval"]["per_type"]]) for t in types]
+            per = [
+                _fmt(
+                    [
+                        r["eval"]["per_type"][t][0] / r["eval"]["per_type"][t][1]
+                        for r in runs
+                        if t in r["eval"]["per_type"]
+                    ]
+                )
+                for t in types
+            ]
             seeds = ", ".join(f"{100 * r['eval']['accuracy']:.1f}" for r in sorted(runs, key=lambda r: r["seed"]))
             loss = (f"{statistics.fmean(r['history'][-1]['loss'] for r in runs):.3f}") if runs else "—"
-            rows.append(f"| {names[group]} | {label} | {len(runs)} | **{_fmt(accs)}** | {seeds or '—'} | "
-                        f"{' | '.join(per)} | {loss} |")
+            rows.append(
+                f"| {names[group]} | {label} | {len(runs)} | **{_fmt(accs)}** | {seeds or '—'} | "
+                f"{' | '.join(per)} | {loss} |"
+            )
     done = sum(len(v) for v in by_label.values())
     seconds = [r["train_seconds"] for v in by_label.values() for r in v]
     # The budget is read back from the runs themselves, so --report-only cannot misstate it.
@@ -207,13 +253,22 @@ def report(args: argparse.Namespace) -> str:
                     budget.setdefault(flag, set()).add(argv[argv.index(flag) + 1])
     mixed = sorted(f for f, vals in budget.items() if len(vals) > 1)
     if mixed:
-        raise SystemExit(f"ablations: the runs in {args.results} differ in {', '.join(mixed)}; use one budget per "
-                         "results directory")
-    steps, batch_size, lr, eval_size = (next(iter(budget[f])) if f in budget else str(d) for f, d in
-                                        (("--steps", args.steps), ("--batch-size", args.batch_size),
-                                         ("--lr", args.lr), ("--eval-size", args.eval_size)))
-    cmd = (f"python examples/ablations.py --jobs {args.jobs} --seeds {' '.join(map(str, args.seeds))} "
-           f"--steps {steps} --batch-size {batch_size} --lr {lr} --eval-size {eval_size}")
+        raise SystemExit(
+            f"ablations: the runs in {args.results} differ in {', '.join(mixed)}; use one budget per results directory"
+        )
+    steps, batch_size, lr, eval_size = (
+        next(iter(budget[f])) if f in budget else str(d)
+        for f, d in (
+            ("--steps", args.steps),
+            ("--batch-size", args.batch_size),
+            ("--lr", args.lr),
+            ("--eval-size", args.eval_size),
+        )
+    )
+    cmd = (
+        f"python examples/ablations.py --jobs {args.jobs} --seeds {' '.join(map(str, args.seeds))} "
+        f"--steps {steps} --batch-size {batch_size} --lr {lr} --eval-size {eval_size}"
+    )
     md = [
         "# Ablations at toy scale",
         "",
@@ -273,9 +328,14 @@ def plot(by_label: dict, groups: dict, path: Path) -> None:
         print("matplotlib is not installed: no plot written (pip install matplotlib)", file=sys.stderr)
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), sharey=True)
-    short = {CONFIGS[0][1]: "base\n(BiDir, sandwich,\ndata-dep.)", "static shift + decay (RWKV-5-like)": "static\nshift+decay",
-             "static token shift": "static\nshift", "static decay": "static\ndecay", "image first": "image\nfirst",
-             "image last": "image\nlast"}
+    short = {
+        CONFIGS[0][1]: "base\n(BiDir, sandwich,\ndata-dep.)",
+        "static shift + decay (RWKV-5-like)": "static\nshift+decay",
+        "static token shift": "static\nshift",
+        "static decay": "static\ndecay",
+        "image first": "image\nfirst",
+        "image last": "image\nlast",
+    }
     for ax, (group, labels) in zip(axes, groups.items()):
         for x, label in enumerate(labels):
             accs = [100 * r["eval"]["accuracy"] for r in by_label[label]]
@@ -293,8 +353,9 @@ def plot(by_label: dict, groups: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=64)
@@ -305,8 +366,13 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "ablations_results")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "ablations.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the markdown and plot")
-    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
-                   help="train only the settings whose label contains one of these (e.g. UniDir 'image first')")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="train only the settings whose label contains one of these (e.g. UniDir 'image first')",
+    )
     args = p.parse_args(argv)
     if args.jobs < 1 or args.steps < 1:
         p.error("--jobs and --steps must be >= 1")

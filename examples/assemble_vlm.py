@@ -40,8 +40,8 @@ class ByteTokenizer:
 
 def build() -> VisualRWKV:
     encoder = timm_vit("vit_tiny_patch16_224", img_size=64, depth=2, layer=-1, cls="last")  # [n, 17, 192]
-    rwkv = create_model("rwkv6-test-tiny")                                                   # c = 64, v = 256
-    proj = GatedMLPProjector(encoder.width, rwkv.n_embd)                                     # [.., 192] -> [.., 64]
+    rwkv = create_model("rwkv6-test-tiny")  # c = 64, v = 256
+    proj = GatedMLPProjector(encoder.width, rwkv.n_embd)  # [.., 192] -> [.., 64]
     return VisualRWKV(rwkv=rwkv, encoder=encoder, proj=proj, scan=MultiDir(), layout=Sandwich()).eval()
 
 

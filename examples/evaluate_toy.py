@@ -37,13 +37,18 @@ def toy_config_of(model_dir: Path | None, model: VisualRWKV) -> ToyConfig:
     data = meta.get("toy_config")
     if data:
         return ToyConfig(**data)
-    return ToyConfig(image_size=model.encoder.image_size[0], grid=model.encoder.grid[0],
-                     patch_size=model.encoder.patch_size[0], vit_width=model.encoder.width)
+    return ToyConfig(
+        image_size=model.encoder.image_size[0],
+        grid=model.encoder.grid[0],
+        patch_size=model.encoder.patch_size[0],
+        vit_width=model.encoder.width,
+    )
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default=TOY_MODEL, help=f"a save_pretrained directory or a shipped name ({TOY_MODEL})")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--size", type=int, default=1000, help="number of samples (indices 0 .. size-1)")
@@ -69,11 +74,14 @@ def main(argv=None) -> dict:
     dataset = config.dataset(args.split, size=args.size, seed=args.seed)
     samples = [dataset[i] for i in range(len(dataset))]
     start = time.perf_counter()
-    result = evaluate(model, samples, batch_size=args.batch_size, instruction=config.instruction,
-                      device=torch.device(args.device))
+    result = evaluate(
+        model, samples, batch_size=args.batch_size, instruction=config.instruction, device=torch.device(args.device)
+    )
     seconds = time.perf_counter() - start
-    print(f"{model_dir}: {args.split} split, seed {args.seed}, samples 0..{args.size - 1} "
-          f"(scan {model.scan!r}, layout {type(model.layout).__name__}); {seconds:.1f}s")
+    print(
+        f"{model_dir}: {args.split} split, seed {args.seed}, samples 0..{args.size - 1} "
+        f"(scan {model.scan!r}, layout {type(model.layout).__name__}); {seconds:.1f}s"
+    )
     print(format_accuracy(result))
     wrong = [(i, pred, ans, t) for i, pred, ans, t in result["predictions"] if pred.strip().lower() != ans]
     for i, pred, ans, t in wrong[: args.show_errors]:

@@ -24,8 +24,13 @@ def main() -> None:
 
     input_ids = torch.tensor([[10, 11, IMAGE_TOKEN_INDEX, 12, 13]])
     pixel_values = torch.randn(1, 3, 56, 56)
-    policies = [BiDir(), MultiDir(), Snake(), Zigzag(bidirectional=True),
-                Custom([torch.randperm(16) for _ in range(2)])]
+    policies = [
+        BiDir(),
+        MultiDir(),
+        Snake(),
+        Zigzag(bidirectional=True),
+        Custom([torch.randperm(16) for _ in range(2)]),
+    ]
 
     with torch.no_grad():
         model.scan = UniDir()  # the default is BiDir, the released weights' policy

@@ -47,7 +47,7 @@ def main(steps: int = 150, seed: int = 0, verbose: bool = True) -> dict:
     start = time.time()
     for step in range(steps):
         offsets = torch.randint(0, len(data) - window, (batch,))
-        chunk = torch.stack([data[o:o + window + 1] for o in offsets.tolist()])  # [b, window + 1]
+        chunk = torch.stack([data[o : o + window + 1] for o in offsets.tolist()])  # [b, window + 1]
         logits, _ = model(input_ids=chunk[:, :-1])  # [b, window, vocab]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
         optimizer.zero_grad()

@@ -51,9 +51,6 @@ import torch.nn.functional as F
 
 from rwkv_vision import RWKV6, VisualRWKV
 from rwkv_vision.data import QUESTION_TYPES, ShapesVQA, WordTokenizer, exact_match
-from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
-from rwkv_vision.prompt import get_layout
-from rwkv_vision.scan import get_scan_policy
 from rwkv_vision.vision import ImagePreprocessor, LinearProjector, timm_vit
 
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions
@@ -105,28 +102,52 @@ class ToyConfig:
 
     def dataset(self, split: str, *, size: int, seed: int) -> ShapesVQA:
         return ShapesVQA(
-            split, size=size, seed=seed, image_size=self.image_size, grid=self.grid,
-            min_objects=self.min_objects, max_objects=self.max_objects, question_types=self.question_types,
+            split,
+            size=size,
+            seed=seed,
+            image_size=self.image_size,
+            grid=self.grid,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            question_types=self.question_types,
         )
 
 
 def build_model(
-    config: ToyConfig, *, tokenizer: WordTokenizer | None = None, scan: str = "bidir", layout: str = "sandwich",
+    config: ToyConfig,
+    *,
+    tokenizer: WordTokenizer | None = None,
+    scan: str = "bidir",
+    layout: str = "sandwich",
     device=None,
 ) -> VisualRWKV:
     """A freshly initialised toy VisualRWKV (draws from torch's global RNG: seed it first)."""
     tokenizer = tokenizer or WordTokenizer()
     encoder = timm_vit(
-        "vit_base_patch16_clip_224", img_size=config.image_size, patch_size=config.patch_size,
-        embed_dim=config.vit_width, depth=config.vit_depth, num_heads=config.vit_width // 64,
-        mlp_ratio=config.vit_mlp_ratio, pre_norm=True, final_norm=False, act_layer="quick_gelu", cls="last",
+        "vit_base_patch16_clip_224",
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.vit_width,
+        depth=config.vit_depth,
+        num_heads=config.vit_width // 64,
+        mlp_ratio=config.vit_mlp_ratio,
+        pre_norm=True,
+        final_norm=False,
+        act_layer="quick_gelu",
+        cls="last",
         layer=-1,
         device=device,
     )
     rwkv = RWKV6(
-        n_layer=config.n_layer, n_embd=config.n_embd, head_size=config.head_size, dim_ffn=config.dim_ffn,
-        d_mix=config.d_mix, d_decay=config.d_decay, vocab_size=tokenizer.vocab_size,
-        data_dependent_lerp=config.data_dependent_lerp, data_dependent_decay=config.data_dependent_decay,
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        head_size=config.head_size,
+        dim_ffn=config.dim_ffn,
+        d_mix=config.d_mix,
+        d_decay=config.d_decay,
+        vocab_size=tokenizer.vocab_size,
+        data_dependent_lerp=config.data_dependent_lerp,
+        data_dependent_decay=config.data_dependent_decay,
         device=device,
     )
     with torch.no_grad():
@@ -137,8 +158,14 @@ def build_model(
         encoder.vit.pos_embed.normal_(0.0, config.pos_embed_std)
     proj = LinearProjector(encoder.width, rwkv.n_embd, device=device)
     return VisualRWKV(
-        rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, tokenizer=tokenizer,
-        preprocessor=ImagePreprocessor(config.image_size), freeze_encoder=False,
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=proj,
+        scan=scan,
+        layout=layout,
+        tokenizer=tokenizer,
+        preprocessor=ImagePreprocessor(config.image_size),
+        freeze_encoder=False,
     )
 
 
@@ -194,8 +221,12 @@ class ToyCollator:
             input_ids[i, : len(r)] = torch.tensor(r)
             labels[i, first : first + len(a)] = torch.tensor(a)
         pixel_values = self.preprocessor([s.image for s in samples])
-        return dict(input_ids=input_ids, pixel_values=pixel_values, labels=labels,
-                    question_types=[s.question_type for s in samples])
+        return dict(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            labels=labels,
+            question_types=[s.question_type for s in samples],
+        )
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,8 +250,13 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate(
-    model: VisualRWKV, samples: Sequence[Any], *, batch_size: int = 64, instruction: bool = False,
-    max_new_tokens: int = 4, device=None,
+    model: VisualRWKV,
+    samples: Sequence[Any],
+    *,
+    batch_size: int = 64,
+    instruction: bool = False,
+    max_new_tokens: int = 4,
+    device=None,
 ) -> dict[str, Any]:
     """Greedy generation from the cached state, scored by ``exact_match`` against the true answer.
 
@@ -258,8 +294,13 @@ def evaluate(
         counts[1] += 1
     correct = sum(c for c, _ in per_type.values())
     model.train(was_training)
-    return dict(correct=correct, total=len(predictions), accuracy=correct / max(len(predictions), 1),
-                per_type=dict(sorted(per_type.items())), predictions=predictions)
+    return dict(
+        correct=correct,
+        total=len(predictions),
+        accuracy=correct / max(len(predictions), 1),
+        per_type=dict(sorted(per_type.items())),
+        predictions=predictions,
+    )
 
 
 def format_accuracy(result: dict[str, Any]) -> str:
@@ -366,41 +407,64 @@ def make_optimizer(
         vision = name.startswith(("encoder.", "proj.")) and not name.endswith("pos_embed")
         groups.setdefault((vision, decay), []).append(p)
     return torch.optim.AdamW(
-        [dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=encoder_lr_scale if vision else 1.0)
-         for (vision, decay), ps in sorted(groups.items())],
-        lr=lr, betas=(0.9, 0.99), eps=1e-8,
+        [
+            dict(params=ps, weight_decay=weight_decay if decay else 0.0, lr_scale=encoder_lr_scale if vision else 1.0)
+            for (vision, decay), ps in sorted(groups.items())
+        ],
+        lr=lr,
+        betas=(0.9, 0.99),
+        eps=1e-8,
     )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split evenly over the processes)")
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate of the language model")
-    p.add_argument("--encoder-lr-scale", type=float, default=0.5,
-                   help="learning-rate factor of the ViT and projector (a from-scratch ViT trained at the LM's rate "
-                        "tends to collapse to image-independent features while the LM learns answer priors)")
-    p.add_argument("--vit-attention", default="fixed", choices=["fixed", "learned"],
-                   help="fixed: the ViT's query/key projections and the LayerNorm before them keep their random "
-                        "initialisation (see fix_vit_attention); learned: everything trains")
+    p.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=0.5,
+        help="learning-rate factor of the ViT and projector (a from-scratch ViT trained at the LM's rate "
+        "tends to collapse to image-independent features while the LM learns answer priors)",
+    )
+    p.add_argument(
+        "--vit-attention",
+        default="fixed",
+        choices=["fixed", "learned"],
+        help="fixed: the ViT's query/key projections and the LayerNorm before them keep their random "
+        "initialisation (see fix_vit_attention); learned: everything trains",
+    )
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scan", default="bidir", choices=["unidir", "bidir", "multidir", "snake", "zigzag"])
     p.add_argument("--layout", default="sandwich", choices=["first", "last", "sandwich"])
-    p.add_argument("--token-shift", default="data", choices=["data", "static"],
-                   help="data-dependent (RWKV-6 DDLerp) or static (RWKV-5) token shift")
-    p.add_argument("--decay", default="data", choices=["data", "static"],
-                   help="data-dependent (RWKV-6) or static (RWKV-5) decay")
+    p.add_argument(
+        "--token-shift",
+        default="data",
+        choices=["data", "static"],
+        help="data-dependent (RWKV-6 DDLerp) or static (RWKV-5) token shift",
+    )
+    p.add_argument(
+        "--decay", default="data", choices=["data", "static"], help="data-dependent (RWKV-6) or static (RWKV-5) decay"
+    )
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--grid", type=int, default=3, help="ShapesVQA grid (cells per side)")
     p.add_argument("--patch-size", type=int, default=None, help="default: image_size // grid (one patch per cell)")
     p.add_argument("--max-objects", type=int, default=None, help="default: min(5, grid**2)")
     p.add_argument("--min-objects", type=int, default=1)
     p.add_argument("--question-types", default=",".join(QUESTION_TYPES), help="comma-separated subset")
-    p.add_argument("--curriculum-fraction", type=float, default=0.25,
-                   help="the first fraction of the steps asks only --curriculum-types (0: the full mix throughout)")
+    p.add_argument(
+        "--curriculum-fraction",
+        type=float,
+        default=0.25,
+        help="the first fraction of the steps asks only --curriculum-types (0: the full mix throughout)",
+    )
     p.add_argument("--curriculum-types", default="color_at,shape_at")
     p.add_argument("--instruction", action="store_true", help="append the short-answer instruction to questions")
     p.add_argument("--n-layer", type=int, default=4)
@@ -410,20 +474,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vit-depth", type=int, default=2)
     p.add_argument("--eval-size", type=int, default=1000, help="held-out test-split samples scored at the end")
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the test-split stream")
-    p.add_argument("--val-every", type=int, default=0,
-                   help="every this many steps, print greedy exact match on --val-size validation samples (0: never)")
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=0,
+        help="every this many steps, print greedy exact match on --val-size validation samples (0: never)",
+    )
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--eval-batch-size", type=int, default=128)
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="start from the weights of this save_pretrained directory instead of a fresh initialisation")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights of this save_pretrained directory instead of a fresh initialisation",
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for save_pretrained (rank 0); none: no save")
     p.add_argument("--result-json", type=Path, default=None, help="write the summary (losses, accuracy) here (rank 0)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1)")
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--dump-rank-weights", type=Path, default=None,
-                   help="(for tests) each rank writes its final weights, rank 0 also the initial ones, here")
+    p.add_argument(
+        "--dump-rank-weights",
+        type=Path,
+        default=None,
+        help="(for tests) each rank writes its final weights, rank 0 also the initial ones, here",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -453,10 +529,19 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
     if not types or unknown:
         raise ValueError(f"--question-types: unknown {unknown} (choose from {','.join(QUESTION_TYPES)})")
     return ToyConfig(
-        image_size=args.image_size, grid=args.grid, patch_size=args.patch_size, vit_width=args.vit_width,
-        vit_depth=args.vit_depth, n_layer=args.n_layer, n_embd=args.n_embd, head_size=args.head_size,
-        data_dependent_lerp=args.token_shift == "data", data_dependent_decay=args.decay == "data",
-        min_objects=args.min_objects, max_objects=args.max_objects, question_types=types,
+        image_size=args.image_size,
+        grid=args.grid,
+        patch_size=args.patch_size,
+        vit_width=args.vit_width,
+        vit_depth=args.vit_depth,
+        n_layer=args.n_layer,
+        n_embd=args.n_embd,
+        head_size=args.head_size,
+        data_dependent_lerp=args.token_shift == "data",
+        data_dependent_decay=args.decay == "data",
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+        question_types=types,
         instruction=args.instruction,
     )
 
@@ -484,12 +569,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         try:
             model.load_state_dict(saved.state_dict())
         except RuntimeError as e:
-            raise ValueError(f"--init-from {args.init_from}: its weights do not fit the model these arguments "
-                             f"build ({e})") from None
+            raise ValueError(
+                f"--init-from {args.init_from}: its weights do not fit the model these arguments build ({e})"
+            ) from None
         del saved
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"toy VisualRWKV: {n_params / 1e6:.2f} M parameters, {model.image_tokens} tokens per image, "
-        f"scan={model.scan!r}, layout={type(model.layout).__name__}, processes={world}, device={device}")
+    log(
+        f"toy VisualRWKV: {n_params / 1e6:.2f} M parameters, {model.image_tokens} tokens per image, "
+        f"scan={model.scan!r}, layout={type(model.layout).__name__}, processes={world}, device={device}"
+    )
     if args.dump_rank_weights is not None and rank == 0:
         from safetensors.torch import save_file
 
@@ -508,12 +596,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     loaders = []
     for n_steps, types in stages:
         stage_set = dataclasses.replace(config, question_types=types).dataset(
-            "train", size=n_steps * args.batch_size, seed=args.seed)
+            "train", size=n_steps * args.batch_size, seed=args.seed
+        )
         sampler = torch.utils.data.DistributedSampler(
             stage_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
         )
-        loaders.append(torch.utils.data.DataLoader(stage_set, batch_size=local_batch, sampler=sampler,
-                                                   collate_fn=collator))
+        loaders.append(
+            torch.utils.data.DataLoader(stage_set, batch_size=local_batch, sampler=sampler, collate_fn=collator)
+        )
     loader = itertools.chain(*loaders)
 
     net = model
@@ -521,8 +611,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay,
-                               encoder_lr_scale=args.encoder_lr_scale)
+    optimizer = make_optimizer(
+        model, lr=args.lr, weight_decay=args.weight_decay, encoder_lr_scale=args.encoder_lr_scale
+    )
     model.train()
     start = last = time.perf_counter()
     history = []
@@ -547,11 +638,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             now = time.perf_counter()
             n = args.log_every if (step + 1) % args.log_every == 0 else (step + 1) % args.log_every
-            entry = dict(step=step + 1, loss=run_loss / n, token_acc=run_correct / max(run_count, 1),
-                         lr=lr_at(step, steps=args.steps, lr=args.lr, warmup=args.warmup), elapsed=now - start)
+            entry = dict(
+                step=step + 1,
+                loss=run_loss / n,
+                token_acc=run_correct / max(run_count, 1),
+                lr=lr_at(step, steps=args.steps, lr=args.lr, warmup=args.warmup),
+                elapsed=now - start,
+            )
             history.append(entry)
-            log(f"step {step + 1:5d}  loss {entry['loss']:.4f}  answer-token acc {100 * entry['token_acc']:5.1f}%  "
-                f"lr {entry['lr']:.2e}  {n / (now - last):.2f} steps/s  ({now - start:.0f}s)")
+            log(
+                f"step {step + 1:5d}  loss {entry['loss']:.4f}  answer-token acc {100 * entry['token_acc']:5.1f}%  "
+                f"lr {entry['lr']:.2e}  {n / (now - last):.2f} steps/s  ({now - start:.0f}s)"
+            )
             run_loss = run_correct = run_count = 0.0
             last = now
         if args.val_every and (step + 1) % args.val_every == 0 and step + 1 < args.steps:
@@ -562,8 +660,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     val_samples = [val[i] for i in range(len(val))]
                 ev = evaluate(model, val_samples, batch_size=args.eval_batch_size, instruction=config.instruction)
                 val_history.append(dict(step=step + 1, accuracy=ev["accuracy"], per_type=ev["per_type"]))
-                log(f"  val exact match {100 * ev['accuracy']:.1f}%: " + ", ".join(
-                    f"{t} {100 * c / n:.0f}" for t, (c, n) in ev["per_type"].items()))
+                log(
+                    f"  val exact match {100 * ev['accuracy']:.1f}%: "
+                    + ", ".join(f"{t} {100 * c / n:.0f}" for t, (c, n) in ev["per_type"].items())
+                )
             last = time.perf_counter()  # evaluation time is not training time
     train_seconds = time.perf_counter() - start
 
@@ -572,8 +672,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         save_file(flat_state_dict(model), str(args.dump_rank_weights / f"rank{rank}.safetensors"))
 
-    result: dict[str, Any] = dict(parameters=n_params, train_seconds=train_seconds, history=history,
-                                  val_history=val_history, world_size=world)
+    result: dict[str, Any] = dict(
+        parameters=n_params, train_seconds=train_seconds, history=history, val_history=val_history, world_size=world
+    )
     if args.eval_size:
         # Each rank scores its own stride of the held-out samples; the counts are summed.
         test_set = config.dataset("test", size=args.eval_size, seed=args.eval_seed)
@@ -585,8 +686,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             dist.all_reduce(counts)
         per_type = {t: [int(c), int(n)] for t, (c, n) in zip(types, counts.tolist()) if n}
         correct, total = sum(c for c, _ in per_type.values()), sum(n for _, n in per_type.values())
-        result["eval"] = dict(correct=correct, total=total, accuracy=correct / max(total, 1), per_type=per_type,
-                              split="test", seed=args.eval_seed)
+        result["eval"] = dict(
+            correct=correct,
+            total=total,
+            accuracy=correct / max(total, 1),
+            per_type=per_type,
+            split="test",
+            seed=args.eval_seed,
+        )
         log(f"held-out exact match on {total} test-split samples:\n" + format_accuracy(result["eval"]))
 
     if rank == 0 and args.out is not None:
@@ -594,18 +701,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # The training recipe travels inside config.json, so evaluate_toy.py and the demo can rebuild the
         # matching dataset and anyone can see how the weights were made.
         metadata = dict(
-            trained_by="examples/train_toy.py", command=launch_command(world, args.argv),
+            trained_by="examples/train_toy.py",
+            command=launch_command(world, args.argv),
             arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "argv"},
-            toy_config=dataclasses.asdict(config), seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-            lr=args.lr, world_size=world, parameters=n_params, train_seconds=round(train_seconds, 1),
+            toy_config=dataclasses.asdict(config),
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            world_size=world,
+            parameters=n_params,
+            train_seconds=round(train_seconds, 1),
             eval=result.get("eval"),
         )
         save_model(model, args.out, dtype=dtype, metadata=metadata)
         log(f"saved to {args.out}")
     if rank == 0 and args.result_json is not None:
         args.result_json.parent.mkdir(parents=True, exist_ok=True)
-        args.result_json.write_text(json.dumps(dict(result, argv=args.argv, toy_config=dataclasses.asdict(config)),
-                                               indent=1) + "\n")
+        args.result_json.write_text(
+            json.dumps(dict(result, argv=args.argv, toy_config=dataclasses.asdict(config)), indent=1) + "\n"
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -54,7 +54,7 @@ class ScannedTimeMix(nn.Module):
             raise ValueError("ScannedTimeMix: an RWKV mixer takes no attention mask")
         spans = [self.span]
         x = permute_spans(x, spans, self.policy, self.layer_index)  # [b, t, c], patches in this layer's order
-        y = self.mix(x)                                              # [b, t, c], token k has read tokens <= k
+        y = self.mix(x)  # [b, t, c], token k has read tokens <= k
         return unpermute_spans(y, spans, self.policy, self.layer_index)  # back to row-major for the next block
 
     def extra_repr(self) -> str:
@@ -76,8 +76,14 @@ class VisionRWKV(nn.Module):
     ``forward(images [b, 3, H, W]) -> logits [b, num_classes]``.
     """
 
-    def __init__(self, vit: timm.models.VisionTransformer, *, scan: ScanPolicy | str = "bidir", cls: str = "first",
-                 head_size: int = 64):
+    def __init__(
+        self,
+        vit: timm.models.VisionTransformer,
+        *,
+        scan: ScanPolicy | str = "bidir",
+        cls: str = "first",
+        head_size: int = 64,
+    ):
         super().__init__()
         if cls not in ("first", "last"):
             raise ValueError(f"cls must be 'first' or 'last', got {cls!r}")
@@ -101,25 +107,31 @@ class VisionRWKV(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The sequence the blocks read: ``[b, R*C + 1, c]``, CLS first or last."""
         vit = self.vit
-        x = vit.patch_embed(images)                        # [b, R*C, c], row-major patches
-        cls = vit.cls_token.expand(x.shape[0], -1, -1)     # [b, 1, c]
-        x = torch.cat([cls, x], dim=1) + vit.pos_embed     # timm's _pos_embed: CLS prepended, positions added
+        x = vit.patch_embed(images)  # [b, R*C, c], row-major patches
+        cls = vit.cls_token.expand(x.shape[0], -1, -1)  # [b, 1, c]
+        x = torch.cat([cls, x], dim=1) + vit.pos_embed  # timm's _pos_embed: CLS prepended, positions added
         if self.cls == "last":
             # Same CLS vector, same position embedding, only read after the patches.
             x = torch.cat([x[:, 1:], x[:, :1]], dim=1)
         return vit.norm_pre(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.vit.blocks(self.tokens(images))           # [b, t, c]
+        x = self.vit.blocks(self.tokens(images))  # [b, t, c]
         x = self.vit.norm(x)
         pooled = x[:, -1] if self.cls == "last" else x[:, 1:].mean(dim=1)  # [b, c]
-        return self.vit.head(self.vit.fc_norm(pooled))     # [b, num_classes]
+        return self.vit.head(self.vit.fc_norm(pooled))  # [b, num_classes]
 
 
 def build_model(*, scan: ScanPolicy | str = "bidir", cls: str = "first", seed: int = 0) -> VisionRWKV:
     torch.manual_seed(seed)  # timm's and TimeMix's initialisations draw from the global generator
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMG_SIZE, patch_size=PATCH_SIZE,
-                            depth=DEPTH, num_classes=NUM_CLASSES)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=IMG_SIZE,
+        patch_size=PATCH_SIZE,
+        depth=DEPTH,
+        num_classes=NUM_CLASSES,
+    )
     return VisionRWKV(vit, scan=scan, cls=cls)
 
 
@@ -133,7 +145,7 @@ def quadrant_images(n: int, *, generator: torch.Generator) -> tuple[torch.Tensor
     for i, label in enumerate(labels.tolist()):
         top = (label // 2) * half + int(offsets[i, 0])
         left = (label % 2) * half + int(offsets[i, 1])
-        images[i, :, top:top + side, left:left + side] += 2.0
+        images[i, :, top : top + side, left : left + side] += 2.0
     return images, labels
 
 
@@ -141,8 +153,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=20, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the synthetic data")
-    p.add_argument("--cls", choices=["first", "last"], default="first",
-                   help="first: timm's layout, pool the patch mean; last: CLS reads every patch, pool from it")
+    p.add_argument(
+        "--cls",
+        choices=["first", "last"],
+        default="first",
+        help="first: timm's layout, pool the patch mean; last: CLS reads every patch, pool from it",
+    )
     p.add_argument("--scan", choices=["unidir", "bidir", "multidir"], default="bidir", help="scan policy")
     return p.parse_args(argv)
 
@@ -154,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     start = time.perf_counter()
     model = build_model(scan=args.scan, cls=args.cls, seed=args.seed)
     images, labels = quadrant_images(256, generator=torch.Generator().manual_seed(args.seed))
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, scan={model.scan!r}, "
-          f"cls={args.cls}, {len(model.vit.blocks)} blocks, sequence of {model.tokens(images[:1]).shape[1]} tokens")
+    print(
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, scan={model.scan!r}, "
+        f"cls={args.cls}, {len(model.vit.blocks)} blocks, sequence of {model.tokens(images[:1]).shape[1]} tokens"
+    )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     batch = torch.Generator().manual_seed(args.seed + 1)
@@ -174,8 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model.eval()
     with torch.no_grad():
         accuracy = (model(images).argmax(dim=-1) == labels).float().mean().item()
-    print(f"train accuracy {accuracy:.1%} on {len(images)} images ({NUM_CLASSES} classes, chance 25%), "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        f"train accuracy {accuracy:.1%} on {len(images)} images ({NUM_CLASSES} classes, chance 25%), "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     return {"losses": losses, "accuracy": accuracy, "model": model}
 
 

@@ -26,11 +26,26 @@ def _fake_results(ab, directory: Path, accuracy_of, steps="600"):
             acc = accuracy_of(label, seed)
             correct = round(acc * 100)
             result = {
-                "eval": {"accuracy": acc, "correct": correct, "total": 100,
-                         "per_type": {"color_at": [correct // 2, 50], "count_color": [correct - correct // 2, 50]}},
-                "history": [{"loss": 0.5}], "train_seconds": 60.0,
-                "argv": ["--steps", steps, "--batch-size", "64", "--lr", "0.0006", "--eval-size", "100",
-                         "--seed", str(seed)],
+                "eval": {
+                    "accuracy": acc,
+                    "correct": correct,
+                    "total": 100,
+                    "per_type": {"color_at": [correct // 2, 50], "count_color": [correct - correct // 2, 50]},
+                },
+                "history": [{"loss": 0.5}],
+                "train_seconds": 60.0,
+                "argv": [
+                    "--steps",
+                    steps,
+                    "--batch-size",
+                    "64",
+                    "--lr",
+                    "0.0006",
+                    "--eval-size",
+                    "100",
+                    "--seed",
+                    str(seed),
+                ],
             }
             (directory / f"{ab['run_name'](changes, seed)}.json").write_text(json.dumps(result))
 
@@ -71,9 +86,28 @@ def test_runs_with_different_budgets_are_refused(ab, tmp_path):
 def test_one_real_run_end_to_end(tmp_path):
     """The sweep launches train_toy.py with the setting's options and reads its result back."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--only", "UniDir", "--seeds", "0", "--steps", "2", "--eval-size", "4",
-         "--jobs", "1", "--results", str(tmp_path / "r"), "--markdown", str(tmp_path / "a.md")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--only",
+            "UniDir",
+            "--seeds",
+            "0",
+            "--steps",
+            "2",
+            "--eval-size",
+            "4",
+            "--jobs",
+            "1",
+            "--results",
+            str(tmp_path / "r"),
+            "--markdown",
+            str(tmp_path / "a.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "r").glob("*.json"))

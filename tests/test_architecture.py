@@ -26,9 +26,18 @@ ENTRY_POINT_EDGES = (("rwkv_vision.models", "rwkv_vision.checkpoint"),)
 #: Layers, from the bottom: a module may import its own layer and the layers below it (module level).
 LAYERS = [
     ("rwkv_vision.errors", "rwkv_vision.registry", "rwkv_vision.ops", "rwkv_vision.image_tokens"),
-    ("rwkv_vision.state", "rwkv_vision.layers", "rwkv_vision.scan", "rwkv_vision.vision", "rwkv_vision.tokenizers",
-     "rwkv_vision.tokenizer", "rwkv_vision.prompt", "rwkv_vision.data", "rwkv_vision.sections",
-     "rwkv_vision.processor"),
+    (
+        "rwkv_vision.state",
+        "rwkv_vision.layers",
+        "rwkv_vision.scan",
+        "rwkv_vision.vision",
+        "rwkv_vision.tokenizers",
+        "rwkv_vision.tokenizer",
+        "rwkv_vision.prompt",
+        "rwkv_vision.data",
+        "rwkv_vision.sections",
+        "rwkv_vision.processor",
+    ),
     ("rwkv_vision.models", "rwkv_vision.generation", "rwkv_vision.chat"),
     ("rwkv_vision.decoding", "rwkv_vision.checkpoint"),
 ]
@@ -138,8 +147,11 @@ def test_lower_layers_never_import_higher_ones():
 
 
 def test_models_import_no_loader_at_module_level():
-    assert not [(s, d) for s, d, top in import_edges() if top and s.startswith("rwkv_vision.models")
-                and d.startswith("rwkv_vision.checkpoint")]
+    assert not [
+        (s, d)
+        for s, d, top in import_edges()
+        if top and s.startswith("rwkv_vision.models") and d.startswith("rwkv_vision.checkpoint")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,11 @@ def test_benchmark_runs_in_tiny_mode(script, header):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), "--tiny", "--device", "cpu", "--warmup", "1", "--repeat", "3"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=BENCH.parent,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -42,27 +46,40 @@ def test_decode_plot_from_a_tiny_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(
         [sys.executable, str(BENCH / "decode.py"), "--tiny", "--device", "cpu", "--warmup", "1", "--repeat", "2"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=BENCH.parent,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     (tmp_path / "decode.md").write_text(run.stdout)
     proc = subprocess.run(
         [sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "decode.md"), "-o", str(tmp_path / "d.png")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "rows not drawn" in proc.stdout and (tmp_path / "d.png").stat().st_size > 10_000
     # The uninstalled peer is reported, not drawn.
     assert "1 rows not drawn" in proc.stdout
-    bad = subprocess.run([sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "nope.md")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(BENCH / "plot_decode.py"), str(tmp_path / "nope.md")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "error" in bad.stderr
 
 
 def test_wkv6_benchmark_quick_cpu_table():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(BENCH / "wkv6.py"), "--quick"], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=BENCH.parent)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "wkv6.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=BENCH.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| device | system | b, t, h, n |" in proc.stdout
     for system in ("rwkv_vision C++ kernel", "wkv6_chunked (PyTorch, chunks of 16)", "wkv6_ref (PyTorch loop)"):
@@ -77,9 +94,11 @@ def test_wkv6_benchmark_rows_choose_their_kernel_by_argument(monkeypatch):
 
     from rwkv_vision.ops import backend_info
 
-    assert bench.CUDA_ROWS == {"rwkv_vision CUDA, recurrent": "cuda_recurrent",
-                               "rwkv_vision CUDA, split forward": "cuda_split",
-                               "rwkv_vision CUDA, chunked": "cuda_chunked"}
+    assert bench.CUDA_ROWS == {
+        "rwkv_vision CUDA, recurrent": "cuda_recurrent",
+        "rwkv_vision CUDA, split forward": "cuda_split",
+        "rwkv_vision CUDA, chunked": "cuda_chunked",
+    }
     systems, built = bench.gpu_systems(), backend_info()["cuda_variants"]
     for name, backend in bench.CUDA_ROWS.items():
         assert (name in systems) == (backend in built)

@@ -22,8 +22,9 @@ N_SAMPLES = 8
 
 
 @torch.no_grad()
-def chat_as_it_was(model, image, question, *, layout=None, tokenizer=None, max_new_tokens=128, streamer=None,
-                   **overrides):
+def chat_as_it_was(
+    model, image, question, *, layout=None, tokenizer=None, max_new_tokens=128, streamer=None, **overrides
+):
     """VisualRWKV.chat before the processor and chat() existed (copied from it)."""
     tok = tokenizer if tokenizer is not None else model.get_tokenizer()
     rows, cols = model.encoder.grid

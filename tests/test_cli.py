@@ -9,14 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
-from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import RWKV6, VisualRWKV, generation
-from rwkv_vision.cli import main
 from rwkv_vision.checkpoint import load_checkpoint
+from rwkv_vision.cli import main
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.tokenizers import WordTokenizer
 from rwkv_vision.vision import tiny_clip
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
+from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 
 RWKV_SIZES = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 VISION_SIZES = dict(width=64, layers=2, patch=14, image=28, mlp=96)
@@ -61,8 +62,21 @@ def test_chat_streams_the_answer(chat_model, image_file, capsys, monkeypatch):
             super().__call__(row, token)
 
     monkeypatch.setattr(generation, "TextStreamer", Recording)
-    argv = ["chat", str(image_file), "What color is the circle?", "--model", str(chat_model),
-            "--max-new-tokens", "4", "--scan", "multidir", "--layout", "image_first", "--dtype", "float32"]
+    argv = [
+        "chat",
+        str(image_file),
+        "What color is the circle?",
+        "--model",
+        str(chat_model),
+        "--max-new-tokens",
+        "4",
+        "--scan",
+        "multidir",
+        "--layout",
+        "image_first",
+        "--dtype",
+        "float32",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out == "red red red red\n"

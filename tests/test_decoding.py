@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rwkv_vision import RWKV6, RWKVState
+from rwkv_vision.decoding import Decoder
+from rwkv_vision.generation import GenerationConfig, generate
+
 from reference.fixtures import one_cpu_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
-from rwkv_vision import RWKV6, RWKVState
-from rwkv_vision.generation import GenerationConfig, generate
-from rwkv_vision.decoding import Decoder
 
 SIZES = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 
@@ -60,8 +61,17 @@ def test_chunked_prefill_then_steps_equal_one_pass(model, chunk_size):
 @pytest.mark.parametrize("lerp,decay", [(False, False), (True, False), (False, True)])
 def test_static_lerp_and_decay_variants(lerp, decay):
     torch.manual_seed(1)
-    m = RWKV6(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=40,
-              data_dependent_lerp=lerp, data_dependent_decay=decay).eval()
+    m = RWKV6(
+        n_layer=2,
+        n_embd=32,
+        head_size=8,
+        dim_ffn=64,
+        d_mix=4,
+        d_decay=6,
+        vocab_size=40,
+        data_dependent_lerp=lerp,
+        data_dependent_decay=decay,
+    ).eval()
     with torch.no_grad():
         for p in m.parameters():  # move off the near-identity init so every term shows in the logits
             p.add_(torch.randn_like(p) * 0.1)
@@ -166,9 +176,10 @@ def test_bad_arguments_name_themselves(model):
 
 
 def test_visualrwkv_chunked_prefill_equals_one_pass():
-    from reference.visualrwkv_ref import random_visualrwkv_checkpoint
-    from rwkv_vision.models.visualrwkv import VisualRWKV
     from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
+    from rwkv_vision.models.visualrwkv import VisualRWKV
+
+    from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 
     sizes = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
     vision = dict(width=64, layers=1, patch=14, image=28, mlp=96)  # 2 x 2 grid + CLS = 5 tokens

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
 from rwkv_vision import RWKV6
-from rwkv_vision.generation import GenerationConfig, generate
 from rwkv_vision.decoding import Decoder
+from rwkv_vision.generation import GenerationConfig, generate
+
+from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
 
 pytestmark = pytest.mark.cuda
 

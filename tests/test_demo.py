@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import demo as demo_module
 from rwkv_vision.data import ShapesVQA
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,9 @@ def test_demo_script_streams_answers_and_writes_pngs(tmp_path):
     out_dir = tmp_path / "pngs"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--num-images", "2", "--output-dir", str(out_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pngs = sorted(out_dir.glob("*.png"))

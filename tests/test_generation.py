@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import GenerationConfig, create_model, generate
 from rwkv_vision.generation import TextStreamer, sample_next_token
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def _greedy_by_rerunning(model, prompt, n):
     for _ in range(n):
         logits, _ = model(input_ids=torch.tensor([ids]))
         ids.append(int(logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_greedy_equals_argmax_of_full_reruns(model):

@@ -29,5 +29,7 @@ def outputs(tmp_path_factory):
 def test_every_output_is_bit_identical_to_before_the_refactor(outputs):
     expected = load_file(str(GOLDEN))
     assert sorted(outputs) == sorted(expected)
-    different = [k for k in expected if outputs[k].dtype != expected[k].dtype or not torch.equal(outputs[k], expected[k])]
+    different = [
+        k for k in expected if outputs[k].dtype != expected[k].dtype or not torch.equal(outputs[k], expected[k])
+    ]
     assert not different, f"outputs changed: {different}"

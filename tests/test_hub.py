@@ -12,8 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
-from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 from rwkv_vision import GatedMLPProjector, ImageLast, MultiDir, Sandwich, VisualRWKV
 from rwkv_vision.checkpoint import (
     OFFICIAL_PREFIXES,
@@ -23,6 +21,7 @@ from rwkv_vision.checkpoint import (
     resolve_checkpoint,
     save_pretrained,
 )
+from rwkv_vision.checkpoint import official as official_layouts
 from rwkv_vision.checkpoint.config_json import (
     FORMAT_VERSION,
     encoder_from_config,
@@ -33,10 +32,12 @@ from rwkv_vision.checkpoint.config_json import (
 from rwkv_vision.errors import StateDictError
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.models import RWKV6
-from rwkv_vision.checkpoint import official as official_layouts
 from rwkv_vision.scan import BiDir, Custom, ScanPolicy, Snake, UniDir, Zigzag
 from rwkv_vision.tokenizers import WordTokenizer
 from rwkv_vision.vision import ImagePreprocessor, timm_vit
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
+from reference.visualrwkv_ref import random_visualrwkv_checkpoint
 
 RWKV_SIZES = dict(n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 VISION_SIZES = dict(width=64, layers=2, patch=14, image=28, mlp=96)
@@ -73,8 +74,12 @@ def word_model() -> VisualRWKV:
     rwkv = RWKV6(n_layer=3, n_embd=32, head_size=16, d_mix=4, d_decay=8, vocab_size=tok.vocab_size)
     perms = [torch.randperm(4, generator=torch.Generator().manual_seed(i)).tolist() for i in range(2)] + [None]
     return VisualRWKV(
-        rwkv=rwkv, encoder=encoder, proj=GatedMLPProjector(192, 32, hidden_features=48), scan=Custom(perms),
-        layout=ImageLast(user_role="Q", assistant_role="A"), tokenizer=tok,
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=GatedMLPProjector(192, 32, hidden_features=48),
+        scan=Custom(perms),
+        layout=ImageLast(user_role="Q", assistant_role="A"),
+        tokenizer=tok,
         preprocessor=ImagePreprocessor(40, crop_size=32, resample="bilinear", alpha="white"),
     ).eval()
 
@@ -162,8 +167,8 @@ def test_directory_round_trip_of_an_assembled_model(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "policy", [UniDir(), BiDir(), MultiDir(), Snake(bidirectional=True), Zigzag(transpose=True),
-               Custom([[1, 0, 3, 2], None])],
+    "policy",
+    [UniDir(), BiDir(), MultiDir(), Snake(bidirectional=True), Zigzag(transpose=True), Custom([[1, 0, 3, 2], None])],
 )
 def test_every_scan_policy_round_trips(policy):
     data = json.loads(json.dumps(scan_to_config(policy)))
@@ -337,10 +342,22 @@ def _corrupt(kind, pth, saved_dir, tmp_path):
     }[kind]
 
 
-@pytest.mark.parametrize("kind", [
-    "truncated pth", "random pth", "empty pth", "unsafe pickle", "truncated safetensors", "bad header",
-    "no config", "no weights", "unknown field", "future version", "bad json",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated pth",
+        "random pth",
+        "empty pth",
+        "unsafe pickle",
+        "truncated safetensors",
+        "bad header",
+        "no config",
+        "no weights",
+        "unknown field",
+        "future version",
+        "bad json",
+    ],
+)
 def test_corrupt_files_give_clear_errors(kind, pth, saved_dir, tmp_path):
     path, message = _corrupt(kind, pth, saved_dir, tmp_path)
     with pytest.raises(CheckpointError, match=message) as info:

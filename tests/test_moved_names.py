@@ -56,20 +56,41 @@ def test_old_path_warns_and_gives_the_same_object(module, name, obj, new_home):
     assert scope["again"] is obj
 
 
-@pytest.mark.parametrize("module", ["rwkv_vision.layers.projector", "rwkv_vision.tokenizer",
-                                    "rwkv_vision.data.word_tokenizer", "rwkv_vision.layers", "rwkv_vision.prompt"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rwkv_vision.layers.projector",
+        "rwkv_vision.tokenizer",
+        "rwkv_vision.data.word_tokenizer",
+        "rwkv_vision.layers",
+        "rwkv_vision.prompt",
+    ],
+)
 def test_unknown_names_are_still_attribute_errors(module):
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         importlib.import_module(module).nope  # noqa: B018
 
 
 def test_importing_the_package_and_the_new_homes_warns_nothing():
-    modules = ["rwkv_vision", "rwkv_vision.layers", "rwkv_vision.data", "rwkv_vision.tokenizers", "rwkv_vision.vision",
-               "rwkv_vision.image_tokens", "rwkv_vision.registry", "rwkv_vision.processor", "rwkv_vision.chat",
-               "rwkv_vision.cli", "rwkv_vision.demo", "rwkv_vision.checkpoint", "rwkv_vision.decoding"]
+    modules = [
+        "rwkv_vision",
+        "rwkv_vision.layers",
+        "rwkv_vision.data",
+        "rwkv_vision.tokenizers",
+        "rwkv_vision.vision",
+        "rwkv_vision.image_tokens",
+        "rwkv_vision.registry",
+        "rwkv_vision.processor",
+        "rwkv_vision.chat",
+        "rwkv_vision.cli",
+        "rwkv_vision.demo",
+        "rwkv_vision.checkpoint",
+        "rwkv_vision.decoding",
+    ]
     code = "; ".join(f"import {m}" for m in modules)
-    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
 
 

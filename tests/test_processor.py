@@ -69,8 +69,11 @@ def test_inputs_equal_what_chat_built(toy, samples, case):
     elif case == "text only":
         image = None
     elif case == "conversation":
-        question = [("user", f"<image>\n{samples[0].question}"), ("assistant", samples[0].answer),
-                    {"role": "user", "content": samples[1].question}]
+        question = [
+            ("user", f"<image>\n{samples[0].question}"),
+            ("assistant", samples[0].answer),
+            {"role": "user", "content": samples[1].question},
+        ]
     elif case == "layout":
         kwargs = {"layout": "image_first"}
     elif case == "tokenizer":
@@ -83,7 +86,12 @@ def test_inputs_equal_what_chat_built(toy, samples, case):
     if pixels is None:
         assert out.pixel_values is None
     else:
-        assert torch.equal(out.pixel_values, pixels) and out.pixel_values.shape == (len(image) if isinstance(image, list) else 1, 3, 48, 48)
+        assert torch.equal(out.pixel_values, pixels) and out.pixel_values.shape == (
+            len(image) if isinstance(image, list) else 1,
+            3,
+            48,
+            48,
+        )
     assert processor.stop_token_ids == stop
     assert (out.input_ids == IMAGE_TOKEN_INDEX).sum() == (0 if pixels is None else pixels.shape[0])
 

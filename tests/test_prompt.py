@@ -143,7 +143,9 @@ def test_get_layout_and_grid():
 
 def test_expand_image_embeddings_matches_manual_concatenation():
     emb = torch.nn.Embedding(50, 3, dtype=torch.float64)
-    ids = torch.tensor([[5, IMAGE_TOKEN_INDEX, 6, 7, IMAGE_TOKEN_INDEX], [IMAGE_TOKEN_INDEX, 1, 2, IMAGE_TOKEN_INDEX, 3]])
+    ids = torch.tensor(
+        [[5, IMAGE_TOKEN_INDEX, 6, 7, IMAGE_TOKEN_INDEX], [IMAGE_TOKEN_INDEX, 1, 2, IMAGE_TOKEN_INDEX, 3]]
+    )
     images = torch.randn(4, 5, 3)  # 2 x 2 grid + CLS, float32: cast to the text dtype
     x, spans = expand_image_embeddings(ids, images, emb)
     e = emb.weight

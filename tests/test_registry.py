@@ -94,12 +94,28 @@ def test_taken_names_override_and_unregister():
 
 
 def test_the_library_components_are_registered():
-    assert dict(SCANS) == {"unidir": UniDir, "bidir": BiDir, "multidir": MultiDir, "snake": Snake,
-                           "zigzag": Zigzag, "custom": Custom}
-    assert dict(LAYOUTS) == {"image_first": ImageFirst, "image_last": ImageLast, "sandwich": Sandwich,
-                             "first": ImageFirst, "last": ImageLast, "middle": Sandwich}
-    assert dict(PROJECTORS) == {"linear": LinearProjector, "mlp": MLPProjector, "gated_mlp": GatedMLPProjector,
-                                "mlp2x_gelu": MLPProjector}
+    assert dict(SCANS) == {
+        "unidir": UniDir,
+        "bidir": BiDir,
+        "multidir": MultiDir,
+        "snake": Snake,
+        "zigzag": Zigzag,
+        "custom": Custom,
+    }
+    assert dict(LAYOUTS) == {
+        "image_first": ImageFirst,
+        "image_last": ImageLast,
+        "sandwich": Sandwich,
+        "first": ImageFirst,
+        "last": ImageLast,
+        "middle": Sandwich,
+    }
+    assert dict(PROJECTORS) == {
+        "linear": LinearProjector,
+        "mlp": MLPProjector,
+        "gated_mlp": GatedMLPProjector,
+        "mlp2x_gelu": MLPProjector,
+    }
     assert dict(TOKENIZERS) == {"world": WorldTokenizer, "word": WordTokenizer}
     assert {"clip-vit-l14-336", "tiny-clip"} <= set(ENCODERS.names()) and ENCODERS.get("tiny-clip") is tiny_clip
     assert list_encoders() == ENCODERS.names()
@@ -205,8 +221,11 @@ def test_a_registered_policy_with_options_is_not_silently_saved_without_them():
 def test_config_sections_keep_their_format():
     assert layout_to_config(ImageFirst()) == {"name": "image_first", "user_role": "User", "assistant_role": "Assistant"}
     assert layout_from_config({"name": "image_last", "user_role": "U", "assistant_role": "A"}) == ImageLast(
-        user_role="U", assistant_role="A")
-    with pytest.raises(CheckpointError, match=r"layout.name must be one of \['image_first', 'image_last', 'sandwich'\]"):
+        user_role="U", assistant_role="A"
+    )
+    with pytest.raises(
+        CheckpointError, match=r"layout.name must be one of \['image_first', 'image_last', 'sandwich'\]"
+    ):
         layout_from_config({"name": "first", "user_role": "U", "assistant_role": "A"})  # aliases are not written
     data = projector_to_config(MLPProjector(4, 6, hidden_features=5))
     assert data == {"type": "mlp", "in_features": 4, "out_features": 6, "hidden_features": 5, "bias": True}

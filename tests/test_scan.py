@@ -23,8 +23,16 @@ from rwkv_vision.scan import (
     unpermute_spans,
 )
 
-SQUARE_OK = [UniDir(), BiDir(), MultiDir(), Snake(), Snake(bidirectional=True), Zigzag(), Zigzag(bidirectional=True),
-             Zigzag(transpose=True)]
+SQUARE_OK = [
+    UniDir(),
+    BiDir(),
+    MultiDir(),
+    Snake(),
+    Snake(bidirectional=True),
+    Zigzag(),
+    Zigzag(bidirectional=True),
+    Zigzag(transpose=True),
+]
 ANY_GRID = [UniDir(), BiDir(), Snake(), Snake(bidirectional=True), Zigzag(), Zigzag(bidirectional=True)]
 
 fast = settings(max_examples=40, deadline=None)
@@ -233,9 +241,7 @@ def multidir_reference_layer(x, span: ImageSpan, layer, block):
     return x
 
 
-@pytest.mark.parametrize(
-    "policy,reference", [(BiDir(), official_bidir_layer), (MultiDir(), multidir_reference_layer)]
-)
+@pytest.mark.parametrize("policy,reference", [(BiDir(), official_bidir_layer), (MultiDir(), multidir_reference_layer)])
 def test_scanned_stack_matches_reference(policy, reference):
     x = torch.randn(2, 3 + 10 + 4, 6, dtype=torch.float64)
     span = ImageSpan(3, 3, 3)  # 9 patches then CLS at 12

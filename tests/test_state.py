@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import RWKVState, create_model
 from rwkv_vision.state import LayerState
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

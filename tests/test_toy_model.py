@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import VisualRWKV
 from rwkv_vision.data import ShapesVQA, WordTokenizer, exact_match
 from rwkv_vision.pretrained import TOY_MODEL, list_pretrained, load_toy_model, path
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 N_QUESTIONS = 20  # test-split samples 0..19 of seed 0: scenes that never occur in training
 
@@ -46,7 +47,10 @@ def test_shipped_files_are_small_and_say_how_they_were_made():
 def test_loads_through_the_same_path_as_any_saved_model(model):
     again = VisualRWKV.from_pretrained(path())
     assert not model.training
-    assert isinstance(model.get_tokenizer(), WordTokenizer) and model.image_preprocessor.size == model.encoder.image_size[0]
+    assert (
+        isinstance(model.get_tokenizer(), WordTokenizer)
+        and model.image_preprocessor.size == model.encoder.image_size[0]
+    )
     assert repr(model.scan) == "BiDir()" and type(model.layout).__name__ == "Sandwich"
     for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -65,8 +69,9 @@ def test_answers_held_out_questions(model, samples):
 
 
 def test_batched_evaluation_equals_one_by_one_chat(model, samples):
-    evaluate = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "train_toy.py"),
-                              run_name="train_toy")["evaluate"]
+    evaluate = runpy.run_path(
+        str(Path(__file__).resolve().parents[1] / "examples" / "train_toy.py"), run_name="train_toy"
+    )["evaluate"]
     result = evaluate(model, samples, batch_size=8)
     chat = [model.chat(s.image, s.question, max_new_tokens=4) for s in samples]
     assert [p for _, p, _, _ in result["predictions"]] == chat

@@ -13,15 +13,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference.fixtures import one_cpu_thread  # noqa: F401
 from rwkv_vision import VisualRWKV
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
+
+from reference.fixtures import one_cpu_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_toy.py"
 # A model of a few thousand parameters: these tests check the plumbing, not learning.
-TINY = ["--image-size", "32", "--grid", "2", "--vit-width", "64", "--vit-depth", "1", "--n-layer", "2",
-        "--n-embd", "64", "--head-size", "32"]
+TINY = [
+    "--image-size",
+    "32",
+    "--grid",
+    "2",
+    "--vit-width",
+    "64",
+    "--vit-depth",
+    "1",
+    "--n-layer",
+    "2",
+    "--n-embd",
+    "64",
+    "--head-size",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +58,9 @@ def test_labels_score_exactly_the_answer_and_stop_token(toy, layout):
     tok = model.get_tokenizer()
     for row, s in enumerate(samples):
         # prompt + answer is exactly the whole conversation tokenised turn by turn (the training format)
-        full = model.layout.tokenize([("user", s.question), ("assistant", s.answer)], tok, num_images=1,
-                                     add_generation_prompt=False).input_ids
+        full = model.layout.tokenize(
+            [("user", s.question), ("assistant", s.answer)], tok, num_images=1, add_generation_prompt=False
+        ).input_ids
         scored = labels[row][labels[row] != -100].tolist()
         assert scored == tok.encode(" " + s.answer) + [tok.stop_token_ids[0]]
         n_text = len(full) - 1  # the input stops before the stop token; padding follows
@@ -58,8 +74,27 @@ def test_labels_score_exactly_the_answer_and_stop_token(toy, layout):
 
 def test_one_process_trains_evaluates_saves_and_reloads(toy, tmp_path, capsys):
     out = tmp_path / "model"
-    result = toy["main"]([*TINY, "--steps", "3", "--batch-size", "4", "--eval-size", "6", "--log-every", "1",
-                          "--out", str(out), "--scan", "multidir", "--layout", "first", "--decay", "static"])
+    result = toy["main"](
+        [
+            *TINY,
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--eval-size",
+            "6",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+            "--scan",
+            "multidir",
+            "--layout",
+            "first",
+            "--decay",
+            "static",
+        ]
+    )
     assert result["eval"]["total"] == 6 and 0.0 <= result["eval"]["accuracy"] <= 1.0
     assert len(result["history"]) == 3
     text = capsys.readouterr().out
@@ -74,12 +109,50 @@ def test_one_process_trains_evaluates_saves_and_reloads(toy, tmp_path, capsys):
     assert metadata["arguments"]["steps"] == 3 and metadata["arguments"]["scan"] == "multidir"
 
     # A second run can continue from the saved weights; a model of other sizes is refused by name.
-    again = toy["main"]([*TINY, "--steps", "1", "--batch-size", "4", "--eval-size", "0", "--quiet",
-                         "--scan", "multidir", "--layout", "first", "--decay", "static", "--init-from", str(out)])
+    again = toy["main"](
+        [
+            *TINY,
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--eval-size",
+            "0",
+            "--quiet",
+            "--scan",
+            "multidir",
+            "--layout",
+            "first",
+            "--decay",
+            "static",
+            "--init-from",
+            str(out),
+        ]
+    )
     assert again["history"][0]["loss"] < result["history"][0]["loss"]
     with pytest.raises(ValueError, match="--init-from"):
-        toy["main"]([*TINY[:-6], "--n-layer", "1", "--n-embd", "64", "--head-size", "32", "--steps", "1",
-                     "--batch-size", "4", "--eval-size", "0", "--quiet", "--decay", "static", "--init-from", str(out)])
+        toy["main"](
+            [
+                *TINY[:-6],
+                "--n-layer",
+                "1",
+                "--n-embd",
+                "64",
+                "--head-size",
+                "32",
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--eval-size",
+                "0",
+                "--quiet",
+                "--decay",
+                "static",
+                "--init-from",
+                str(out),
+            ]
+        )
 
 
 def test_bad_arguments_are_named():
@@ -94,9 +167,28 @@ def test_two_ddp_processes_end_with_identical_updated_weights(tmp_path):
     """torchrun, 2 processes, gloo on CPU: after 3 steps both ranks hold the same weights, which moved."""
     dump = tmp_path / "weights"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(SCRIPT), *TINY, "--steps", "3", "--batch-size", "4", "--eval-size", "4", "--device", "cpu",
-           "--dump-rank-weights", str(dump), "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPT),
+        *TINY,
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-size",
+        "4",
+        "--device",
+        "cpu",
+        "--dump-rank-weights",
+        str(dump),
+        "--log-every",
+        "1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes=2" in proc.stdout and proc.stdout.count("held-out exact match") == 1  # rank 0 only

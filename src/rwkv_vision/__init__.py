@@ -14,43 +14,65 @@ policies, layouts, projectors, encoders, tokenizers) are listed in their ``regis
 recurrence itself is ``ops.wkv6`` (C++/CUDA kernels with a pure-PyTorch twin).
 """
 
-from . import ops
-from .ops import wkv6, wkv6_ref
-
 # Vision side: preprocessing, encoders, projectors.
-from . import vision
-from .vision import ImagePreprocessor, VisionEncoder
-from .vision.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
-
 # Text side and the sequence: tokenizers, image tokens, prompt layouts, scan policies.
-from . import tokenizers
-from .tokenizers import Tokenizer, WordTokenizer, WorldTokenizer
+from . import ops, prompt, scan, tokenizers, vision
+from .chat import chat
+from .generation import GenerationConfig, generate
 from .image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
-from . import prompt, scan
+from .models import RWKV6, create_model
+from .models.visualrwkv import VisualRWKV
+from .ops import wkv6, wkv6_ref
+from .processor import VisualRWKVProcessor
 from .prompt import ImageFirst, ImageLast, Sandwich
-from .scan import BiDir, Custom, MultiDir, ScannedBlock, Snake, UniDir, Zigzag
 from .registry import Registry
+from .scan import BiDir, Custom, MultiDir, ScannedBlock, Snake, UniDir, Zigzag
 
 # The language model, its state, generation, and the VLM.
 from .state import RWKVState
-from .models import RWKV6, create_model
-from .generation import GenerationConfig, generate
-from .models.visualrwkv import VisualRWKV
-from .processor import VisualRWKVProcessor
-from .chat import chat
+from .tokenizers import Tokenizer, WordTokenizer, WorldTokenizer
+from .vision import ImagePreprocessor, VisionEncoder
+from .vision.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "wkv6", "wkv6_ref",
-    "vision", "ImagePreprocessor", "VisionEncoder",
-    "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector",
-    "tokenizers", "Tokenizer", "WorldTokenizer", "WordTokenizer",
-    "IMAGE_TOKEN_INDEX", "ImageSpan",
-    "prompt", "ImageFirst", "ImageLast", "Sandwich",
-    "scan", "UniDir", "BiDir", "MultiDir", "Snake", "Zigzag", "Custom", "ScannedBlock",
+    "ops",
+    "wkv6",
+    "wkv6_ref",
+    "vision",
+    "ImagePreprocessor",
+    "VisionEncoder",
+    "LinearProjector",
+    "MLPProjector",
+    "GatedMLPProjector",
+    "create_projector",
+    "tokenizers",
+    "Tokenizer",
+    "WorldTokenizer",
+    "WordTokenizer",
+    "IMAGE_TOKEN_INDEX",
+    "ImageSpan",
+    "prompt",
+    "ImageFirst",
+    "ImageLast",
+    "Sandwich",
+    "scan",
+    "UniDir",
+    "BiDir",
+    "MultiDir",
+    "Snake",
+    "Zigzag",
+    "Custom",
+    "ScannedBlock",
     "Registry",
-    "RWKVState", "RWKV6", "create_model", "GenerationConfig", "generate",
-    "VisualRWKV", "VisualRWKVProcessor", "chat",
+    "RWKVState",
+    "RWKV6",
+    "create_model",
+    "GenerationConfig",
+    "generate",
+    "VisualRWKV",
+    "VisualRWKVProcessor",
+    "chat",
     "__version__",
 ]

@@ -58,7 +58,10 @@ def chat(
     inputs = processor(image, question, device=device, dtype=dtype)
     generation_overrides.setdefault("stop_tokens", processor.stop_token_ids)
     out = model.generate(
-        inputs.input_ids, inputs.pixel_values, max_new_tokens=max_new_tokens, streamer=streamer,
+        inputs.input_ids,
+        inputs.pixel_values,
+        max_new_tokens=max_new_tokens,
+        streamer=streamer,
         **generation_overrides,
     )
     return extract_answer(processor.decode(out.tokens[0]))

@@ -42,8 +42,12 @@ def _load(args, **kwargs):
     from .models.visualrwkv import VisualRWKV
 
     return VisualRWKV.from_pretrained(
-        args.model if hasattr(args, "model") else args.source, args.filename, args.revision,
-        dtype=parse_dtype(getattr(args, "dtype", None)), device=getattr(args, "device", None), **kwargs,
+        args.model if hasattr(args, "model") else args.source,
+        args.filename,
+        args.revision,
+        dtype=parse_dtype(getattr(args, "dtype", None)),
+        device=getattr(args, "device", None),
+        **kwargs,
     )
 
 
@@ -77,12 +81,18 @@ def _chat(args) -> int:
         seen[0] += text
         answer = seen[0].split("\n\n")[0].lstrip()
         if len(answer) > len(shown[0]) and answer.startswith(shown[0]):
-            sys.stdout.write(answer[len(shown[0]):])
+            sys.stdout.write(answer[len(shown[0]) :])
             sys.stdout.flush()
             shown[0] = answer
 
-    chat(model, processor, image, question, max_new_tokens=args.max_new_tokens,
-         streamer=TextStreamer(processor.tokenizer, on_text=on_text))
+    chat(
+        model,
+        processor,
+        image,
+        question,
+        max_new_tokens=args.max_new_tokens,
+        streamer=TextStreamer(processor.tokenizer, on_text=on_text),
+    )
     sys.stdout.write("\n")
     sys.stdout.flush()
     return 0
@@ -117,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="answer a question about an image (streamed to stdout)")
     p.add_argument("image", nargs="?", default=None, metavar="IMAGE", help="an image file (omit for text only)")
     p.add_argument("question", metavar="QUESTION")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"directory, file, Hub repo id or released name (default {DEFAULT_MODEL}, downloads 3.8 GB)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"directory, file, Hub repo id or released name (default {DEFAULT_MODEL}, downloads 3.8 GB)",
+    )
     _add_source(p)
     p.add_argument("--layout", default=None, choices=layouts, help="where the image goes (default: the model's)")
     p.add_argument("--scan", default=None, choices=scans, help="patch order per layer (default: the model's)")

@@ -32,8 +32,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -204,7 +205,9 @@ class Decoder:
                 raise ValueError("Decoder.prefill: inputs_embeds must be a [b, t, c] tensor")
             self._check_batch(inputs_embeds.shape[0], "inputs_embeds")
             logits, state = self.rwkv(
-                inputs_embeds=inputs_embeds.to(self.device), state=self._views(), chunk_size=chunk_size,
+                inputs_embeds=inputs_embeds.to(self.device),
+                state=self._views(),
+                chunk_size=chunk_size,
                 logits_to_keep=1,
             )
             self.load_state(state)
@@ -258,10 +261,10 @@ class Decoder:
         step = chunk_size or ids.shape[1]
         logits = None
         for start in range(0, ids.shape[1], step):
-            chunk = ids[:, start:start + step]
-            chunk_images = is_image[:, start:start + step]
+            chunk = ids[:, start : start + step]
+            chunk_images = is_image[:, start : start + step]
             if chunk_images.any():
-                pixels = pixel_values[image_index[:, start:start + step][chunk_images].to(pixel_values.device)]
+                pixels = pixel_values[image_index[:, start : start + step][chunk_images].to(pixel_values.device)]
                 pixels = pixels.to(self.device)
                 logits, state = self.model(chunk, pixels, state, logits_to_keep=1)
             else:
@@ -401,12 +404,16 @@ class Decoder:
             frozen[row] = self._views(slice(row, row + 1)).clone()
 
         tokens, reasons = decode_loop(
-            logits, lambda picked, running: self.step(picked), config, streamer=streamer, generator=generator,
+            logits,
+            lambda picked, running: self.step(picked),
+            config,
+            streamer=streamer,
+            generator=generator,
             on_stop=freeze,
         )
         state = self.state
         for row, saved in frozen.items():
             for layer, old in zip(state, saved):
                 for name in ("att_shift", "wkv", "ffn_shift"):
-                    getattr(layer, name)[row:row + 1].copy_(getattr(old, name))
+                    getattr(layer, name)[row : row + 1].copy_(getattr(old, name))
         return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state)

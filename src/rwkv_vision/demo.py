@@ -34,25 +34,30 @@ PNG_SCALE = 8  # 48 px -> 384 px
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the demo's options to ``parser`` (used by ``rwkv-vision demo`` and ``python -m rwkv_vision.demo``)."""
     parser.add_argument("--image", default=None, help="your own image (any format PIL reads); needs --question")
-    parser.add_argument("--question", default=None,
-                        help="your question (with --image: about that image; alone: about each demo image)")
-    parser.add_argument("--model", default=None,
-                        help="a saved model directory (default: the shipped shapes-vqa-tiny)")
+    parser.add_argument(
+        "--question", default=None, help="your question (with --image: about that image; alone: about each demo image)"
+    )
+    parser.add_argument("--model", default=None, help="a saved model directory (default: the shipped shapes-vqa-tiny)")
     parser.add_argument("--num-images", type=int, default=4, help="held-out ShapesVQA images to show")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out (test split) image stream")
     parser.add_argument("--start", type=int, default=0, help="index of the first test-split sample shown")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the PNG files are written")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (1: this model is too small to gain from more, and on busy cores "
-                             "extra threads mostly wait for each other)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (1: this model is too small to gain from more, and on busy cores "
+        "extra threads mostly wait for each other)",
+    )
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rwkv-vision demo", description=__doc__.split("\n\n")[0],
+        prog="rwkv-vision demo",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     return add_arguments(parser)
@@ -104,8 +109,12 @@ def answer_streamed(
 
 
 EXAMPLE_QUESTIONS = (
-    "What color is the shape in the top left?", "What shape is in the center?", "How many red shapes are there?",
-    "How many circles are there?", "What is left of the red square?", "Is there a yellow circle?",
+    "What color is the shape in the top left?",
+    "What shape is in the center?",
+    "How many red shapes are there?",
+    "How many circles are there?",
+    "What is left of the red square?",
+    "Is there a yellow circle?",
 )
 
 
@@ -197,8 +206,11 @@ def run_demo(
         if truth is not None:
             mark = "correct" if exact_match(r["answer"], truth) else "WRONG"
             print(f"truth:    {truth}  ({mark})", file=out)
-        print(f"time to first token {_ms(r['time_to_first_token'])}, "
-              f"{_ms(r['time_per_token'])} per further token ({len(r['tokens'])} tokens incl. stop)", file=out)
+        print(
+            f"time to first token {_ms(r['time_to_first_token'])}, "
+            f"{_ms(r['time_per_token'])} per further token ({len(r['tokens'])} tokens incl. stop)",
+            file=out,
+        )
         records.append(dict(r, question=q, truth=truth, png=str(png)))
 
     with torch.inference_mode():
@@ -229,8 +241,14 @@ def demo(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         run_demo(
-            model=args.model, image=args.image, question=args.question, num_images=args.num_images,
-            seed=args.seed, start=args.start, output_dir=args.output_dir, max_new_tokens=args.max_new_tokens,
+            model=args.model,
+            image=args.image,
+            question=args.question,
+            num_images=args.num_images,
+            seed=args.seed,
+            start=args.start,
+            output_dir=args.output_dir,
+            max_new_tokens=args.max_new_tokens,
             device=args.device,
         )
     except ValueError as e:  # bad input: an unreadable image, a word the model does not know, ...

@@ -17,8 +17,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["RWKVVisionError", "ConfigError", "CheckpointError", "StateDictError", "UnknownNameError", "ExtensionError",
-           "natural_key"]
+__all__ = [
+    "RWKVVisionError",
+    "ConfigError",
+    "CheckpointError",
+    "StateDictError",
+    "UnknownNameError",
+    "ExtensionError",
+    "natural_key",
+]
 
 
 class RWKVVisionError(ValueError):

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -229,8 +230,7 @@ def _prefill(model, rows, state, config: GenerationConfig, device) -> tuple[torc
     if state is not None and not hasattr(state, "select"):
         raise ValueError("generate: prompts of different lengths need a state with select() (or no state)")
     results = [
-        run(torch.tensor([r], dtype=torch.long), None if state is None else state.select(i))
-        for i, r in enumerate(rows)
+        run(torch.tensor([r], dtype=torch.long), None if state is None else state.select(i)) for i, r in enumerate(rows)
     ]
     states = [s for _, s in results]
     if not hasattr(type(states[0]), "cat"):

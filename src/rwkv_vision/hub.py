@@ -9,7 +9,8 @@ import warnings
 
 warnings.warn(
     "rwkv_vision.hub is deprecated; use rwkv_vision.checkpoint (e.g. rwkv_vision.checkpoint.from_pretrained)",
-    DeprecationWarning, stacklevel=2,
+    DeprecationWarning,
+    stacklevel=2,
 )
 
 from .checkpoint import *  # noqa: E402,F401,F403

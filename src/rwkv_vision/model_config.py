@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 
 warnings.warn(
-    "rwkv_vision.model_config is deprecated; use rwkv_vision.checkpoint.config_json", DeprecationWarning,
+    "rwkv_vision.model_config is deprecated; use rwkv_vision.checkpoint.config_json",
+    DeprecationWarning,
     stacklevel=2,
 )
 

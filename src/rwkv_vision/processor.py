@@ -102,16 +102,27 @@ class VisualRWKVProcessor:
             (default: :class:`~rwkv_vision.prompt.Sandwich` at 24 x 24, CLS last — CLIP ViT-L/14-336).
     """
 
-    def __init__(self, tokenizer: Any = None, image_processor: ImagePreprocessor | None = None,
-                 layout: PromptLayout | str | None = None):
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        image_processor: ImagePreprocessor | None = None,
+        layout: PromptLayout | str | None = None,
+    ):
         if image_processor is not None and not callable(image_processor):
-            raise TypeError(f"image_processor must be an ImagePreprocessor (or None), got {type(image_processor).__name__}")
+            raise TypeError(
+                f"image_processor must be an ImagePreprocessor (or None), got {type(image_processor).__name__}"
+            )
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.layout = get_layout(layout)
 
-    def replace(self, *, tokenizer: Any = None, image_processor: ImagePreprocessor | None = None,
-                layout: PromptLayout | str | None = None) -> VisualRWKVProcessor:
+    def replace(
+        self,
+        *,
+        tokenizer: Any = None,
+        image_processor: ImagePreprocessor | None = None,
+        layout: PromptLayout | str | None = None,
+    ) -> VisualRWKVProcessor:
         """A copy with the given parts replaced (None keeps this one's); a new layout keeps this grid and CLS."""
         if layout is not None:
             rows, cols = self.layout.image_grid
@@ -146,7 +157,9 @@ class VisualRWKVProcessor:
             raise ValueError("text_or_conversation: a question or a conversation is required")
         images = _as_image_list(images)
         prompt = self.layout.tokenize(
-            text_or_conversation, self._require_tokenizer(), num_images=len(images),
+            text_or_conversation,
+            self._require_tokenizer(),
+            num_images=len(images),
             add_generation_prompt=add_generation_prompt,
         )
         pixels = None
@@ -186,8 +199,11 @@ class VisualRWKVProcessor:
         if self.image_processor is None:
             raise ValueError("image_processor: a processor without one has no config.json form")
         entry, _ = tokenizer_to_config(self.tokenizer, vocab_size=vocab_size)
-        return {"layout": layout_to_config(self.layout), "preprocessor": preprocessor_to_config(self.image_processor),
-                "tokenizer": entry}
+        return {
+            "layout": layout_to_config(self.layout),
+            "preprocessor": preprocessor_to_config(self.image_processor),
+            "tokenizer": entry,
+        }
 
     def save(self, directory: str | Path) -> dict[str, Any]:
         """Write the tokenizer's file (``tokenizer.json``, for a tokenizer that saves itself) into ``directory``
@@ -235,8 +251,10 @@ class VisualRWKVProcessor:
         return cls(tokenizer=tokenizer, image_processor=preprocessor_from_config(data["preprocessor"]), layout=layout)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(tokenizer={self.tokenizer!r}, image_processor={self.image_processor!r}, "
-                f"layout={self.layout!r})")
+        return (
+            f"{type(self).__name__}(tokenizer={self.tokenizer!r}, image_processor={self.image_processor!r}, "
+            f"layout={self.layout!r})"
+        )
 
 
 def _encoder_grid(encoder: Any) -> tuple[tuple[int, int] | None, Any]:

@@ -59,8 +59,12 @@ IMAGE_PLACEHOLDER: str = "<image>"
 SHORT_ANSWER_INSTRUCTION: str = "Answer the question using a single word or phrase."
 
 _ROLE_ALIASES = {
-    "user": "user", "human": "user",
-    "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
 }
 _BLANK_RUNS = re.compile(r"\n(\s*\n)+")
 
@@ -70,7 +74,8 @@ def __getattr__(name: str) -> Any:
     if name == "TextTokenizer":
         warnings.warn(
             "rwkv_vision.prompt.TextTokenizer is deprecated; use rwkv_vision.tokenizers.Tokenizer",
-            DeprecationWarning, stacklevel=2,
+            DeprecationWarning,
+            stacklevel=2,
         )
         return Tokenizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -172,7 +177,8 @@ class PromptLayout:
     def __post_init__(self) -> None:
         g = self.image_grid
         if (
-            not isinstance(g, (tuple, list)) or len(g) != 2
+            not isinstance(g, (tuple, list))
+            or len(g) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g)
         ):
             raise ValueError(f"image_grid must be (rows, cols) of positive ints, got {g!r}")
@@ -385,7 +391,9 @@ def expand_image_embeddings(
         raise ValueError(f"input_ids must be an integer tensor [b, t], got {input_ids.dtype} {tuple(input_ids.shape)}")
     if isinstance(image_embeds, torch.Tensor):
         if image_embeds.dim() != 3:
-            raise ValueError(f"image_embeds must be [n, k, c] or a list of [k, c], got shape {tuple(image_embeds.shape)}")
+            raise ValueError(
+                f"image_embeds must be [n, k, c] or a list of [k, c], got shape {tuple(image_embeds.shape)}"
+            )
         images = list(image_embeds.unbind(0))
     elif image_embeds is None:
         images = []
@@ -393,7 +401,9 @@ def expand_image_embeddings(
         images = list(image_embeds)
         for j, im in enumerate(images):
             if not isinstance(im, torch.Tensor) or im.dim() != 2:
-                raise ValueError(f"image_embeds[{j}] must be a [k, c] tensor, got {getattr(im, 'shape', type(im).__name__)}")
+                raise ValueError(
+                    f"image_embeds[{j}] must be a [k, c] tensor, got {getattr(im, 'shape', type(im).__name__)}"
+                )
     is_image = input_ids == IMAGE_TOKEN_INDEX
     per_row = is_image.sum(1).tolist()
     n_placeholders = sum(per_row)
@@ -413,10 +423,14 @@ def expand_image_embeddings(
     for j, (im, (r, c_)) in enumerate(zip(images, grid_list)):
         want = r * c_ + (cls is not None)
         if im.shape[0] != want:
-            raise ValueError(f"image_embeds[{j}] has {im.shape[0]} tokens; a {r} x {c_} grid with cls={cls!r} needs {want}")
+            raise ValueError(
+                f"image_embeds[{j}] has {im.shape[0]} tokens; a {r} x {c_} grid with cls={cls!r} needs {want}"
+            )
     bad = (input_ids < 0) & ~is_image
     if bad.any():
-        raise ValueError(f"input_ids contain negative ids other than IMAGE_TOKEN_INDEX: {input_ids[bad].unique().tolist()}")
+        raise ValueError(
+            f"input_ids contain negative ids other than IMAGE_TOKEN_INDEX: {input_ids[bad].unique().tolist()}"
+        )
 
     text = embed_fn(input_ids.masked_fill(is_image, 0))
     if text.dim() != 3 or text.shape[:2] != input_ids.shape:

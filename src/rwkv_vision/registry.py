@@ -30,7 +30,6 @@ __all__ = ["Registry", "UnknownNameError"]
 T = TypeVar("T")
 
 
-
 def _lower(name: str) -> str:
     return name.lower()
 
@@ -63,8 +62,9 @@ class Registry(Mapping[str, T], Generic[T]):
         return self._normalize(name)
 
     @overload
-    def register(self, name: str, obj: None = None, *, aliases: tuple[str, ...] = (), override: bool = False
-                 ) -> Callable[[T], T]: ...
+    def register(
+        self, name: str, obj: None = None, *, aliases: tuple[str, ...] = (), override: bool = False
+    ) -> Callable[[T], T]: ...
 
     @overload
     def register(self, name: str, obj: T, *, aliases: tuple[str, ...] = (), override: bool = False) -> T: ...

@@ -340,9 +340,7 @@ class Custom(ScanPolicy):
                 p = p.tolist()
             p = tuple(int(v) for v in p)
             if sorted(p) != list(range(len(p))):
-                raise ValueError(
-                    f"permutations[{j}] (length {len(p)}) is not a permutation of range({len(p)})"
-                )
+                raise ValueError(f"permutations[{j}] (length {len(p)}) is not a permutation of range({len(p)})")
             perms.append(p)
         if not perms:
             raise ValueError("permutations must hold at least one permutation")
@@ -539,8 +537,14 @@ class ScannedBlock(nn.Module):
         if not spans:
             return self.block(x, *args, **kwargs)
         return scanned_call(
-            self.block, x, *args, policy=self.policy, layer_index=self.layer_index, spans=spans,
-            offset=offset, **kwargs,
+            self.block,
+            x,
+            *args,
+            policy=self.policy,
+            layer_index=self.layer_index,
+            spans=spans,
+            offset=offset,
+            **kwargs,
         )
 
     def extra_repr(self) -> str:

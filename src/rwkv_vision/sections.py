@@ -48,13 +48,17 @@ __all__ = [
 ]
 
 _DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
-    "float64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+    "double": torch.float64,
 }
-
-
 
 
 def parse_dtype(dtype: torch.dtype | str | None, *, name: str = "dtype") -> torch.dtype | None:
@@ -86,6 +90,7 @@ def check_section(name: str, data: Any, *, required: tuple, optional: tuple) -> 
 
 # --- scan policies ----------------------------------------------------------------------------------------
 
+
 def scan_to_config(policy: ScanPolicy) -> dict[str, Any]:
     """A scan policy as JSON data: ``{"name": ...}`` plus its options (Custom: its permutations as lists)."""
     # Exact types only: a subclass may change the order, and its name would then describe another policy.
@@ -108,8 +113,12 @@ def scan_to_config(policy: ScanPolicy) -> dict[str, Any]:
 
 
 _SCAN_FIELDS = {
-    "unidir": (), "bidir": (), "multidir": (), "snake": ("bidirectional",),
-    "zigzag": ("bidirectional", "transpose"), "custom": ("permutations",),
+    "unidir": (),
+    "bidir": (),
+    "multidir": (),
+    "snake": ("bidirectional",),
+    "zigzag": ("bidirectional", "transpose"),
+    "custom": ("permutations",),
 }
 
 
@@ -138,13 +147,12 @@ def scan_from_config(data: Mapping[str, Any]) -> ScanPolicy:
 
 # --- prompt layouts ---------------------------------------------------------------------------------------
 
+
 def layout_to_config(layout: PromptLayout) -> dict[str, Any]:
     """A layout as JSON data; its grid and CLS position are not stored (they follow the encoder)."""
     kind = LAYOUTS.name_of(layout)
     if kind is None:
-        raise ValueError(
-            f"layout: a {type(layout).__name__} has no config.json form; use one of {LAYOUTS.names()}"
-        )
+        raise ValueError(f"layout: a {type(layout).__name__} has no config.json form; use one of {LAYOUTS.names()}")
     out: dict[str, Any] = {"name": kind, "user_role": layout.user_role, "assistant_role": layout.assistant_role}
     if isinstance(layout, Sandwich):
         out["instruction"] = layout.instruction
@@ -158,8 +166,11 @@ def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
         raise CheckpointError(f"layout.name must be one of {LAYOUTS.names()}, got {name!r}")
     extra = ("instruction",) if name == "sandwich" else ()
     problems = check_section("layout", data, required=("name", "user_role", "assistant_role", *extra), optional=())
-    problems += [f"layout.{k} must be a string" for k in ("user_role", "assistant_role", *extra)
-                 if k in data and not isinstance(data[k], str)]
+    problems += [
+        f"layout.{k} must be a string"
+        for k in ("user_role", "assistant_role", *extra)
+        if k in data and not isinstance(data[k], str)
+    ]
     if problems:
         raise CheckpointError("; ".join(problems))
     return LAYOUTS.get(name)(**{k: data[k] for k in ("user_role", "assistant_role", *extra)})
@@ -167,19 +178,27 @@ def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
 
 # --- projectors -------------------------------------------------------------------------------------------
 
+
 def projector_to_config(proj: nn.Module) -> dict[str, Any]:
     """``{"type", "in_features", "out_features", "bias"[, "hidden_features"]}`` (w -> c)."""
     kind = PROJECTORS.name_of(proj)
     if kind is None or not isinstance(proj, (LinearProjector, MLPProjector, GatedMLPProjector)):
-        raise ValueError(
-            f"proj: a {type(proj).__name__} has no config.json form; use one of {PROJECTORS.names()}"
-        )
+        raise ValueError(f"proj: a {type(proj).__name__} has no config.json form; use one of {PROJECTORS.names()}")
     if isinstance(proj, LinearProjector):
-        return {"type": kind, "in_features": proj.in_features, "out_features": proj.out_features,
-                "bias": proj.bias is not None}
+        return {
+            "type": kind,
+            "in_features": proj.in_features,
+            "out_features": proj.out_features,
+            "bias": proj.bias is not None,
+        }
     first = proj.fc1 if isinstance(proj, MLPProjector) else proj.proj
-    return {"type": kind, "in_features": proj.in_features, "out_features": proj.out_features,
-            "hidden_features": first.out_features, "bias": first.bias is not None}
+    return {
+        "type": kind,
+        "in_features": proj.in_features,
+        "out_features": proj.out_features,
+        "hidden_features": first.out_features,
+        "bias": first.bias is not None,
+    }
 
 
 def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -> nn.Module:
@@ -189,8 +208,11 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
         raise CheckpointError(f"projector.type must be one of {PROJECTORS.names()}, got {kind!r}")
     sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" else ())
     problems = check_section("projector", data, required=("type", *sizes, "bias"), optional=())
-    problems += [f"projector.{k} must be a positive int, got {data[k]!r}" for k in sizes
-                 if k in data and not _is_pos_int(data[k])]
+    problems += [
+        f"projector.{k} must be a positive int, got {data[k]!r}"
+        for k in sizes
+        if k in data and not _is_pos_int(data[k])
+    ]
     if "bias" in data and not isinstance(data["bias"], bool):
         problems.append(f"projector.bias must be true or false, got {data['bias']!r}")
     if problems:
@@ -209,8 +231,14 @@ _PRE_FIELDS = ("size", "crop_size", "mean", "std", "resample", "alpha")
 def preprocessor_to_config(pre: ImagePreprocessor) -> dict[str, Any]:
     if not isinstance(pre, ImagePreprocessor):
         raise ValueError(f"preprocessor: a {type(pre).__name__} has no config.json form; use an ImagePreprocessor")
-    return {"size": pre.size, "crop_size": pre.crop_size, "mean": list(pre.mean), "std": list(pre.std),
-            "resample": pre.resample, "alpha": pre.alpha}
+    return {
+        "size": pre.size,
+        "crop_size": pre.crop_size,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "resample": pre.resample,
+        "alpha": pre.alpha,
+    }
 
 
 def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
@@ -219,8 +247,12 @@ def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
         raise CheckpointError("; ".join(problems))
     try:
         return ImagePreprocessor(
-            data["size"], crop_size=data["crop_size"], mean=data["mean"], std=data["std"],
-            resample=data["resample"], alpha=data["alpha"],
+            data["size"],
+            crop_size=data["crop_size"],
+            mean=data["mean"],
+            std=data["std"],
+            resample=data["resample"],
+            alpha=data["alpha"],
         )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"preprocessor: {e}") from None
@@ -321,11 +353,17 @@ def _vit_options(vit: nn.Module) -> dict[str, Any]:
     """The timm ``VisionTransformer`` arguments readable off a built model (those that shape it)."""
     blk = vit.blocks[0]
     out: dict[str, Any] = dict(
-        img_size=list(vit.patch_embed.img_size), patch_size=list(vit.patch_embed.patch_size),
-        in_chans=vit.patch_embed.proj.in_channels, embed_dim=vit.embed_dim, depth=len(vit.blocks),
-        class_token=bool(vit.has_class_token), no_embed_class=bool(vit.no_embed_class),
-        pre_norm=not isinstance(vit.norm_pre, nn.Identity), final_norm=not isinstance(vit.norm, nn.Identity),
-        global_pool=vit.global_pool, dynamic_img_size=bool(vit.dynamic_img_size),
+        img_size=list(vit.patch_embed.img_size),
+        patch_size=list(vit.patch_embed.patch_size),
+        in_chans=vit.patch_embed.proj.in_channels,
+        embed_dim=vit.embed_dim,
+        depth=len(vit.blocks),
+        class_token=bool(vit.has_class_token),
+        no_embed_class=bool(vit.no_embed_class),
+        pre_norm=not isinstance(vit.norm_pre, nn.Identity),
+        final_norm=not isinstance(vit.norm, nn.Identity),
+        global_pool=vit.global_pool,
+        dynamic_img_size=bool(vit.dynamic_img_size),
     )
     attn = getattr(blk, "attn", None)
     if attn is not None and hasattr(attn, "num_heads"):
@@ -383,13 +421,21 @@ def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
         kwargs = {k: v for k, v in ours.items() if k in _ALWAYS or base.get(k, object()) != v}
     if kwargs.get("init_values") is None:
         kwargs.pop("init_values", None)
-    data = {"kind": "timm_vit", "timm_model": arch, "timm_kwargs": kwargs, "layer": encoder.layer,
-            "cls": encoder.cls, "frozen": not any(p.requires_grad for p in encoder.parameters())}
+    data = {
+        "kind": "timm_vit",
+        "timm_model": arch,
+        "timm_kwargs": kwargs,
+        "layer": encoder.layer,
+        "cls": encoder.cls,
+        "frozen": not any(p.requires_grad for p in encoder.parameters()),
+    }
     rebuilt = encoder_from_config(data, device="meta")
     if _fingerprint(rebuilt.vit) != _fingerprint(vit):
         a, b = _fingerprint(rebuilt.vit), _fingerprint(vit)
-        where = next((f"{x} vs {y}" for part_a, part_b in zip(a, b) for x, y in zip(part_a, part_b) if x != y),
-                     "different module counts")
+        where = next(
+            (f"{x} vs {y}" for part_a, part_b in zip(a, b) for x, y in zip(part_a, part_b) if x != y),
+            "different module counts",
+        )
         raise ValueError(
             f"encoder: rebuilding timm model {arch!r} with {kwargs} does not give this ViT (first difference: "
             f"{where}); build the encoder with timm_vit(name, **kwargs) so it can be described in config.json"
@@ -404,8 +450,9 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
 
     from .vision.encoders import VisionEncoder, timm_vit
 
-    problems = check_section("encoder", data, required=("kind", "timm_model", "timm_kwargs", "layer", "cls", "frozen"),
-                              optional=())
+    problems = check_section(
+        "encoder", data, required=("kind", "timm_model", "timm_kwargs", "layer", "cls", "frozen"), optional=()
+    )
     if problems:
         raise CheckpointError("; ".join(problems))
     if data["kind"] != "timm_vit":
@@ -436,5 +483,3 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
     if data["frozen"]:
         enc.requires_grad_(False)
     return enc
-
-

@@ -19,8 +19,9 @@ gives the same state and the same logits. Its size does not depend on how many t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -33,6 +34,7 @@ class TimeMixState(NamedTuple):
 
     shift: torch.Tensor
     wkv: torch.Tensor
+
 
 _FIELDS = ("att_shift", "wkv", "ffn_shift")
 
@@ -218,9 +220,7 @@ class RWKVState:
                 f"RWKVState.from_state_dict: not a state dict of {n_layer} layers; "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
-        return cls(
-            [LayerState(*(state_dict[f"blocks.{i}.{name}"] for name in _FIELDS)) for i in range(n_layer)]
-        )
+        return cls([LayerState(*(state_dict[f"blocks.{i}.{name}"] for name in _FIELDS)) for i in range(n_layer)])
 
     def save(self, path: str) -> None:
         """Write the state to a safetensors file."""

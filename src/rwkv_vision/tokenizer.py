@@ -24,7 +24,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(
         f"rwkv_vision.tokenizer.{name} is deprecated; import it from {_MOVED[name]} (or rwkv_vision.tokenizers)",
-        DeprecationWarning, stacklevel=2,
+        DeprecationWarning,
+        stacklevel=2,
     )
     return getattr(importlib.import_module(_MOVED[name]), name)
 

@@ -32,9 +32,15 @@ from rwkv_vision.data.shapes import (
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 # Written out here, not taken from the module, so a renamed cell would fail the test.
 CELLS_3X3 = {
-    "in the top left": (0, 0), "in the top middle": (0, 1), "in the top right": (0, 2),
-    "in the middle left": (1, 0), "in the center": (1, 1), "in the middle right": (1, 2),
-    "in the bottom left": (2, 0), "in the bottom middle": (2, 1), "in the bottom right": (2, 2),
+    "in the top left": (0, 0),
+    "in the top middle": (0, 1),
+    "in the top right": (0, 2),
+    "in the middle left": (1, 0),
+    "in the center": (1, 1),
+    "in the middle right": (1, 2),
+    "in the bottom left": (2, 0),
+    "in the bottom middle": (2, 1),
+    "in the bottom right": (2, 2),
 }
 PLURALS = {"squares": "square", "circles": "circle", "triangles": "triangle", "crosses": "cross"}
 
@@ -48,9 +54,11 @@ def fingerprint(sample) -> str:
 def expected_answer(question: str, scene: Scene) -> str:
     """Re-derive the answer from the scene by parsing the question, independently of the generator."""
     objs = scene.objects
-    cells = CELLS_3X3 if scene.grid == 3 else {
-        position_phrase(r, c, scene.grid): (r, c) for r in range(scene.grid) for c in range(scene.grid)
-    }
+    cells = (
+        CELLS_3X3
+        if scene.grid == 3
+        else {position_phrase(r, c, scene.grid): (r, c) for r in range(scene.grid) for c in range(scene.grid)}
+    )
 
     def at(r, c):
         found = [o for o in objs if (o.row, o.col) == (r, c)]
@@ -88,6 +96,7 @@ def expected_answer(question: str, scene: Scene) -> str:
 
 
 # ---- determinism ------------------------------------------------------------------------------------
+
 
 def test_same_seed_split_index_gives_identical_samples():
     a, b = ShapesVQA("train", size=50, seed=7), ShapesVQA("train", size=50, seed=7)
@@ -149,6 +158,7 @@ def test_make_sample_is_a_function_of_the_rng_seed(seed, grid, extra_pixels):
 
 # ---- answers follow from the scene, images from the scene --------------------------------------------
 
+
 def test_answers_follow_from_the_scene():
     ds = ShapesVQA("val", size=700, seed=3)
     seen = collections.Counter()
@@ -177,7 +187,7 @@ def test_image_shows_the_scene():
         for r in range(3):
             for c in range(3):
                 o = s.scene.at(r, c)
-                block = pixels[int(r * cell):int((r + 1) * cell), int(c * cell):int((c + 1) * cell)]
+                block = pixels[int(r * cell) : int((r + 1) * cell), int(c * cell) : int((c + 1) * cell)]
                 if o is None:
                     assert (block == BACKGROUND).all()
                     continue
@@ -196,6 +206,7 @@ def test_render_draws_each_shape_differently():
 
 
 # ---- vocabulary, balance, restriction ----------------------------------------------------------------
+
 
 def test_every_word_is_in_the_vocabulary():
     vocab = set(all_words())
@@ -240,6 +251,7 @@ def test_question_types_subset_and_order_insensitive():
 
 # ---- dataset protocol, evaluation helper ---------------------------------------------------------------
 
+
 def test_dataset_protocol_and_transform():
     ds = ShapesVQA("train", size=3, transform=lambda s: (s.question, s.answer))
     assert len(ds) == 3
@@ -273,6 +285,7 @@ def test_exact_match(prediction, answer, ok):
 
 
 # ---- argument errors ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "kwargs, message",
@@ -323,7 +336,9 @@ def test_docs_examples_run(tmp_path, monkeypatch):
         exec(compile(code, str(doc), "exec"), namespace)
     # The values the doc shows in comments.
     assert (namespace["s"].question, namespace["s"].answer, namespace["s"].question_type) == (
-        "Is there a white cross?", "yes", "exists",
+        "Is there a white cross?",
+        "yes",
+        "exists",
     )
     assert namespace["tok"].vocab_size == 131
 

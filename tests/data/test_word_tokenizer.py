@@ -39,8 +39,23 @@ def test_prompt_round_trip_and_pieces():
     ids = TOK.encode(prompt)
     assert TOK.decode(ids) == prompt
     assert [TOK.id_to_token(i) for i in ids] == [
-        "User", ":", " What", " color", " is", " the", " shape", " in", " the", " top", " left", "?", "\n\n",
-        "Assistant", ":", " red", "\n\n",
+        "User",
+        ":",
+        " What",
+        " color",
+        " is",
+        " the",
+        " shape",
+        " in",
+        " the",
+        " top",
+        " left",
+        "?",
+        "\n\n",
+        "Assistant",
+        ":",
+        " red",
+        "\n\n",
     ]
     assert ids[-1] in TOK.stop_token_ids
 

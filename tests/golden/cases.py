@@ -69,8 +69,9 @@ def golden_outputs(work: Path) -> dict[str, torch.Tensor]:
     pixels = toy.get_preprocessor()([sample.image])
     out["toy.pixels"] = pixels
     out.update(_vlm_outputs("toy", toy, ids, pixels))
-    out["toy.chat"] = torch.tensor(list(toy.chat(sample.image, sample.question, max_new_tokens=6).encode()),
-                                   dtype=torch.uint8)
+    out["toy.chat"] = torch.tensor(
+        list(toy.chat(sample.image, sample.question, max_new_tokens=6).encode()), dtype=torch.uint8
+    )
 
     # 2. A released-layout (official keys) checkpoint, read as .pth and after conversion to a directory.
     work.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ def test_block_drops_into_another_model():
         def __init__(self):
             super().__init__()
             self.inp = nn.Linear(3, 32)
-            self.blocks = nn.ModuleList(Block.rwkv6(layer_id=i, n_layer=2, n_embd=32, head_size=8, embed_norm=i == 0) for i in range(2))
+            self.blocks = nn.ModuleList(
+                Block.rwkv6(layer_id=i, n_layer=2, n_embd=32, head_size=8, embed_norm=i == 0) for i in range(2)
+            )
             self.out = nn.Linear(32, 4)
 
         def forward(self, x):

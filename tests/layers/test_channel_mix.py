@@ -12,8 +12,11 @@ def test_matches_formula_and_official_shapes():
     ffn = ChannelMix(n_embd=16, dim_ffn=40, layer_id=0, n_layer=1)
     shapes = {k: tuple(v.shape) for k, v in ffn.state_dict().items()}
     assert shapes == {
-        "time_maa_k": (1, 1, 16), "time_maa_r": (1, 1, 16),
-        "key.weight": (40, 16), "receptance.weight": (16, 16), "value.weight": (16, 40),
+        "time_maa_k": (1, 1, 16),
+        "time_maa_r": (1, 1, 16),
+        "key.weight": (40, 16),
+        "receptance.weight": (16, 16),
+        "value.weight": (16, 40),
     }
     x = torch.randn(2, 5, 16)
     state = torch.randn(2, 16)

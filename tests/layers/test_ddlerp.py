@@ -28,7 +28,7 @@ def test_matches_the_formula_in_order_w_k_v_r_g():
     xx = x_prev - x
     m = torch.tanh((x + xx * lerp.time_maa_x) @ lerp.time_maa_w1)
     for j, (name, out) in enumerate(zip("wkvrg", lerp(x, x_prev))):
-        m_j = m[..., 4 * j:4 * (j + 1)] @ lerp.time_maa_w2[j]
+        m_j = m[..., 4 * j : 4 * (j + 1)] @ lerp.time_maa_w2[j]
         expected = x + xx * (getattr(lerp, f"time_maa_{name}") + m_j)
         torch.testing.assert_close(out, expected)
 

@@ -8,17 +8,28 @@ def test_official_names_and_shapes():
     att = TimeMix(n_embd=32, head_size=8, d_mix=3, d_decay=5, layer_id=0, n_layer=1)
     shapes = {k: tuple(v.shape) for k, v in att.state_dict().items()}
     expected = {f"time_maa_{n}": (1, 1, 32) for n in "xwkvrg"}
-    expected.update({
-        "time_maa_w1": (32, 15), "time_maa_w2": (5, 3, 32),
-        "time_decay": (1, 1, 32), "time_decay_w1": (32, 5), "time_decay_w2": (5, 32),
-        "time_faaaa": (4, 8), "ln_x.weight": (32,), "ln_x.bias": (32,),
-    })
+    expected.update(
+        {
+            "time_maa_w1": (32, 15),
+            "time_maa_w2": (5, 3, 32),
+            "time_decay": (1, 1, 32),
+            "time_decay_w1": (32, 5),
+            "time_decay_w2": (5, 32),
+            "time_faaaa": (4, 8),
+            "ln_x.weight": (32,),
+            "ln_x.bias": (32,),
+        }
+    )
     expected.update({f"{n}.weight": (32, 32) for n in ("receptance", "key", "value", "gate", "output")})
     assert shapes == expected
 
 
 def test_static_variants_drop_the_lora_parameters():
-    names = set(TimeMix(n_embd=32, head_size=8, data_dependent_lerp=False, data_dependent_decay=False, layer_id=0, n_layer=1).state_dict())
+    names = set(
+        TimeMix(
+            n_embd=32, head_size=8, data_dependent_lerp=False, data_dependent_decay=False, layer_id=0, n_layer=1
+        ).state_dict()
+    )
     assert not names & {"time_maa_x", "time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2"}
     assert {"time_maa_w", "time_decay", "time_faaaa"} <= names
 
@@ -26,8 +37,9 @@ def test_static_variants_drop_the_lora_parameters():
 @pytest.mark.parametrize("static", [False, True])
 def test_state_carry_equals_one_pass(static):
     torch.manual_seed(0)
-    att = TimeMix(n_embd=32, head_size=8, data_dependent_lerp=not static, data_dependent_decay=not static, layer_id=0,
-                  n_layer=1)
+    att = TimeMix(
+        n_embd=32, head_size=8, data_dependent_lerp=not static, data_dependent_decay=not static, layer_id=0, n_layer=1
+    )
     x = torch.randn(2, 9, 32)
     whole, (shift, wkv) = att(x, return_state=True)
     a, (s1, w1) = att(x[:, :4], return_state=True)

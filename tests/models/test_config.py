@@ -33,7 +33,9 @@ def test_model_is_built_from_its_config_and_returns_it():
 
 def test_registry_holds_configs():
     assert isinstance(get_config("rwkv6-7b"), RWKV6Config)
-    assert create_model("rwkv6-test-tiny", n_layer=1, device="meta").config == get_config("rwkv6-test-tiny").replace(n_layer=1)
+    assert create_model("rwkv6-test-tiny", n_layer=1, device="meta").config == get_config("rwkv6-test-tiny").replace(
+        n_layer=1
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.rwkv6_ref import random_official_state_dict, relative_rms_error, rwkv6_reference_logits
 from rwkv_vision import RWKV6, RWKVState, create_model
 from rwkv_vision.checkpoint.official import config_from_official_state_dict
 from rwkv_vision.errors import StateDictError
+
+from reference.rwkv6_ref import random_official_state_dict, relative_rms_error, rwkv6_reference_logits
 
 SIZES = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 
@@ -149,7 +150,7 @@ def test_prefill_then_token_by_token_decode_equals_one_pass(model):
     logits, state = model(input_ids=ids[:, :6])
     steps = [logits]
     for t in range(6, 14):
-        logits, state = model(input_ids=ids[:, t:t + 1], state=state)
+        logits, state = model(input_ids=ids[:, t : t + 1], state=state)
         steps.append(logits)
     assert _close(torch.cat(steps, 1), whole)
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from reference.rwkv6_ref import relative_rms_error
-from reference.visualrwkv_ref import random_visualrwkv_checkpoint, visualrwkv_reference_logits
 from rwkv_vision.errors import StateDictError
+from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.models.rwkv6 import RWKV6
 from rwkv_vision.models.visualrwkv import VisualRWKV
-from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
 from rwkv_vision.prompt import ImageFirst
 from rwkv_vision.scan import BiDir, MultiDir, UniDir
+
+from reference.rwkv6_ref import relative_rms_error
+from reference.visualrwkv_ref import random_visualrwkv_checkpoint, visualrwkv_reference_logits
 
 RWKV_SIZES = dict(n_layer=4, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
 VISION_SIZES = dict(width=64, layers=2, patch=14, image=56, mlp=96)  # 4 x 4 grid + CLS = 17 tokens
@@ -85,7 +86,7 @@ def test_greedy_generation_equals_rerunning_the_whole_sequence(model, pixels):
         for _ in range(8):
             logits, _ = model(torch.tensor([ids]), pixels[:1])  # no cache: the whole prompt again
             ids.append(int(logits[0, -1].argmax()))
-    assert out.tokens[0] == ids[len(PROMPT):]
+    assert out.tokens[0] == ids[len(PROMPT) :]
     assert out.finish_reasons == ["length"]
 
 

@@ -16,7 +16,15 @@ GN_EPS = 6.4e-4
 
 
 def random_official_state_dict(
-    *, n_layer=2, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50, seed=0,
+    *,
+    n_layer=2,
+    n_embd=32,
+    head_size=8,
+    dim_ffn=64,
+    d_mix=4,
+    d_decay=6,
+    vocab_size=50,
+    seed=0,
     dtype=torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Every key of the official layout (no ``rwkv.`` prefix), random and never zero."""
@@ -94,7 +102,7 @@ def _time_mix(sd, p, x, head_size):
     hidden = torch.tanh(xxx @ w1)
     mixed = {}
     for j, name in enumerate("wkvrg"):  # the LoRA chunk order is w, k, v, r, g
-        m_j = hidden[..., j * d_mix:(j + 1) * d_mix] @ w2[j]
+        m_j = hidden[..., j * d_mix : (j + 1) * d_mix] @ w2[j]
         mixed[name] = x + xx * (sd[p + f"time_maa_{name}"] + m_j)
     r = mixed["r"] @ sd[p + "receptance.weight"].T
     k = mixed["k"] @ sd[p + "key.weight"].T

@@ -62,7 +62,7 @@ def random_visualrwkv_checkpoint(*, rwkv_sizes: dict, vision_sizes: dict, seed=0
 
 def clip_features(sd: dict, pixels: torch.Tensor) -> torch.Tensor:
     """Last CLIP layer's hidden states, no post-LayerNorm, CLS LAST: pixels [b, 3, H, W] -> [b, 1 + g*g, w]."""
-    sd = {k[len(VIT):]: v.double() for k, v in sd.items() if k.startswith(VIT)}
+    sd = {k[len(VIT) :]: v.double() for k, v in sd.items() if k.startswith(VIT)}
     w = sd["embeddings.class_embedding"].shape[0]
     heads = w // 64 or 1
     patch = sd["embeddings.patch_embedding.weight"].shape[-1]
@@ -128,7 +128,9 @@ def visualrwkv_reference_logits(
         x = x.clone()
         for s, side in spans:  # reorder this layer's patch spans (CLS, after them, stays)
             x[:, s : s + side * side] = x[:, s : s + side * side][:, _order(i, side, scan)]
-        x = x + _time_mix(rwkv, p + "att.", _layer_norm(x, rwkv[p + "ln1.weight"], rwkv[p + "ln1.bias"], LN_EPS), head_size)
+        x = x + _time_mix(
+            rwkv, p + "att.", _layer_norm(x, rwkv[p + "ln1.weight"], rwkv[p + "ln1.bias"], LN_EPS), head_size
+        )
         x = x + _channel_mix(rwkv, p + "ffn.", _layer_norm(x, rwkv[p + "ln2.weight"], rwkv[p + "ln2.bias"], LN_EPS))
         for s, side in spans:  # and put them back
             inv = torch.argsort(_order(i, side, scan))

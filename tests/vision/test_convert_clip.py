@@ -27,8 +27,14 @@ def hf_clip():
     """A tiny random CLIPVisionModel (3 layers, width 128, 2 heads of 64, patch 14, 56 px -> 4 x 4 grid)."""
     torch.manual_seed(0)
     cfg = transformers.CLIPVisionConfig(
-        hidden_size=128, intermediate_size=320, num_hidden_layers=3, num_attention_heads=2, image_size=56,
-        patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        hidden_size=128,
+        intermediate_size=320,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
     )
     model = transformers.CLIPVisionModel(cfg).eval()
     with torch.no_grad():

@@ -66,8 +66,10 @@ def test_crop_offsets_and_no_resample_at_target_size():
     assert ImagePreprocessor(336).resized_size(337, 1000) == (336, 997)  # int() truncation
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                                  "HSV", "LAB", "I", "I;16", "I;16B", "F"])
+@pytest.mark.parametrize(
+    "mode",
+    ["1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB", "I", "I;16", "I;16B", "F"],
+)
 def test_every_pil_mode_converts(mode):
     base = random_rgb(40, 30)
     try:
@@ -83,7 +85,7 @@ def test_mode_specific_semantics():
     rgb = np.asarray(to_rgb(gray))
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == np.asarray(gray)).all()
     # 16-bit: full range maps to full range instead of PIL's clipping to 255
-    wide = Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 257))
+    wide = Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)
     assert wide.mode.startswith("I;16")
     assert (np.asarray(to_rgb(wide))[..., 0] == np.asarray(gray)).all()
     floats = Image.fromarray(np.arange(256, dtype=np.float32).reshape(16, 16) / 255)

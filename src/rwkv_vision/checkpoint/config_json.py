@@ -122,8 +122,18 @@ def model_to_config(model, *, metadata: Mapping[str, Any] | None = None) -> tupl
     return config, tok_obj
 
 
-_TOP = ("format", "format_version", "rwkv", "encoder", "projector", "scan", "layout", "preprocessor", "tokenizer",
-        "dtype")
+_TOP = (
+    "format",
+    "format_version",
+    "rwkv",
+    "encoder",
+    "projector",
+    "scan",
+    "layout",
+    "preprocessor",
+    "tokenizer",
+    "dtype",
+)
 
 
 def validate_config(config: Any, *, source: str = "config.json") -> None:
@@ -192,8 +202,17 @@ def model_from_config(
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     overrides.setdefault("freeze_encoder", bool(config["encoder"]["frozen"]))
-    return cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, tokenizer=tokenizer,
-               preprocessor=preprocessor, **overrides)
+    return cls(
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=proj,
+        scan=scan,
+        layout=layout,
+        tokenizer=tokenizer,
+        preprocessor=preprocessor,
+        **overrides,
+    )
+
 
 def load_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The validated ``config.json`` of a save_pretrained directory."""
@@ -209,5 +228,3 @@ def load_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({e}); expected the config written by save_pretrained") from None
     validate_config(config, source=str(path))
     return config
-
-

@@ -20,19 +20,31 @@ import torch
 from ..errors import CheckpointError
 from .config_json import parse_dtype
 
-__all__ = ["PROGRESS_MIN_BYTES", "PICKLE_SUFFIXES", "load_checkpoint", "read_tensor_specs", "read_safetensors",
-           "cast_tensor"]
+__all__ = [
+    "PROGRESS_MIN_BYTES",
+    "PICKLE_SUFFIXES",
+    "load_checkpoint",
+    "read_tensor_specs",
+    "read_safetensors",
+    "cast_tensor",
+]
 
 #: With ``progress=None`` a progress bar (stderr) is shown for files at least this big.
 PROGRESS_MIN_BYTES = 256 * 2**20
 #: Suffixes read as (weights-only) PyTorch pickles; never written.
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
 
 
 # --- progress ---------------------------------------------------------------------------------------------
@@ -46,8 +58,9 @@ def _progress_bar(progress: bool | None, total_bytes: int, desc: str):
         return None
     from tqdm.auto import tqdm  # a dependency of huggingface_hub
 
-    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                leave=False)
+    return tqdm(
+        total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False
+    )
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
@@ -149,8 +162,14 @@ def _read_safetensors(path: Path, *, dtype, device, progress) -> dict[str, torch
     with _open_safetensors(path) as f:
         keys = list(f.keys())
         try:
-            return _materialise(((k, lambda k=k: f.get_tensor(k)) for k in keys), total_bytes=size, dtype=dtype,
-                                device=device, progress=progress, desc=f"loading {path.name}")
+            return _materialise(
+                ((k, lambda k=k: f.get_tensor(k)) for k in keys),
+                total_bytes=size,
+                dtype=dtype,
+                device=device,
+                progress=progress,
+                desc=f"loading {path.name}",
+            )
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -173,16 +192,28 @@ def load_checkpoint(
     if path.suffix == ".safetensors":
         return _read_safetensors(path, dtype=dtype, device=device, progress=progress)
     sd = _torch_load(path)
-    if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
         kind = type(sd).__name__
         raise CheckpointError(
             f"{str(path)!r} is not a flat dict of tensors (the released VisualRWKV format); it holds a {kind}"
-            + (" (a training checkpoint? take its 'state_dict' entry)" if isinstance(sd, Mapping) and "state_dict" in sd else "")
+            + (
+                " (a training checkpoint? take its 'state_dict' entry)"
+                if isinstance(sd, Mapping) and "state_dict" in sd
+                else ""
+            )
         )
     if dtype is None and device is None:
         return dict(sd)
-    return _materialise(sd.items(), total_bytes=path.stat().st_size, dtype=dtype, device=device, progress=progress,
-                        desc=f"loading {path.name}")
+    return _materialise(
+        sd.items(),
+        total_bytes=path.stat().st_size,
+        dtype=dtype,
+        device=device,
+        progress=progress,
+        desc=f"loading {path.name}",
+    )
 
 
 def read_safetensors(path: str | os.PathLike, *, dtype=None, device=None, progress=None) -> dict[str, torch.Tensor]:

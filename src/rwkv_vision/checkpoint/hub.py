@@ -49,14 +49,24 @@ def _hub_download(repo_id: str, filename: str, *, revision, cache_dir) -> Path:
 
     offline = _hub_offline()
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
-                                    cache_dir=_hub_cache_dir(cache_dir), local_files_only=offline))
+        return Path(
+            hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                cache_dir=_hub_cache_dir(cache_dir),
+                local_files_only=offline,
+            )
+        )
     except Exception as e:  # noqa: BLE001 - the Hub's errors (not found, offline, HTTP) all mean "no file"
         where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
         from huggingface_hub import constants
 
-        why = (f"offline (HF_HUB_OFFLINE) and not in the cache {_hub_cache_dir(cache_dir) or constants.HF_HUB_CACHE}"
-               if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        why = (
+            f"offline (HF_HUB_OFFLINE) and not in the cache {_hub_cache_dir(cache_dir) or constants.HF_HUB_CACHE}"
+            if offline
+            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
         raise FileNotFoundError(f"name_or_path: cannot get {where} from the Hugging Face Hub: {why}") from e
 
 
@@ -82,7 +92,9 @@ def resolve_checkpoint(
         return local / filename
     if local.is_file():
         if filename is not None:
-            raise ValueError(f"filename: {str(local)!r} is already a file; pass filename only with a directory or repo id")
+            raise ValueError(
+                f"filename: {str(local)!r} is already a file; pass filename only with a directory or repo id"
+            )
         return local
     name = str(name_or_path)
     if name in OFFICIAL_CHECKPOINTS and filename is None:
@@ -108,5 +120,3 @@ def resolve_checkpoint(
     if tok_file:
         _hub_download(repo_id, tok_file, revision=revision, cache_dir=cache_dir)
     return directory
-
-

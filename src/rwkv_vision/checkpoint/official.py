@@ -89,7 +89,10 @@ def config_from_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> R
         config["d_decay"] = dim("d_decay", *in_blocks("att.time_decay_w1", 1), *in_blocks("att.time_decay_w2", 0))
     if n_embd % head_size != 0:
         raise StateDictError(
-            [], [], [], hint=f"n_embd {n_embd} (from the embedding) is not a multiple of head_size {head_size} "
+            [],
+            [],
+            [],
+            hint=f"n_embd {n_embd} (from the embedding) is not a multiple of head_size {head_size} "
             f"(from att.time_faaaa)",
         )
     return RWKV6Config(**config)
@@ -134,15 +137,19 @@ def visualrwkv_from_official_state_dict(
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
     rp, vp, pk = OFFICIAL_PREFIXES["rwkv"], OFFICIAL_PREFIXES["vit"], OFFICIAL_PREFIXES["proj"]
-    rwkv_sd = {k[len(rp):]: v for k, v in state_dict.items() if k.startswith(rp)}
+    rwkv_sd = {k[len(rp) :]: v for k, v in state_dict.items() if k.startswith(rp)}
     vit_sd = {k: v for k, v in state_dict.items() if k.startswith(vp)}
     missing, unexpected, mismatched = [], [], []
     unexpected += [k for k in state_dict if not (k.startswith(rp) or k.startswith(vp) or k == pk)]
     if not rwkv_sd:
         raise StateDictError([], [], [], hint=f"state_dict has no '{rp}*' keys: not a VisualRWKV checkpoint")
     if not any(k.endswith("embeddings.patch_embedding.weight") for k in vit_sd):
-        raise StateDictError([vp + "embeddings.patch_embedding.weight"], unexpected, [],
-                             hint="cannot size the vision tower without its patch embedding")
+        raise StateDictError(
+            [vp + "embeddings.patch_embedding.weight"],
+            unexpected,
+            [],
+            hint="cannot size the vision tower without its patch embedding",
+        )
 
     # Language model: sizes from shapes, then every key checked against a meta-device model.
     rwkv = RWKV6(config_from_official_state_dict(rwkv_sd), device="meta")
@@ -154,8 +161,13 @@ def visualrwkv_from_official_state_dict(
     # Vision tower: the keys a tower of the inferred size has, in the checkpoint's naming.
     vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
     encoder = timm_vit(
-        "vit_base_patch16_clip_224", layer=vision_layer, cls="last", device="meta", pre_norm=True,
-        act_layer="quick_gelu", **vcfg,
+        "vit_base_patch16_clip_224",
+        layer=vision_layer,
+        cls="last",
+        device="meta",
+        pre_norm=True,
+        act_layer="quick_gelu",
+        **vcfg,
     )
     expected_vit = timm_to_clip_state_dict(encoder.vit.state_dict(), prefix=vp)
     m, u, mm = diff_state_dict(expected_vit, vit_sd, optional={vp + k for k in _OPTIONAL_VIT_KEYS})
@@ -173,8 +185,9 @@ def visualrwkv_from_official_state_dict(
         raise StateDictError(missing, unexpected, mismatched)
 
     rwkv.load_state_dict(rwkv_sd, strict=True, assign=True)
-    load_clip_state_dict(encoder, {k: v for k, v in vit_sd.items() if not k.endswith("position_ids")},
-                         prefix=vp, assign=True)
+    load_clip_state_dict(
+        encoder, {k: v for k, v in vit_sd.items() if not k.endswith("position_ids")}, prefix=vp, assign=True
+    )
     proj = LinearProjector(encoder.width, rwkv.n_embd, device="meta")
     proj.load_state_dict({"weight": state_dict[pk]}, assign=True)
     model = cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan, layout=layout, **kwargs)

@@ -56,13 +56,12 @@ def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: 
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
-        raise CheckpointError(
-            f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
+        raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     specs = read_tensor_specs(weights)
     # Built on the meta device: nothing is allocated or initialised, every tensor comes from the file.
-    model = model_from_config(config, cls=cls, device="meta", directory=directory,
-                              source=str(directory / CONFIG_NAME), **kwargs)
+    model = model_from_config(
+        config, cls=cls, device="meta", directory=directory, source=str(directory / CONFIG_NAME), **kwargs
+    )
     _check_weights(model, specs, weights)
     sd = _read_safetensors(weights, dtype=dtype, device=device, progress=progress)
     model.load_state_dict(sd, strict=True, assign=True)
@@ -113,7 +112,9 @@ def from_pretrained(
                 f"{'/'.join(PICKLE_SUFFIXES)} file or a save_pretrained directory"
             )
         sd = load_checkpoint(path, dtype=dtype, device=device, progress=progress)
-        if any(k.startswith("encoder.vit.") for k in sd) and not any(k.startswith(OFFICIAL_PREFIXES["vit"]) for k in sd):
+        if any(k.startswith("encoder.vit.") for k in sd) and not any(
+            k.startswith(OFFICIAL_PREFIXES["vit"]) for k in sd
+        ):
             raise CheckpointError(
                 f"{path}: holds a save_pretrained model.safetensors (module names), which needs its config.json; "
                 "load the directory that contains both"
@@ -224,26 +225,38 @@ def describe_checkpoint(
         config = load_config(path)
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
-            raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+            raise CheckpointError(
+                f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
         specs = read_tensor_specs(weights)
         fmt = "save_pretrained directory"
         parts = {"rwkv": "rwkv.", "encoder": "encoder.", "projector": "proj."}
     else:
         specs = read_tensor_specs(path)
         if any(k.startswith("encoder.vit.") for k in specs):
-            raise CheckpointError(f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory")
+            raise CheckpointError(
+                f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory"
+            )
         model = visualrwkv_from_official_state_dict(specs)  # meta tensors: sizes only
         config, _ = model_to_config(model)
         config["dtype"] = str(specs[OFFICIAL_PREFIXES["rwkv"] + "emb.weight"].dtype).removeprefix("torch.")
         fmt = "official .safetensors" if path.suffix == ".safetensors" else f"official {path.suffix}"
         parts = {"rwkv": OFFICIAL_PREFIXES["rwkv"], "encoder": OFFICIAL_PREFIXES["vit"], "projector": "proj."}
-    by_part = {name: sum(t.numel() for k, t in specs.items() if k.startswith(p) and not k.endswith("position_ids"))
-               for name, p in parts.items()}
-    info = {"path": str(path), "format": fmt, **{k: v for k, v in config.items() if k not in ("format", "format_version")}}
+    by_part = {
+        name: sum(t.numel() for k, t in specs.items() if k.startswith(p) and not k.endswith("position_ids"))
+        for name, p in parts.items()
+    }
+    info = {
+        "path": str(path),
+        "format": fmt,
+        **{k: v for k, v in config.items() if k not in ("format", "format_version")},
+    }
     if path.is_dir():
         info["format_version"] = config["format_version"]
     info.update(
-        parameters=sum(by_part.values()), parameters_by_part=by_part, tensors=len(specs),
+        parameters=sum(by_part.values()),
+        parameters_by_part=by_part,
+        tensors=len(specs),
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in specs.values()}),
     )
     return info

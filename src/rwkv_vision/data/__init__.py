@@ -26,7 +26,21 @@ from .shapes import (
 )
 
 __all__ = [
-    "COLORS", "SHAPES", "QUESTION_TYPES", "SPLITS", "Sample", "Scene", "ShapeObject", "ShapesVQA",
-    "all_words", "exact_match", "make_sample", "normalize_answer", "random_scene", "render", "sample_seed",
-    "scene_split", "WordTokenizer",
+    "COLORS",
+    "SHAPES",
+    "QUESTION_TYPES",
+    "SPLITS",
+    "Sample",
+    "Scene",
+    "ShapeObject",
+    "ShapesVQA",
+    "all_words",
+    "exact_match",
+    "make_sample",
+    "normalize_answer",
+    "random_scene",
+    "render",
+    "sample_seed",
+    "scene_split",
+    "WordTokenizer",
 ]

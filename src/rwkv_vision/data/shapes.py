@@ -81,11 +81,27 @@ SHAPES: dict[str, str] = {
 }
 BACKGROUND: tuple[int, int, int] = (24, 24, 24)
 QUESTION_TYPES: tuple[str, ...] = (
-    "color_at", "shape_at", "count_color", "count_shape", "count_all", "relative", "exists",
+    "color_at",
+    "shape_at",
+    "count_color",
+    "count_shape",
+    "count_all",
+    "relative",
+    "exists",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
 )
 DIRECTIONS: tuple[str, ...] = ("left", "right", "above", "below")
 #: VisualRWKV's short-answer instruction (the same text as ``rwkv_vision.prompt.SHORT_ANSWER_INSTRUCTION``).
@@ -118,6 +134,7 @@ _SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)
 # ---- randomness -------------------------------------------------------------------------------------
 # Only Random.random() is used: Python guarantees its sequence for a given int seed across versions,
 # unlike randrange/choice/shuffle (whose algorithms have changed before) or numpy's Generator.
+
 
 def _below(rng: random.Random, n: int) -> int:
     """An int in [0, n) (int(random() * n): a bias of at most n / 2**53, irrelevant here)."""
@@ -152,6 +169,7 @@ def sample_seed(*, seed: int, split: str, index: int) -> int:
 
 
 # ---- scenes -------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ShapeObject:
@@ -268,6 +286,7 @@ def random_scene(
 
 # ---- rendering ----------------------------------------------------------------------------------------
 
+
 def _coverage(shape: str, x: np.ndarray, y: np.ndarray, half: float) -> np.ndarray:
     """Inside-test for a shape centred at 0 with half-width ``half``; ``x``, ``y`` broadcast."""
     ax, ay = np.abs(x), np.abs(y)
@@ -371,8 +390,7 @@ def _ask(qtype: str, scene: Scene, rng: random.Random, plan: float) -> tuple[str
     if qtype == "relative":
         want_nothing = plan < P_RELATIVE_NOTHING
         pairs = [
-            (o, d) for o in _unique_objects(scene) for d in DIRECTIONS
-            if (scene.nearest(o, d) is None) == want_nothing
+            (o, d) for o in _unique_objects(scene) for d in DIRECTIONS if (scene.nearest(o, d) is None) == want_nothing
         ]
         if not pairs:
             return None
@@ -438,6 +456,7 @@ def make_sample(
 
 # ---- dataset ------------------------------------------------------------------------------------------
 
+
 class ShapesVQA(Dataset):
     """A deterministic, generated-on-access VQA dataset: item ``i`` is ``make_sample`` with a
     ``random.Random(sample_seed(seed=seed, split=split, index=i))``.
@@ -502,8 +521,13 @@ class ShapesVQA(Dataset):
         index %= self.size
         rng = random.Random(sample_seed(seed=self.seed, split=self.split, index=index))
         return make_sample(
-            rng, split=self.split, image_size=self.image_size, grid=self.grid,
-            min_objects=self.min_objects, max_objects=self.max_objects, question_types=self.question_types,
+            rng,
+            split=self.split,
+            image_size=self.image_size,
+            grid=self.grid,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            question_types=self.question_types,
         )
 
     def __getitem__(self, index: int) -> Any:
@@ -534,7 +558,10 @@ def all_words() -> tuple[str, ...]:
         "Is there a?",
         "nothing yes no",
         SHORT_ANSWER_INSTRUCTION,
-        " ".join(COLORS), " ".join(SHAPES), " ".join(SHAPES.values()), " ".join(NUMBER_WORDS),
+        " ".join(COLORS),
+        " ".join(SHAPES),
+        " ".join(SHAPES.values()),
+        " ".join(NUMBER_WORDS),
     ]
     for grid in range(MIN_GRID, MAX_GRID + 1):
         texts += [position_phrase(r, c, grid) for r in range(grid) for c in range(grid)]
@@ -559,6 +586,7 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 
 # ---- argument checks ----------------------------------------------------------------------------------
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -20,7 +20,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(
         f"rwkv_vision.data.word_tokenizer.{name} is deprecated; import it from {_NEW}",
-        DeprecationWarning, stacklevel=2,
+        DeprecationWarning,
+        stacklevel=2,
     )
     return getattr(importlib.import_module(_NEW), name)
 

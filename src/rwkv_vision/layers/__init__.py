@@ -35,7 +35,11 @@ def __getattr__(name: str):
 
         from ..vision import projector
 
-        warnings.warn(f"rwkv_vision.layers.{name} is deprecated; import it from rwkv_vision.vision.projector "
-                      "(or rwkv_vision.vision)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"rwkv_vision.layers.{name} is deprecated; import it from rwkv_vision.vision.projector "
+            "(or rwkv_vision.vision)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(projector, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,8 +19,8 @@ state. ``step`` reads one token and updates a state in place: what decoding runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class Block(nn.Module):
             ``return_state=True`` a ``(shift, wkv)`` pair), and ``step(x [b, c], shift, wkv)`` for decoding.
         mlp_cls: ``mlp_cls(dim, device=, dtype=)`` builds the feed-forward: ``forward(x, state, *,
             return_state)`` with a shift state [b, c], and ``step(x [b, c], shift)``.
-        norm_cls: ``norm_cls(dim, device=, dtype=)`` builds each norm (default LayerNorm, eps 1e-5).
+        norm_cls: ``norm_cls(dim, device=, dtype=)`` builds each norm (None: LayerNorm with eps 1e-5).
         embed_norm: add ``ln0`` before everything (RWKV applies it in its first block only); explicit, so a
             block never changes shape because of where it sits.
 
@@ -65,13 +65,14 @@ class Block(nn.Module):
         mixer_cls: Callable[..., nn.Module],
         mlp_cls: Callable[..., nn.Module],
         *,
-        norm_cls: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=LN_EPS),
+        norm_cls: Callable[..., nn.Module] | None = None,
         embed_norm: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
+        norm_cls = partial(nn.LayerNorm, eps=LN_EPS) if norm_cls is None else norm_cls
         self.ln0 = norm_cls(dim, **factory) if embed_norm else None
         self.ln1 = norm_cls(dim, **factory)
         self.ln2 = norm_cls(dim, **factory)
@@ -98,11 +99,22 @@ class Block(nn.Module):
         """An RWKV-6 block: ``TimeMix`` and ``ChannelMix`` initialised for layer ``layer_id`` of ``n_layer``."""
         depth = dict(layer_id=layer_id, n_layer=n_layer)
         mixer = partial(
-            TimeMix, head_size=head_size, d_mix=d_mix, d_decay=d_decay, data_dependent_lerp=data_dependent_lerp,
-            data_dependent_decay=data_dependent_decay, **depth,
+            TimeMix,
+            head_size=head_size,
+            d_mix=d_mix,
+            d_decay=d_decay,
+            data_dependent_lerp=data_dependent_lerp,
+            data_dependent_decay=data_dependent_decay,
+            **depth,
         )
-        return cls(n_embd, mixer, partial(ChannelMix, dim_ffn=dim_ffn, **depth), embed_norm=embed_norm,
-                   device=device, dtype=dtype)
+        return cls(
+            n_embd,
+            mixer,
+            partial(ChannelMix, dim_ffn=dim_ffn, **depth),
+            embed_norm=embed_norm,
+            device=device,
+            dtype=dtype,
+        )
 
     def forward(
         self, x: torch.Tensor, state: LayerState | None = None, *, return_state: bool = False

@@ -116,8 +116,14 @@ class DDLerp(nn.Module):
         super().__init__()
         self.n_embd, self.d_mix, self.data_dependent = n_embd, d_mix, data_dependent
         add_ddlerp_parameters(
-            self, n_embd=n_embd, d_mix=d_mix, data_dependent=data_dependent,
-            layer_id=layer_id, n_layer=n_layer, device=device, dtype=dtype,
+            self,
+            n_embd=n_embd,
+            d_mix=d_mix,
+            data_dependent=data_dependent,
+            layer_id=layer_id,
+            n_layer=n_layer,
+            device=device,
+            dtype=dtype,
         )
 
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, ...]:

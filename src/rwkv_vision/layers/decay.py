@@ -85,8 +85,14 @@ class DataDependentDecay(nn.Module):
         super().__init__()
         self.n_embd, self.d_decay, self.data_dependent = n_embd, d_decay, data_dependent
         add_decay_parameters(
-            self, n_embd=n_embd, d_decay=d_decay, data_dependent=data_dependent,
-            layer_id=layer_id, n_layer=n_layer, device=device, dtype=dtype,
+            self,
+            n_embd=n_embd,
+            d_decay=d_decay,
+            data_dependent=data_dependent,
+            layer_id=layer_id,
+            n_layer=n_layer,
+            device=device,
+            dtype=dtype,
         )
 
     def forward(self, x_w: torch.Tensor) -> torch.Tensor:

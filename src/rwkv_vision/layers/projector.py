@@ -19,7 +19,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(
         f"rwkv_vision.layers.projector.{name} is deprecated; import it from {_NEW} (or rwkv_vision.vision)",
-        DeprecationWarning, stacklevel=2,
+        DeprecationWarning,
+        stacklevel=2,
     )
     return getattr(importlib.import_module(_NEW), name)
 

@@ -16,7 +16,8 @@ def __getattr__(name: str):
         warnings.warn(
             "rwkv_vision.models.config_from_official_state_dict moved to "
             "rwkv_vision.checkpoint.official.config_from_official_state_dict (it now returns an RWKV6Config)",
-            DeprecationWarning, stacklevel=2,
+            DeprecationWarning,
+            stacklevel=2,
         )
         return config_from_official_state_dict
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

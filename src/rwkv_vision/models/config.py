@@ -18,8 +18,9 @@ __all__ = ["RWKV6Config", "VisualRWKVConfig", "ConfigError"]
 
 #: Upper bounds a config read from a file must respect: far above every released model, far below what
 #: would make building it allocate without bound.
-LIMITS = dict(n_layer=1024, n_embd=65536, head_size=4096, dim_ffn=1 << 20, d_mix=65536, d_decay=65536,
-              vocab_size=1 << 24)
+LIMITS = dict(
+    n_layer=1024, n_embd=65536, head_size=4096, dim_ffn=1 << 20, d_mix=65536, d_decay=65536, vocab_size=1 << 24
+)
 
 
 def _check_int(owner: str, name: str, value: Any, *, low: int = 1, high: int | None = None) -> None:
@@ -147,13 +148,17 @@ class VisualRWKVConfig:
         """Plain JSON data: the ``rwkv``, ``encoder``, ``projector``, ``scan`` and ``layout`` sections."""
         import copy
 
-        return {"rwkv": self.rwkv.to_dict(),
-                **{k: copy.deepcopy(dict(getattr(self, k))) for k in ("encoder", "projector", "scan", "layout")}}
+        return {
+            "rwkv": self.rwkv.to_dict(),
+            **{k: copy.deepcopy(dict(getattr(self, k))) for k in ("encoder", "projector", "scan", "layout")},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "VisualRWKVConfig":
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
         _check_fields(cls, data, source)
-        return cls(rwkv=RWKV6Config.from_dict(data["rwkv"], source=f"{source}.rwkv"),
-                   **{k: data[k] for k in ("encoder", "projector", "scan", "layout")})
+        return cls(
+            rwkv=RWKV6Config.from_dict(data["rwkv"], source=f"{source}.rwkv"),
+            **{k: data[k] for k in ("encoder", "projector", "scan", "layout")},
+        )

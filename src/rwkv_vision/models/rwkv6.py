@@ -17,7 +17,7 @@ gives the same logits and the same state; ``chunk_size`` uses this to prefill lo
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -57,9 +57,16 @@ class RWKV6(nn.Module):
         self.emb = nn.Embedding(vocab_size, n_embd, **factory)
         self.blocks = nn.ModuleList(
             Block.rwkv6(
-                n_embd=n_embd, layer_id=i, n_layer=n_layer, embed_norm=i == 0, head_size=head_size,
-                dim_ffn=config.dim_ffn, d_mix=config.d_mix, d_decay=config.d_decay,
-                data_dependent_lerp=config.data_dependent_lerp, data_dependent_decay=config.data_dependent_decay,
+                n_embd=n_embd,
+                layer_id=i,
+                n_layer=n_layer,
+                embed_norm=i == 0,
+                head_size=head_size,
+                dim_ffn=config.dim_ffn,
+                d_mix=config.d_mix,
+                d_decay=config.d_decay,
+                data_dependent_lerp=config.data_dependent_lerp,
+                data_dependent_decay=config.data_dependent_decay,
                 **factory,
             )
             for i in range(n_layer)
@@ -84,8 +91,13 @@ class RWKV6(nn.Module):
         """A zero state (the state before any token): shift states in ``dtype`` (default: the model's)."""
         weight = self.emb.weight
         return RWKVState.zeros(
-            n_layer=self.n_layer, batch_size=batch_size, n_embd=self.n_embd, n_head=self.n_head,
-            head_size=self.head_size, device=device or weight.device, dtype=dtype or weight.dtype,
+            n_layer=self.n_layer,
+            batch_size=batch_size,
+            n_embd=self.n_embd,
+            n_head=self.n_head,
+            head_size=self.head_size,
+            device=device or weight.device,
+            dtype=dtype or weight.dtype,
         )
 
     def _check_state(self, state, batch_size: int) -> None:
@@ -206,7 +218,7 @@ class RWKV6(nn.Module):
             x = self.embed(input_ids[:, start:end]) if input_ids is not None else inputs_embeds[:, start:end]
             x, state = self.forward_blocks(x, state)
             if end > first_kept:
-                logits.append(self.unembed(x[:, max(first_kept - start, 0):]))
+                logits.append(self.unembed(x[:, max(first_kept - start, 0) :]))
         return (logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)), state
 
     @torch.no_grad()
@@ -222,9 +234,7 @@ class RWKV6(nn.Module):
     # --- loading (implemented in rwkv_vision.checkpoint) ---------------------------------------------------
 
     @classmethod
-    def from_official_state_dict(
-        cls, state_dict: Mapping[str, torch.Tensor], *, device=None, dtype=None
-    ) -> "RWKV6":
+    def from_official_state_dict(cls, state_dict: Mapping[str, torch.Tensor], *, device=None, dtype=None) -> "RWKV6":
         """Build a model from an official "x060" state dict (keys without the ``rwkv.`` prefix); see
         :func:`rwkv_vision.checkpoint.official.rwkv6_from_official_state_dict`."""
         from ..checkpoint.official import rwkv6_from_official_state_dict

@@ -28,16 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..chat import chat
 from ..generation import GenerationConfig, GenerationOutput, generate
 from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
+from ..processor import VisualRWKVProcessor
 from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
 from ..scan import BiDir, ScanPolicy, get_scan_policy, scanned_call
-from ..state import RWKVState
-from ..vision.encoders import VisionEncoder
-from ..vision.preprocess import ImagePreprocessor
-from ..vision.projector import LinearProjector
-from ..chat import chat
-from ..processor import VisualRWKVProcessor
 from ..sections import (
     encoder_from_config,
     encoder_to_config,
@@ -48,10 +44,15 @@ from ..sections import (
     scan_from_config,
     scan_to_config,
 )
+from ..state import RWKVState
+from ..vision.encoders import VisionEncoder
+from ..vision.preprocess import ImagePreprocessor
+from ..vision.projector import LinearProjector
 from .config import VisualRWKVConfig
 from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
+
 
 class VisualRWKV(nn.Module):
     """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
@@ -147,7 +148,9 @@ class VisualRWKV(nn.Module):
     @image_preprocessor.setter
     def image_preprocessor(self, preprocessor: ImagePreprocessor | None) -> None:
         if preprocessor is not None and not callable(preprocessor):
-            raise TypeError(f"image_preprocessor must be an ImagePreprocessor (or None), got {type(preprocessor).__name__}")
+            raise TypeError(
+                f"image_preprocessor must be an ImagePreprocessor (or None), got {type(preprocessor).__name__}"
+            )
         self.preprocessor = preprocessor
 
     def _processor(self, layout: PromptLayout | str | None = None, tokenizer: Any = None) -> VisualRWKVProcessor:
@@ -203,8 +206,11 @@ class VisualRWKV(nn.Module):
         """The :class:`VisualRWKVConfig` of this model (language model, encoder, projector, scan, layout);
         ``VisualRWKV.from_config(model.config)`` builds a freshly initialised copy."""
         return VisualRWKVConfig(
-            rwkv=self.rwkv.config, encoder=encoder_to_config(self.encoder), projector=projector_to_config(self.proj),
-            scan=scan_to_config(self.scan), layout=layout_to_config(self.layout),
+            rwkv=self.rwkv.config,
+            encoder=encoder_to_config(self.encoder),
+            projector=projector_to_config(self.proj),
+            scan=scan_to_config(self.scan),
+            layout=layout_to_config(self.layout),
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -228,8 +234,14 @@ class VisualRWKV(nn.Module):
         encoder = encoder_from_config(config.encoder, device=device, dtype=dtype)
         proj = projector_from_config(config.projector, device=device, dtype=dtype)
         kwargs.setdefault("freeze_encoder", bool(config.encoder.get("frozen", True)))
-        return cls(rwkv=rwkv, encoder=encoder, proj=proj, scan=scan_from_config(config.scan),
-                   layout=layout_from_config(config.layout), **kwargs)
+        return cls(
+            rwkv=rwkv,
+            encoder=encoder,
+            proj=proj,
+            scan=scan_from_config(config.scan),
+            layout=layout_from_config(config.layout),
+            **kwargs,
+        )
 
     @classmethod
     def from_official_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> VisualRWKV:
@@ -284,7 +296,9 @@ class VisualRWKV(nn.Module):
             return self.rwkv.embed(input_ids), [[] for _ in range(input_ids.shape[0])]
         if pixel_values is not None:
             if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-                got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+                got = (
+                    tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+                )
                 raise ValueError(f"pixel_values must be [n, 3, H, W] (one image per placeholder), got {got}")
             if pixel_values.shape[0] != n:
                 raise ValueError(
@@ -375,7 +389,13 @@ class VisualRWKV(nn.Module):
             input_ids = input_ids.unsqueeze(0)
         logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
         return generate(
-            self, None, config, state=state, next_logits=logits[:, -1], streamer=streamer, generator=generator,
+            self,
+            None,
+            config,
+            state=state,
+            next_logits=logits[:, -1],
+            streamer=streamer,
+            generator=generator,
             **overrides,
         )
 

@@ -11,7 +11,13 @@ from .word import WordTokenizer
 from .world import WORLD_STOP_TOKEN_IDS, WORLD_VOCAB_SIZE, WorldTokenizer
 
 __all__ = [
-    "Tokenizer", "SavableTokenizer", "StreamDecoder", "TextStreamDecoder", "TOKENIZERS",
-    "WorldTokenizer", "WORLD_VOCAB_SIZE", "WORLD_STOP_TOKEN_IDS",
+    "Tokenizer",
+    "SavableTokenizer",
+    "StreamDecoder",
+    "TextStreamDecoder",
+    "TOKENIZERS",
+    "WorldTokenizer",
+    "WORLD_VOCAB_SIZE",
+    "WORLD_STOP_TOKEN_IDS",
     "WordTokenizer",
 ]

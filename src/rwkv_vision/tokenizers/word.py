@@ -53,7 +53,17 @@ _END, _TURN, _UNK = "<end>", "\n\n", "<unk>"
 PUNCTUATION: tuple[str, ...] = ("?", ".", ",", ":")
 #: Words of the VisualRWKV prompt format: roles and the short-answer instruction.
 PROMPT_WORDS: tuple[str, ...] = (
-    "User", "Assistant", "Answer", "the", "question", "using", "a", "single", "word", "or", "phrase",
+    "User",
+    "Assistant",
+    "Answer",
+    "the",
+    "question",
+    "using",
+    "a",
+    "single",
+    "word",
+    "or",
+    "phrase",
 )
 _FORMAT = "rwkv_vision.WordTokenizer"
 _VERSION = 1

@@ -48,16 +48,23 @@ __all__ = [
 _ANCHOR = "embeddings.patch_embedding.weight"
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
 _LAYER_MAP = {
-    "layer_norm1.weight": "norm1.weight", "layer_norm1.bias": "norm1.bias",
-    "layer_norm2.weight": "norm2.weight", "layer_norm2.bias": "norm2.bias",
-    "self_attn.out_proj.weight": "attn.proj.weight", "self_attn.out_proj.bias": "attn.proj.bias",
-    "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
-    "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
+    "layer_norm1.weight": "norm1.weight",
+    "layer_norm1.bias": "norm1.bias",
+    "layer_norm2.weight": "norm2.weight",
+    "layer_norm2.bias": "norm2.bias",
+    "self_attn.out_proj.weight": "attn.proj.weight",
+    "self_attn.out_proj.bias": "attn.proj.bias",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
 }
 _GLOBAL_MAP = {
     "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
-    "pre_layrnorm.weight": "norm_pre.weight", "pre_layrnorm.bias": "norm_pre.bias",
-    "post_layernorm.weight": "norm.weight", "post_layernorm.bias": "norm.bias",
+    "pre_layrnorm.weight": "norm_pre.weight",
+    "pre_layrnorm.bias": "norm_pre.bias",
+    "post_layernorm.weight": "norm.weight",
+    "post_layernorm.bias": "norm.bias",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
 
@@ -76,7 +83,7 @@ def find_clip_prefix(state_dict: Mapping[str, Any]) -> str:
 def _sub(state_dict: Mapping[str, torch.Tensor], prefix: str | None) -> tuple[dict[str, torch.Tensor], str]:
     if prefix is None:
         prefix = find_clip_prefix(state_dict)
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, prefix
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}, prefix
 
 
 def clip_config_from_state_dict(
@@ -104,7 +111,11 @@ def clip_config_from_state_dict(
     if width % head_dim:
         raise ValueError(f"width {width} is not a multiple of head_dim={head_dim}; pass head_dim")
     return dict(
-        embed_dim=width, depth=depth, num_heads=width // head_dim, patch_size=p, img_size=grid * p,
+        embed_dim=width,
+        depth=depth,
+        num_heads=width // head_dim,
+        patch_size=p,
+        img_size=grid * p,
         mlp_ratio=fc1.shape[0] / width,
     )
 
@@ -131,7 +142,7 @@ def clip_to_timm_state_dict(
             i, rest = int(m.group(1)), m.group(2)
             if rest in _LAYER_MAP:
                 out[f"blocks.{i}.{_LAYER_MAP[rest]}"] = v
-            elif (qm := re.fullmatch(r"self_attn\.([qkv]_proj)\.(weight|bias)", rest)):
+            elif qm := re.fullmatch(r"self_attn\.([qkv]_proj)\.(weight|bias)", rest):
                 qkv.setdefault((i, qm.group(2)), {})[qm.group(1)] = v
             else:
                 unknown.append(prefix + k)
@@ -140,7 +151,9 @@ def clip_to_timm_state_dict(
     for (i, kind), parts in sorted(qkv.items()):
         missing = [n for n in _QKV if n not in parts]
         if missing:
-            raise ValueError(f"layer {i}: missing {', '.join(f'{prefix}encoder.layers.{i}.self_attn.{n}.{kind}' for n in missing)}")
+            raise ValueError(
+                f"layer {i}: missing {', '.join(f'{prefix}encoder.layers.{i}.self_attn.{n}.{kind}' for n in missing)}"
+            )
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in _QKV], 0)
     if unknown:
         raise ValueError(f"unexpected CLIP vision keys: {unknown}")
@@ -202,7 +215,9 @@ def load_clip_state_dict(
             f"CLIP weights do not fit the encoder: missing {missing}, unexpected {list(result.unexpected_keys)}"
         )
     if assign and any(k in result.missing_keys for k in ("norm.weight", "norm.bias")) and vit.norm.weight.is_meta:
-        vit.norm = torch.nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, device=vit.cls_token.device, dtype=vit.cls_token.dtype)
+        vit.norm = torch.nn.LayerNorm(
+            vit.embed_dim, eps=vit.norm.eps, device=vit.cls_token.device, dtype=vit.cls_token.dtype
+        )
 
 
 def encoder_from_clip_state_dict(
@@ -223,7 +238,12 @@ def encoder_from_clip_state_dict(
     """
     cfg = clip_config_from_state_dict(state_dict, prefix=prefix, head_dim=head_dim)
     enc = timm_vit(
-        "vit_base_patch16_clip_224", layer=layer, cls=cls, device="meta", pre_norm=True, act_layer=act_layer,
+        "vit_base_patch16_clip_224",
+        layer=layer,
+        cls=cls,
+        device="meta",
+        pre_norm=True,
+        act_layer=act_layer,
         **cfg,
     )
     sd, prefix = _sub(state_dict, prefix)

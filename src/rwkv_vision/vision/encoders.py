@@ -66,6 +66,7 @@ class VisionEncoder(nn.Module):
     def __init__(self, vit: VisionTransformer, *, layer: int = -1, cls: ClsPosition = "last"):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
+
         if not isinstance(vit, VisionTransformer):
             raise TypeError(f"vit must be a timm VisionTransformer, got {type(vit).__name__}")
         if getattr(vit, "num_prefix_tokens", 1) != 1 or not getattr(vit, "has_class_token", True):
@@ -110,14 +111,21 @@ class VisionEncoder(nn.Module):
                 f"pixel_values must be [b, 3, H, W], got {getattr(pixel_values, 'shape', type(pixel_values).__name__)}"
             )
         if tuple(pixel_values.shape[-2:]) != self.image_size and not getattr(self.vit, "dynamic_img_size", False):
-            raise ValueError(f"pixel_values must be {self.image_size[0]}x{self.image_size[1]}, got {tuple(pixel_values.shape[-2:])}")
+            raise ValueError(
+                f"pixel_values must be {self.image_size[0]}x{self.image_size[1]}, got {tuple(pixel_values.shape[-2:])}"
+            )
         param = next(self.vit.parameters())
         x = pixel_values.to(device=param.device, dtype=param.dtype)
         # forward_intermediates with stop_early skips the blocks after `layer`, and norm=False leaves out
         # the final LayerNorm (VisualRWKV reads the raw residual stream).
-        (patches, prefix), = self.vit.forward_intermediates(
-            x, indices=[self.layer], return_prefix_tokens=True, norm=False, stop_early=True,
-            output_fmt="NLC", intermediates_only=True,
+        ((patches, prefix),) = self.vit.forward_intermediates(
+            x,
+            indices=[self.layer],
+            return_prefix_tokens=True,
+            norm=False,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
         )
         if self.cls == "last":
             return torch.cat([patches, prefix], dim=1)
@@ -174,8 +182,15 @@ def tiny_clip(
     infers heads), patch 14, quick-GELU, pre-norm. ``image_size`` 28 gives a 2 x 2 grid, 56 a 4 x 4 grid.
     ``kwargs`` override the timm arguments (``depth``, ``embed_dim``, ``num_heads``, ...)."""
     args = dict(
-        patch_size=14, embed_dim=64, depth=2, num_heads=1, mlp_ratio=4.0, pre_norm=True, img_size=image_size,
-        act_layer="quick_gelu", num_classes=0,
+        patch_size=14,
+        embed_dim=64,
+        depth=2,
+        num_heads=1,
+        mlp_ratio=4.0,
+        pre_norm=True,
+        img_size=image_size,
+        act_layer="quick_gelu",
+        num_classes=0,
     )
     args.update(kwargs)
     return timm_vit("vit_base_patch16_clip_224", layer=layer, cls=cls, device=device, dtype=dtype, **args)

@@ -29,8 +29,10 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
 }
 
 

@@ -89,8 +89,14 @@ class MLPProjector(Projector):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, hidden_features: int | None = None, bias: bool = True,
-        device=None, dtype=None,
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden_features: int | None = None,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
@@ -115,8 +121,14 @@ class GatedMLPProjector(Projector):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, hidden_features: int | None = None, bias: bool = False,
-        device=None, dtype=None,
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden_features: int | None = None,
+        bias: bool = False,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         self.in_features = _check_features("in_features", in_features)
@@ -140,7 +152,9 @@ def create_projector(name_or_cls: str | type[Projector], **kwargs: Any) -> Proje
     """
     if isinstance(name_or_cls, str):
         if name_or_cls not in PROJECTORS:
-            raise ValueError(f"name_or_cls: unknown projector {name_or_cls!r}; expected one of {sorted(PROJECTORS)} or a class")
+            raise ValueError(
+                f"name_or_cls: unknown projector {name_or_cls!r}; expected one of {sorted(PROJECTORS)} or a class"
+            )
         cls = PROJECTORS.get(name_or_cls)
     elif isinstance(name_or_cls, type) and issubclass(name_or_cls, nn.Module):
         cls = name_or_cls
