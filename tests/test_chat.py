@@ -11,11 +11,11 @@ from PIL import Image
 from rwkv_vision import RWKV6, VisualRWKV, chat
 from rwkv_vision.chat import extract_answer
 from rwkv_vision.data import ShapesVQA, exact_match
-from rwkv_vision.generation import CHAT_STOP_TOKENS, TextStreamer
+from rwkv_vision.generation import TextStreamer
 from rwkv_vision.pretrained import load_toy_model
-from rwkv_vision.prompt import get_layout
 from rwkv_vision.vision import tiny_clip
 
+from reference.chat_before import inputs_as_chat_built_them
 from reference.fixtures import one_cpu_thread  # noqa: F401
 
 N_SAMPLES = 8
@@ -26,19 +26,10 @@ def chat_as_it_was(
     model, image, question, *, layout=None, tokenizer=None, max_new_tokens=128, streamer=None, **overrides
 ):
     """VisualRWKV.chat before the processor and chat() existed (copied from it)."""
+    ids, pixels, stop_tokens = inputs_as_chat_built_them(model, image, question, layout=layout, tokenizer=tokenizer)
+    overrides.setdefault("stop_tokens", stop_tokens)
     tok = tokenizer if tokenizer is not None else model.get_tokenizer()
-    rows, cols = model.encoder.grid
-    lay = model.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=model.encoder.cls)
-    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-    prompt = lay.tokenize(question, tok, num_images=len(images))
-    device = model.rwkv.emb.weight.device
-    pixels = None
-    if images:
-        pixels = model.get_preprocessor()(images, device=device, dtype=next(model.encoder.parameters()).dtype)
-    overrides.setdefault("stop_tokens", tuple(getattr(tok, "stop_token_ids", CHAT_STOP_TOKENS)))
-    out = model.generate(
-        prompt.to_tensor(device=device), pixels, max_new_tokens=max_new_tokens, streamer=streamer, **overrides
-    )
+    out = model.generate(ids, pixels, max_new_tokens=max_new_tokens, streamer=streamer, **overrides)
     return tok.decode(out.tokens[0]).split("\n\n")[0].strip()
 
 

@@ -17,25 +17,12 @@ from rwkv_vision.generation import CHAT_STOP_TOKENS
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from rwkv_vision.pretrained import load_toy_model, path
 from rwkv_vision.processor import ProcessorOutput, VisualRWKVProcessor
-from rwkv_vision.prompt import ImageFirst, ImageLast, Sandwich, get_layout
+from rwkv_vision.prompt import ImageFirst, ImageLast, Sandwich
 from rwkv_vision.tokenizers import WordTokenizer, WorldTokenizer
 from rwkv_vision.vision import ImagePreprocessor, tiny_clip
 
+from reference.chat_before import inputs_as_chat_built_them
 from reference.fixtures import one_cpu_thread  # noqa: F401
-
-
-def inputs_as_chat_built_them(model, image, question, *, layout=None, tokenizer=None):
-    """VisualRWKV.chat's input building before the processor (copied from it): ids, pixels, stop tokens."""
-    tok = tokenizer if tokenizer is not None else model.get_tokenizer()
-    rows, cols = model.encoder.grid
-    lay = model.layout if layout is None else get_layout(layout).with_grid(rows, cols, cls=model.encoder.cls)
-    images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-    prompt = lay.tokenize(question, tok, num_images=len(images))
-    device = model.rwkv.emb.weight.device
-    pixels = None
-    if images:
-        pixels = model.get_preprocessor()(images, device=device, dtype=next(model.encoder.parameters()).dtype)
-    return prompt.to_tensor(device=device), pixels, tuple(getattr(tok, "stop_token_ids", CHAT_STOP_TOKENS))
 
 
 @pytest.fixture(scope="module")

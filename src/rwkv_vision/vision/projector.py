@@ -49,6 +49,12 @@ class Projector(nn.Module):
                 f"features must be a tensor [..., {self.in_features}], got {getattr(features, 'shape', type(features).__name__)}"
             )
 
+    def _set_widths(self, in_features: Any, out_features: Any, hidden_features: Any) -> int:
+        """Check and record the widths; the hidden width (default ``out_features``)."""
+        self.in_features = _check_features("in_features", in_features)
+        self.out_features = _check_features("out_features", out_features)
+        return out_features if hidden_features is None else _check_features("hidden_features", hidden_features)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
@@ -99,9 +105,7 @@ class MLPProjector(Projector):
         dtype=None,
     ):
         super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        hidden = out_features if hidden_features is None else _check_features("hidden_features", hidden_features)
+        hidden = self._set_widths(in_features, out_features, hidden_features)
         self.fc1 = nn.Linear(in_features, hidden, bias=bias, device=device, dtype=dtype)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out_features, bias=bias, device=device, dtype=dtype)
@@ -131,9 +135,7 @@ class GatedMLPProjector(Projector):
         dtype=None,
     ):
         super().__init__()
-        self.in_features = _check_features("in_features", in_features)
-        self.out_features = _check_features("out_features", out_features)
-        hidden = out_features if hidden_features is None else _check_features("hidden_features", hidden_features)
+        hidden = self._set_widths(in_features, out_features, hidden_features)
         self.proj = nn.Linear(in_features, hidden, bias=bias, device=device, dtype=dtype)
         self.gate = nn.Linear(hidden, hidden, bias=bias, device=device, dtype=dtype)
         self.o_proj = nn.Linear(hidden, out_features, bias=bias, device=device, dtype=dtype)
