@@ -101,3 +101,48 @@ def test_default_chunk_and_bad_chunk_size():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size must be a positive int"):
             wkv6_chunked(*[inputs[k] for k in NAMES], chunk_size=bad)
+
+
+EXTREME_W = [-1e-6, -0.5, -5.0, -30.0, -100.0, -1e8, -float("inf")]
+
+
+def _with_decay(inputs, w_value):
+    inputs = dict(inputs)
+    inputs["w"] = torch.full_like(inputs["w"], w_value)
+    return inputs
+
+
+@pytest.mark.parametrize("w_value", EXTREME_W, ids=str)
+@pytest.mark.parametrize("t,L", [(1, 16), (17, 16), (37, 16), (23, 5)])
+def test_every_decay_down_to_minus_inf_matches_float64(w_value, t, L):
+    """Every valid log-decay, uniform over the sequence: outputs and every gradient (initial state
+    included) stay within float32 error of the float64 loop; no NaN at w = -1e8 or -inf."""
+    inputs = _with_decay(make_inputs(2, t, 2, 8, seed=t + L), w_value)
+    assert_matches_reference(chunked(L), inputs, 1e-5)
+
+
+def test_mixed_extreme_decays_match_float64():
+    """-inf, -1e8 and ordinary decays side by side in one chunk, channel by channel and step by step."""
+    inputs = make_inputs(2, 41, 2, 8, seed=11)
+    w = inputs["w"].clone()
+    w[..., ::3] = -float("inf")
+    w[:, ::5, :, 1::3] = -1e8
+    w[:, 2::7, :, 2::3] = -1e-7
+    inputs["w"] = w
+    assert_matches_reference(chunked(16), inputs, 1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    t=st.integers(1, 40),
+    L=st.integers(1, 20),
+    choices=st.lists(st.sampled_from(EXTREME_W), min_size=1, max_size=4),
+    seed=st.integers(0, 1000),
+)
+def test_hypothesis_extreme_decays_float32(t, L, choices, seed):
+    """Decays drawn per element from the extreme values: float32 outputs and gradients near float64."""
+    inputs = make_inputs(1, t, 2, 4, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(choices), inputs["w"].shape, generator=g)
+    inputs["w"] = torch.tensor(choices, dtype=torch.float32)[pick]
+    assert_matches_reference(chunked(L), inputs, 1e-5)

@@ -93,24 +93,37 @@ def wkv6_chunked(
 
     rc, kc, vc, wc = chunks(r), chunks(k), chunks(v), chunks(w)
     u = u.to(acc)
-    A = wc.cumsum(dim=-2)  # [b, h, m, L, n], inclusive: A_t
-    A_prev = A - wc  # A_{t-1}
-    A_last = A[..., -1:, :]  # [b, h, m, 1, n]
+    # Every log-decay sum below is a sum of w's (all <= 0) that is accumulated directly, never the
+    # difference of two cumulative sums: A_{t-1} - A_s computed as a difference cancels, with an error
+    # of about |A| * eps that turns e^0 into e^(+-ulp(A)) (1e-5 off at w = -30, inf * 0 = NaN at
+    # w = -1e8) and -inf - -inf = NaN at w = -inf. Sums of non-positive numbers do not cancel, so each
+    # factor exp(sum) carries a relative error of a few eps times |sum|, and exp(x) |x| <= 1/e.
+    A_prev = F.pad(wc[..., :-1, :], (0, 0, 1, 0)).cumsum(dim=-2)  # [b, h, m, L, n]: A_{t-1}, A_{-1} = 0
+    A_last = wc.sum(dim=-2, keepdim=True)  # [b, h, m, 1, n]: the whole chunk's log-decay
+    # sum_{q>s} w_q = A_{L-1} - A_s, as a reverse cumulative sum shifted by one step.
+    to_end = F.pad(wc[..., 1:, :].flip(-2).cumsum(dim=-2).flip(-2), (0, 0, 0, 1))
 
     # Within each chunk, all chunks at once, one diagonal of the L x L score matrix at a time: offset d
-    # pairs step t with step s = t - d. Only the L (L - 1) / 2 pairs with s < t are formed, and each
-    # diagonal's exponents A_{t-1} - A_{t-d} are <= 0.
+    # pairs step t with step s = t - d. Only the L (L - 1) / 2 pairs with s < t are formed. The exponent
+    # of pair (t, s) is E_d[s] = w_{s+1} + ... + w_{t-1} (<= 0), built up diagonal by diagonal:
+    # E_1 = 0 and E_{d+1}[s] = E_d[s + 1] + w_{s+1}.
     diagonals = []
+    E = None
     for d in range(1, L):
-        coef = torch.exp(A_prev[..., d:, :] - A[..., : L - d, :])  # [b, h, m, L - d, n]
-        diagonals.append((rc[..., d:, :] * kc[..., : L - d, :] * coef).sum(-1))  # [b, h, m, L - d]
+        if d == 1:
+            coef = None  # exp(0)
+        else:
+            E = wc[..., 1 : L - d + 1, :] if E is None else E[..., 1:, :] + wc[..., 1 : L - d + 1, :]
+            coef = torch.exp(E)  # [b, h, m, L - d, n]
+        pair = rc[..., d:, :] * kc[..., : L - d, :]
+        diagonals.append((pair if coef is None else pair * coef).sum(-1))  # [b, h, m, L - d]
     scores = _lower_triangular(diagonals, L, like=rc)  # [b, h, m, L(t), L(s)]
     bonus = (rc * u.view(1, h, 1, 1, n) * kc).sum(-1, keepdim=True)  # [b, h, m, L, 1]
     y = scores @ vc + bonus * vc  # [b, h, m, L, n]
 
     # Across chunks: the state, one matmul pair per chunk.
     q_decayed = rc * torch.exp(A_prev)  # r_t exp(A_{t-1})
-    k_to_end = kc * torch.exp(A_last - A)  # k_s exp(A_{L-1} - A_s)
+    k_to_end = kc * torch.exp(to_end)  # k_s exp(A_{L-1} - A_s)
     state_decay = torch.exp(A_last).transpose(-1, -2)  # [b, h, m, n, 1]
     state = initial_state.to(acc) if initial_state is not None else r.new_zeros(b, h, n, n, dtype=acc)
     carried = []
