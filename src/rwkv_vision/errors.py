@@ -7,7 +7,10 @@ would already catch (``ValueError``), so ``except ValueError`` keeps working:
       ConfigError        a configuration (a dataclass, or a config.json section) with a missing, unknown or
                          out-of-range field; the message names the field and what was expected
       CheckpointError    a checkpoint file or directory that cannot be read; names the file
-      StateDictError     tensors that do not fit the model; lists every missing, unexpected and mis-shaped key
+        UnsafeCheckpointError  a pickle refused for safety: it holds objects other than tensors
+      DeviceError        a device that does not exist or is not available here (``cuda`` without CUDA); names it
+      StateDictError     tensors that do not fit the model; lists the first few missing, unexpected and
+                         mis-shaped keys of each kind and how many more there are (all of them in attributes)
       UnknownNameError   a component name (scan policy, layout, projector, encoder, tokenizer) nobody registered
     ExtensionError       (a RuntimeError) the compiled kernels are required but cannot be loaded
 """
@@ -21,6 +24,8 @@ __all__ = [
     "RWKVVisionError",
     "ConfigError",
     "CheckpointError",
+    "UnsafeCheckpointError",
+    "DeviceError",
     "StateDictError",
     "UnknownNameError",
     "ExtensionError",
@@ -40,17 +45,31 @@ class CheckpointError(RWKVVisionError):
     """A checkpoint file or directory that cannot be read: the message names the file and what was expected."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint refused for safety (it holds Python objects other than tensors, whose loading
+    could run code); not a corrupt file."""
+
+
+class DeviceError(RWKVVisionError):
+    """A device that does not exist or is not available on this machine; the message names the device."""
+
+
 def natural_key(key: str) -> list:
     """Sort key that orders ``blocks.2`` before ``blocks.10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 class StateDictError(RWKVVisionError):
-    """A state dict that does not fit the model; lists every missing, unexpected and mis-shaped key.
+    """A state dict that does not fit the model; the message lists the first :attr:`SHOWN` missing,
+    unexpected and mis-shaped keys of each kind and a count of the rest (a hostile file with thousands of
+    keys must not give a message of thousands of lines).
 
     Attributes: ``missing`` (list of keys), ``unexpected`` (list of keys), ``mismatched`` (list of
-    (key, shape in the state dict, shape the model expects)).
+    (key, shape in the state dict, shape the model expects)) -- complete.
     """
+
+    #: keys of each kind shown in the message
+    SHOWN = 8
 
     def __init__(self, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[tuple], hint: str = ""):
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
@@ -58,12 +77,25 @@ class StateDictError(RWKVVisionError):
             f"state dict does not match the model: {len(self.missing)} missing, {len(self.unexpected)} "
             f"unexpected, {len(self.mismatched)} mis-shaped key(s)"
         ]
-        lines += [f"  missing:    {k}" for k in self.missing]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  mis-shaped: {k}: got {list(got)}, expected {list(want)}" for k, got, want in self.mismatched]
+        n = self.SHOWN
+
+        def some(kind: str, items: list, fmt) -> list[str]:
+            out = [f"  {kind} {_short(fmt(x))}" for x in items[:n]]
+            if len(items) > n:
+                out.append(f"  {kind} ... and {len(items) - n} more")
+            return out
+
+        lines += some("missing:   ", self.missing, str)
+        lines += some("unexpected:", self.unexpected, str)
+        lines += some("mis-shaped:", self.mismatched, lambda m: f"{m[0]}: got {list(m[1])}, expected {list(m[2])}")
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (a key in a hostile file can be megabytes long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class UnknownNameError(RWKVVisionError):

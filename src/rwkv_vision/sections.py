@@ -10,8 +10,8 @@ the checkpoint package all read and write parts through these functions; the fil
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +27,29 @@ from .vision.projector import PROJECTORS, GatedMLPProjector, LinearProjector, ML
 
 #: The file name of a tokenizer saved beside config.json.
 TOKENIZER_NAME = "tokenizer.json"
+#: The largest tokenizer file read (the bundled World vocabulary is under 1 MiB).
+MAX_TOKENIZER_BYTES = 64 * 2**20
+
+#: Upper bounds on a vision tower described by a file (far above CLIP ViT-L/14-336 and ViT-g, far below
+#: what would make building it run without bound): checked before any module is built.
+VIT_LIMITS = dict(
+    embed_dim=16384,
+    depth=256,
+    num_heads=1024,
+    patch_size=1024,
+    img_size=8192,
+    patches=65536,
+    mlp_ratio=64.0,
+    other_int=65536,
+)
+#: Upper bound on projector widths (the language model's n_embd is at most 65536).
+MAX_FEATURES = 1 << 20
 
 __all__ = [
     "TOKENIZER_NAME",
+    "VIT_LIMITS",
+    "MAX_FEATURES",
+    "contained_path",
     "parse_dtype",
     "dtype_name",
     "check_section",
@@ -209,9 +229,9 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
     sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" else ())
     problems = check_section("projector", data, required=("type", *sizes, "bias"), optional=())
     problems += [
-        f"projector.{k} must be a positive int, got {data[k]!r}"
+        f"projector.{k} must be an int in 1..{MAX_FEATURES}, got {data[k]!r}"
         for k in sizes
-        if k in data and not _is_pos_int(data[k])
+        if k in data and not (_is_pos_int(data[k]) and data[k] <= MAX_FEATURES)
     ]
     if "bias" in data and not isinstance(data["bias"], bool):
         problems.append(f"projector.bias must be true or false, got {data['bias']!r}")
@@ -245,6 +265,13 @@ def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
     problems = check_section("preprocessor", data, required=_PRE_FIELDS, optional=())
     if problems:
         raise CheckpointError("; ".join(problems))
+    for k in ("mean", "std"):
+        v = data[k]
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise CheckpointError(f"preprocessor.{k} must be a list of 3 numbers, got {_brief(v)}")
+    for k in ("size", "crop_size", "resample", "alpha"):
+        if isinstance(data[k], (list, dict)):
+            raise CheckpointError(f"preprocessor.{k} must be a plain value, got {_brief(data[k])}")
     try:
         return ImagePreprocessor(
             data["size"],
@@ -292,7 +319,6 @@ def tokenizer_from_config(data: Mapping[str, Any], *, directory=None) -> Any:
     Only tokenizer classes inside ``rwkv_vision`` are imported by name: a config file must not be able to
     make the loader import arbitrary code. Others need ``tokenizer=`` passed to ``from_pretrained``.
     """
-    from pathlib import Path
 
     kind = data.get("type", "missing") if isinstance(data, Mapping) else "missing"
     registered = isinstance(kind, str) and kind != "class" and kind in TOKENIZERS.names()
@@ -311,26 +337,74 @@ def tokenizer_from_config(data: Mapping[str, Any], *, directory=None) -> Any:
     if registered and not fields:
         return TOKENIZERS.get(kind)()
     if directory is None:
-        raise CheckpointError(f"tokenizer: its file {data['file']!r} needs the checkpoint directory")
-    path = Path(directory) / data["file"]
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; config.json says the tokenizer is stored in this file")
+        raise CheckpointError(f"tokenizer: its file {_brief(data['file'])} needs the checkpoint directory")
     if registered:
         cls = TOKENIZERS.get(kind)
     else:
-        module, _, name = str(data["class"]).partition(":")
-        if not (module == "rwkv_vision" or module.startswith("rwkv_vision.")) or not name:
-            raise CheckpointError(
-                f"tokenizer.class {data['class']!r} is outside rwkv_vision and is not imported from a config "
-                "file; pass tokenizer= to from_pretrained"
-            )
-        cls = importlib.import_module(module)
-        for part in name.split("."):
-            cls = getattr(cls, part)
+        cls = _registered_tokenizer_class(data["class"])
+    path = contained_path(directory, data["file"], field="tokenizer.file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; config.json says the tokenizer is stored in this file")
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes is more than a tokenizer file may hold ({MAX_TOKENIZER_BYTES})")
     try:
         return cls.from_file(path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a valid {cls.__name__} file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - whatever a bad file makes the reader raise names the file
+        raise CheckpointError(f"{path}: not a valid {cls.__name__} file ({type(e).__name__}: {_brief(e)})") from None
+
+
+def _registered_tokenizer_class(spec: Any) -> type:
+    """The class named ``"module:Name"`` if it is one of the registered tokenizers (``TOKENIZERS``): a config
+    file never makes the loader import a module or look up an attribute by name."""
+    for name in TOKENIZERS.names():
+        cls = TOKENIZERS.get(name)
+        if isinstance(cls, type) and isinstance(spec, str) and spec == f"{cls.__module__}:{cls.__qualname__}":
+            return cls
+    raise CheckpointError(
+        f"tokenizer.class {_brief(spec)} is not a registered tokenizer (registered: {TOKENIZERS.names()}); "
+        "a class is never imported by name from a config file: pass tokenizer= to from_pretrained"
+    )
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about values from files."""
+    try:
+        text = repr(value) if not isinstance(value, BaseException) else str(value)
+    except Exception:  # noqa: BLE001 - a repr that fails (deep nesting) still gives a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def contained_path(directory: Any, name: Any, *, field: str) -> Any:
+    """``directory / name`` for a file name read from a config file or an argument, refused (a
+    ``CheckpointError`` naming ``field``) unless it stays inside ``directory``: no absolute paths, no ``..``,
+    no symbolic link that leads out (but into the blobs of a Hugging Face cache snapshot)."""
+    import os
+    from pathlib import Path, PurePosixPath, PureWindowsPath
+
+    if not isinstance(name, str) or not name or "\x00" in name or len(name) > 255:
+        raise CheckpointError(f"{field} must be a file name inside the checkpoint directory, got {_brief(name)}")
+    parts = PurePosixPath(name).parts
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+        or ".." in parts
+        or ".." in PureWindowsPath(name).parts
+    ):
+        raise CheckpointError(f"{field} {name!r} leaves the checkpoint directory {str(directory)!r}; refused")
+    base = Path(directory)
+    path = base / name
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(base)]
+    if base.parent.name == "snapshots":  # a Hugging Face cache snapshot links its files to the repo's blobs
+        roots.append(os.path.realpath(base.parent.parent / "blobs"))
+    if not any(os.path.commonpath([root, real]) == root for root in roots):
+        raise CheckpointError(
+            f"{field} {name!r} resolves to {real}, outside the checkpoint directory {str(directory)!r}; refused"
+        )
+    return path
 
 
 # --- vision encoders --------------------------------------------------------------------------------------
@@ -443,6 +517,64 @@ def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
     return data
 
 
+def _size_pair(name: str, v: Any) -> tuple[int, int]:
+    if _is_pos_int(v):
+        return v, v
+    if isinstance(v, list) and len(v) == 2 and all(_is_pos_int(x) for x in v):
+        return v[0], v[1]
+    raise CheckpointError(f"encoder.timm_kwargs.{name} must be a positive int or a list of 2, got {_brief(v)}")
+
+
+def _check_vit_kwargs(kwargs: Mapping[str, Any], *, layer: Any) -> None:
+    """Sizes and kinds of the timm arguments from a file, against :data:`VIT_LIMITS` and each other, before
+    anything is built: a huge depth, width or image size must fail at once, not after minutes."""
+    lim = VIT_LIMITS
+
+    def plain(v: Any) -> bool:
+        if v is None or isinstance(v, (bool, str)):
+            return isinstance(v, str) is False or len(v) <= 64
+        if isinstance(v, int):
+            return -lim["other_int"] <= v <= lim["other_int"]
+        if isinstance(v, float):
+            return math.isfinite(v) and abs(v) <= lim["other_int"]
+        return isinstance(v, list) and len(v) <= 4 and all(plain(x) and not isinstance(x, list) for x in v)
+
+    bad = [k for k, v in kwargs.items() if not plain(v)]
+    if bad:
+        raise CheckpointError(
+            f"encoder.timm_kwargs: {bad[:5]} must be numbers within +-{lim['other_int']}, booleans, short strings, "
+            f"null or short lists of them, got {[_brief(kwargs[k]) for k in bad[:5]]}"
+        )
+    for name in ("embed_dim", "depth", "num_heads"):
+        if name in kwargs and not (_is_pos_int(kwargs[name]) and kwargs[name] <= lim[name]):
+            raise CheckpointError(
+                f"encoder.timm_kwargs.{name} must be an int in 1..{lim[name]}, got {_brief(kwargs[name])}"
+            )
+    img = _size_pair("img_size", kwargs.get("img_size", 224))
+    patch = _size_pair("patch_size", kwargs.get("patch_size", 16))
+    if max(img) > lim["img_size"] or max(patch) > lim["patch_size"]:
+        raise CheckpointError(
+            f"encoder.timm_kwargs: img_size {list(img)} must be <= {lim['img_size']} and patch_size {list(patch)} "
+            f"<= {lim['patch_size']}"
+        )
+    if patch[0] > img[0] or patch[1] > img[1] or (img[0] // patch[0]) * (img[1] // patch[1]) > lim["patches"]:
+        raise CheckpointError(
+            f"encoder.timm_kwargs: img_size {list(img)} / patch_size {list(patch)} must give 1..{lim['patches']} patches"
+        )
+    width, heads = kwargs.get("embed_dim", 768), kwargs.get("num_heads", 12)
+    if ("embed_dim" in kwargs or "num_heads" in kwargs) and width % heads:
+        raise CheckpointError(f"encoder.timm_kwargs: embed_dim {width} must be a multiple of num_heads {heads}")
+    ratio = kwargs.get("mlp_ratio", 4.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= lim["mlp_ratio"]:
+        raise CheckpointError(f"encoder.timm_kwargs.mlp_ratio must be in (0, {lim['mlp_ratio']}], got {_brief(ratio)}")
+    for name in ("in_chans", "reg_tokens"):
+        if name in kwargs and not (isinstance(kwargs[name], int) and 0 <= kwargs[name] <= 64):
+            raise CheckpointError(f"encoder.timm_kwargs.{name} must be an int in 0..64, got {_brief(kwargs[name])}")
+    depth = kwargs.get("depth", lim["depth"])  # a timm model's own depth is checked by VisionEncoder
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < depth:
+        raise CheckpointError(f"encoder.layer must be a block index in 0..{depth - 1}, got {_brief(layer)}")
+
+
 def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
     """The :class:`VisionEncoder` :func:`encoder_to_config` described (random weights; ``device="meta"``
     allocates nothing)."""
@@ -464,10 +596,15 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise CheckpointError(f"encoder.timm_kwargs: unknown timm VisionTransformer argument(s) {unknown}")
-    if not isinstance(data["layer"], int) or data["layer"] < 0:
-        raise CheckpointError(f"encoder.layer must be a block index >= 0, got {data['layer']!r}")
+    if not isinstance(data["layer"], int) or isinstance(data["layer"], bool) or data["layer"] < 0:
+        raise CheckpointError(f"encoder.layer must be a block index >= 0, got {_brief(data['layer'])}")
     if data["cls"] not in ("first", "last", None):
         raise CheckpointError(f"encoder.cls must be 'first', 'last' or null, got {data['cls']!r}")
+    _check_vit_kwargs(kwargs, layer=data["layer"])
+    if data["timm_model"] is not None and not isinstance(data["timm_model"], str):
+        raise CheckpointError(f"encoder.timm_model must be a timm model name or null, got {_brief(data['timm_model'])}")
+    if not isinstance(data["frozen"], bool):
+        raise CheckpointError(f"encoder.frozen must be true or false, got {_brief(data['frozen'])}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     kwargs["num_classes"] = 0
     try:
@@ -476,8 +613,10 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
                 enc = VisionEncoder(VisionTransformer(**kwargs), layer=data["layer"], cls=data["cls"])
         else:
             enc = timm_vit(data["timm_model"], layer=data["layer"], cls=data["cls"], device=device, **kwargs)
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"encoder: cannot build the ViT from config.json ({e})") from None
+    except Exception as e:  # noqa: BLE001 - timm's asserts, ZeroDivisionError, ... all mean a bad section
+        raise CheckpointError(
+            f"encoder: cannot build the ViT from config.json ({type(e).__name__}: {_brief(e, 200)})"
+        ) from None
     if dtype is not None:
         enc = enc.to(dtype=dtype)
     if data["frozen"]:

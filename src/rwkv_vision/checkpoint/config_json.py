@@ -91,6 +91,8 @@ FORMAT = "rwkv_vision.VisualRWKV"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The largest config.json read (the shipped one is 3 KiB); checked before it is parsed.
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 # --- the whole model --------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def validate_config(config: Any, *, source: str = "config.json") -> None:
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{source}: 'format' must be {FORMAT!r}, got {config.get('format')!r}")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise CheckpointError(
             f"{source}: format_version {version!r} is not supported (this rwkv_vision reads version "
             f"{FORMAT_VERSION}{'; upgrade rwkv_vision' if isinstance(version, int) and version > FORMAT_VERSION else ''})"
@@ -186,32 +188,57 @@ def model_from_config(
     validate_config(config, source=source)
     cls = VisualRWKV if cls is None else cls
     try:
-        rwkv = RWKV6(RWKV6Config.from_dict(config["rwkv"]), device=device, dtype=dtype)
-        encoder = encoder_from_config(config["encoder"], device=device, dtype=dtype)
-        proj = projector_from_config(config["projector"], device=device, dtype=dtype)
-        if proj.in_features != encoder.width or proj.out_features != rwkv.n_embd:
-            raise CheckpointError(
-                f"projector maps {proj.in_features} -> {proj.out_features} but the encoder width is {encoder.width} "
-                f"and n_embd is {rwkv.n_embd}"
-            )
+        rwkv_config = RWKV6Config.from_dict(config["rwkv"])
+        # Cheap checks first: sections that are wrong fail before the language model is built.
         scan = overrides.pop("scan", None) or scan_from_config(config["scan"])
         layout = overrides.pop("layout", None) or layout_from_config(config["layout"])
         preprocessor = overrides.pop("preprocessor", None) or preprocessor_from_config(config["preprocessor"])
+        proj_data = config["projector"]
+        if isinstance(proj_data, Mapping) and proj_data.get("out_features") != rwkv_config.n_embd:
+            raise CheckpointError(
+                f"projector.out_features {proj_data.get('out_features')!r} must equal rwkv.n_embd {rwkv_config.n_embd}"
+            )
         if tokenizer is None:
             tokenizer = tokenizer_from_config(config["tokenizer"], directory=directory)
-    except CheckpointError as e:
+        # Built in this order (language model, encoder, projector) so that random initialisation is stable.
+        rwkv = RWKV6(rwkv_config, device=device, dtype=dtype)
+        encoder = encoder_from_config(config["encoder"], device=device, dtype=dtype)
+        if isinstance(proj_data, Mapping) and proj_data.get("in_features") != encoder.width:
+            raise CheckpointError(
+                f"projector.in_features {proj_data.get('in_features')!r} must equal the encoder width {encoder.width}"
+            )
+        proj = projector_from_config(proj_data, device=device, dtype=dtype)
+    except (CheckpointError, ConfigError) as e:
         raise CheckpointError(f"{source}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AssertionError, RuntimeError) as e:
+        # A value of the right kind that the builders still refuse: the file is wrong, not the library.
+        if isinstance(e, RuntimeError) and _is_device_error(e, device):
+            raise
+        text = str(e)
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise CheckpointError(f"{source}: cannot build the model it describes ({type(e).__name__}: {text})") from None
     overrides.setdefault("freeze_encoder", bool(config["encoder"]["frozen"]))
-    return cls(
-        rwkv=rwkv,
-        encoder=encoder,
-        proj=proj,
-        scan=scan,
-        layout=layout,
-        tokenizer=tokenizer,
-        preprocessor=preprocessor,
-        **overrides,
-    )
+    try:
+        return cls(
+            rwkv=rwkv,
+            encoder=encoder,
+            proj=proj,
+            scan=scan,
+            layout=layout,
+            tokenizer=tokenizer,
+            preprocessor=preprocessor,
+            **overrides,
+        )
+    except (CheckpointError, ConfigError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def _is_device_error(e: BaseException, device: Any) -> bool:
+    return device is not None and str(device) != "meta" and any(w in str(e).lower() for w in ("cuda", "device", "mps"))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def load_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -222,9 +249,18 @@ def load_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
             f"(found: {sorted(p.name for p in Path(directory).iterdir())[:10]})"
         )
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes is more than a config.json may hold ({MAX_CONFIG_BYTES})")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); expected the config written by save_pretrained") from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{path}: JSON nested too deeply; expected the config written by save_pretrained"
+        ) from None
+    except ValueError as e:  # NaN / Infinity, or an integer with too many digits
         raise CheckpointError(f"{path}: not valid JSON ({e}); expected the config written by save_pretrained") from None
     validate_config(config, source=str(path))
     return config

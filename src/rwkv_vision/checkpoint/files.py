@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DeviceError, UnsafeCheckpointError
 from .config_json import parse_dtype
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "read_tensor_specs",
     "read_safetensors",
     "cast_tensor",
+    "check_device",
 ]
 
 #: With ``progress=None`` a progress bar (stderr) is shown for files at least this big.
@@ -63,6 +64,36 @@ def _progress_bar(progress: bool | None, total_bytes: int, desc: str):
     )
 
 
+def check_device(device: Any, *, name: str = "device") -> torch.device | None:
+    """``device`` as a ``torch.device`` that exists here, or a :class:`DeviceError` naming it (``cuda`` on a
+    machine without CUDA, ``cuda:3`` with two GPUs, a misspelt name); None stays None."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeviceError(f"{name}: {device!r} is not a device ({str(e).splitlines()[0][:200]})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"{name} {str(device)!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s) visible); use 'cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name} {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) exist here")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError(f"{name} {str(device)!r}: MPS is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        except Exception as e:  # noqa: BLE001 - any backend's way of saying "not here"
+            raise DeviceError(
+                f"{name} {str(device)!r} is not available here ({str(e).splitlines()[0][:200]})"
+            ) from None
+    return dev
+
+
 def _cast(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
     # Integer buffers (position_ids) keep their dtype; only floating tensors follow `dtype`.
     return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
@@ -78,7 +109,16 @@ def _materialise(
     try:
         for name, t in items:
             t = t() if callable(t) else t
-            out[name] = _cast(t, dtype, device) if (dtype is not None or device is not None) else t
+            if dtype is not None or device is not None:
+                try:
+                    out[name] = _cast(t, dtype, device)
+                except (RuntimeError, torch.OutOfMemoryError) as e:  # the file was read: the device failed
+                    raise DeviceError(
+                        f"{desc}: cannot put tensor {name!r} on device {str(device)!r} as {dtype} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+                    ) from None
+            else:
+                out[name] = t
             if bar is not None:
                 bar.update(t.numel() * t.element_size())
     finally:
@@ -96,6 +136,18 @@ def _weights_only_detail(message: str) -> str:
         return message.strip().splitlines()[0] if message.strip() else ""
     # torch goes on to explain how to allow-list the class; that advice is not ours to give for untrusted files
     return m.group(1).split(" was not an allowed global")[0].strip()
+
+
+_SAFETY_WORDS = ("global", "reduce", "can only", "unrecognized", "not allowed", "unsupported class", "persistent_load")
+
+
+def _refused_for_safety(message: str) -> bool:
+    """True when torch's weights-only unpickler refused an object (a class, a function to call), as opposed
+    to bytes it cannot parse (random data, a truncated file: "Unsupported operand")."""
+    if "Weights only load failed" not in message and "WeightsUnpickler" not in message:
+        return False
+    detail = _weights_only_detail(message).lower()
+    return any(w in detail for w in _SAFETY_WORDS)
 
 
 def _torch_load(path: Path) -> Any:
@@ -117,10 +169,11 @@ def _torch_load(path: Path) -> Any:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear error
         message = str(e)
-        if "Weights only load failed" in message and "Unsupported global" in message:
-            raise CheckpointError(
-                f"{path}: refusing to unpickle untrusted data: the file holds Python objects other than tensors "
-                f"and dicts ({_weights_only_detail(message)}), and loading them could run arbitrary code. "
+        if _refused_for_safety(message):
+            raise UnsafeCheckpointError(
+                f"{path}: refusing to unpickle untrusted data (refused for safety; the file is not corrupt): it "
+                "holds Python objects other than tensors "
+                f"and dicts ({_weights_only_detail(message)[:200]}), and unpickling them could run arbitrary code. "
                 "Only weights-only checkpoints (tensors in a flat dict) are read."
             ) from None
         raise CheckpointError(
@@ -170,7 +223,7 @@ def _read_safetensors(path: Path, *, dtype, device, progress) -> dict[str, torch
                 progress=progress,
                 desc=f"loading {path.name}",
             )
-        except CheckpointError:
+        except (CheckpointError, DeviceError):
             raise
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{path}: a tensor cannot be read ({e}); the file is corrupt or truncated") from None
@@ -189,6 +242,7 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
     dtype = parse_dtype(dtype)
+    check_device(device)
     if path.suffix == ".safetensors":
         return _read_safetensors(path, dtype=dtype, device=device, progress=progress)
     sd = _torch_load(path)

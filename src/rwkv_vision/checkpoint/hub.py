@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import CheckpointError
+from ..sections import contained_path
 from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config
 
 __all__ = ["REPO_ID", "OFFICIAL_CHECKPOINTS", "resolve_checkpoint"]
@@ -70,6 +72,22 @@ def _hub_download(repo_id: str, filename: str, *, revision, cache_dir) -> Path:
         raise FileNotFoundError(f"name_or_path: cannot get {where} from the Hugging Face Hub: {why}") from e
 
 
+def _check_relative(filename: str) -> None:
+    """A file name inside a directory or a Hub repo: no absolute path, no ``..``, no NUL."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    posix, win = PurePosixPath(filename), PureWindowsPath(filename)
+    if (
+        "\x00" in filename
+        or posix.is_absolute()
+        or win.is_absolute()
+        or win.drive
+        or ".." in posix.parts
+        or ".." in win.parts
+    ):
+        raise CheckpointError(f"filename {filename!r} leaves the checkpoint directory or repo; refused")
+
+
 def resolve_checkpoint(
     name_or_path: str | os.PathLike,
     *,
@@ -83,13 +101,16 @@ def resolve_checkpoint(
         raise TypeError(f"name_or_path must be a path or a Hub repo id, got {type(name_or_path).__name__}")
     if filename is not None and (not isinstance(filename, str) or not filename):
         raise ValueError(f"filename must be a non-empty str, got {filename!r}")
+    if filename is not None:
+        _check_relative(filename)
     local = Path(name_or_path)
     if local.is_dir():
         if filename is None:
             return local
-        if not (local / filename).is_file():
+        path = contained_path(local, filename, field="filename")
+        if not path.is_file():
             raise FileNotFoundError(f"filename: no file {filename!r} in the directory {str(local)!r}")
-        return local / filename
+        return path
     if local.is_file():
         if filename is not None:
             raise ValueError(
@@ -118,5 +139,6 @@ def resolve_checkpoint(
     _hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
     tok_file = config["tokenizer"].get("file") if isinstance(config["tokenizer"], Mapping) else None
     if tok_file:
+        contained_path(directory, tok_file, field="tokenizer.file")
         _hub_download(repo_id, tok_file, revision=revision, cache_dir=cache_dir)
     return directory

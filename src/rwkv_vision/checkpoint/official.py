@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import StateDictError
-from ..models.config import RWKV6Config
+from ..models.config import LIMITS, RWKV6Config
 from ..models.rwkv6 import RWKV6
 from ..models.visualrwkv import VisualRWKV
 from ..prompt import PromptLayout
@@ -35,6 +35,37 @@ __all__ = [
 
 #: Prefixes of the released flat checkpoints: language model, CLIP tower (transformers 4.x names), projector.
 OFFICIAL_PREFIXES = {"rwkv": "rwkv.", "vit": "vit.vision_model.", "proj": "proj.weight"}
+#: The most vision-tower layers a released-format checkpoint may describe (ViT-L has 24, ViT-g 40).
+MAX_VISION_LAYERS = 256
+
+
+def _contiguous_layers(state_dict: Mapping[str, Any], pattern: str, *, limit: int, what: str, prefix: str = "") -> int:
+    """The number of layers ``0..n-1`` whose keys match ``pattern`` (group 1: the index), checked before any
+    module is built: a single key such as ``blocks.20000.x`` must not make the loader build 20,001 layers.
+    Keys of a layer past a gap, or past ``limit``, are reported as unexpected (a few, and a count)."""
+    rx = re.compile(pattern)
+    by_index: dict[int, list[str]] = {}
+    for key in state_dict:
+        m = rx.match(key)
+        if m:
+            digits = m.group(1)
+            index = int(digits) if len(digits) <= 9 else 10**9  # no bignum parsing of a hostile index
+            by_index.setdefault(index, []).append(key)
+    n = 0
+    while n in by_index:
+        n += 1
+    beyond = sorted(i for i in by_index if i >= n)
+    if n > limit or beyond:
+        over = [k for i in sorted(by_index) if i >= min(n, limit) for k in by_index[i]]
+        why = (
+            f"{what}: {n} layers is more than the limit of {limit}"
+            if n > limit
+            else f"{what}: layers 0..{n - 1} are present, then index {beyond[0]}: layer indices must be 0..n-1"
+        )
+        raise StateDictError([], [prefix + k for k in over], [], hint=why)
+    return n
+
+
 #: Tensors of the released CLIP tower that the model does not use (or rebuilds), accepted when present.
 _OPTIONAL_VIT_KEYS = ("embeddings.position_ids", "post_layernorm.weight", "post_layernorm.bias")
 
@@ -57,7 +88,8 @@ def config_from_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> R
         keys = [key for key, _, _ in sources]
         raise StateDictError([], [], [], hint=f"cannot infer {name}: none of the keys {keys} is present")
 
-    layer_ids = {int(m.group(1)) for key in state_dict for m in [re.match(r"blocks\.(\d+)\.", key)] if m}
+    n_layer = _contiguous_layers(state_dict, r"blocks\.(\d+)\.", limit=LIMITS["n_layer"], what="language model")
+    layer_ids = set(range(n_layer))
     if not layer_ids:
         prefixed = any(key.startswith("rwkv.") for key in state_dict)
         hint = " (its keys start with 'rwkv.': strip that prefix first)" if prefixed else ""
@@ -115,6 +147,21 @@ def rwkv6_from_official_state_dict(
     return model.to(device=device, dtype=dtype)
 
 
+def _check_vision_sizes(vcfg: Mapping[str, Any]) -> None:
+    from ..sections import VIT_LIMITS
+
+    for name in ("embed_dim", "depth", "num_heads", "patch_size", "img_size"):
+        if not 1 <= vcfg[name] <= VIT_LIMITS[name]:
+            raise StateDictError([], [], [], hint=f"vision tower: {name} {vcfg[name]} is outside 1..{VIT_LIMITS[name]}")
+    ratio = vcfg["mlp_ratio"]
+    if not 0 < ratio <= VIT_LIMITS["mlp_ratio"]:
+        raise StateDictError(
+            [], [], [], hint=f"vision tower: mlp ratio {ratio} is outside (0, {VIT_LIMITS['mlp_ratio']}]"
+        )
+    if (vcfg["img_size"] // vcfg["patch_size"]) ** 2 > VIT_LIMITS["patches"]:
+        raise StateDictError([], [], [], hint=f"vision tower: more than {VIT_LIMITS['patches']} patches per image")
+
+
 def visualrwkv_from_official_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -159,7 +206,18 @@ def visualrwkv_from_official_state_dict(
     mismatched += [(rp + k, got, want) for k, got, want in mm]
 
     # Vision tower: the keys a tower of the inferred size has, in the checkpoint's naming.
-    vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
+    _contiguous_layers(
+        {k[len(vp) :]: v for k, v in vit_sd.items()},
+        r"encoder\.layers\.(\d+)\.",
+        limit=MAX_VISION_LAYERS,
+        what="vision tower",
+        prefix=vp,
+    )
+    try:
+        vcfg = clip_config_from_state_dict(vit_sd, prefix=vp, head_dim=vision_head_dim)
+    except ValueError as e:
+        raise StateDictError([], [], [], hint=f"vision tower: {e}") from None
+    _check_vision_sizes(vcfg)
     encoder = timm_vit(
         "vit_base_patch16_clip_224",
         layer=vision_layer,

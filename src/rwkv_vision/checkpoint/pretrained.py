@@ -34,13 +34,17 @@ import torch
 
 from ..errors import CheckpointError, StateDictError
 from ..models.visualrwkv import VisualRWKV
+from .atomic import atomic_save
 from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config, model_from_config, model_to_config, parse_dtype
 from .diff import diff_state_dict
-from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, load_checkpoint, read_tensor_specs
+from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, check_device, load_checkpoint, read_tensor_specs
 from .hub import resolve_checkpoint
 from .official import OFFICIAL_PREFIXES, visualrwkv_from_official_state_dict
 
-__all__ = ["from_pretrained", "save_pretrained", "describe_checkpoint"]
+__all__ = ["from_pretrained", "save_pretrained", "describe_checkpoint", "checkpoint_metadata", "METADATA_KEY"]
+
+#: The safetensors header entry holding ``metadata`` (JSON text) in a single-file save.
+METADATA_KEY = "rwkv_vision.metadata"
 
 
 # --- loading ----------------------------------------------------------------------------------------------
@@ -52,12 +56,37 @@ def _check_weights(model: torch.nn.Module, specs: Mapping[str, torch.Tensor], pa
         raise StateDictError(missing, unexpected, mismatched, hint=f"in {path} (the model config.json describes)")
 
 
+def _count_layers(specs: Mapping[str, Any], prefix: str) -> int:
+    """1 + the largest layer index among keys ``{prefix}{i}.*`` (0 without any); indices of more than nine
+    digits count as 10**9."""
+    top = -1
+    for key in specs:
+        if key.startswith(prefix):
+            digits = key[len(prefix) :].split(".", 1)[0]
+            if digits.isdigit():
+                top = max(top, int(digits) if len(digits) <= 9 else 10**9)
+    return top + 1
+
+
+def _check_layer_counts(config: Mapping[str, Any], specs: Mapping[str, Any], source: Path, weights: Path) -> None:
+    """config.json and the weights must agree on the layer counts before anything is built: a config asking
+    for 1000 layers beside a file holding 4 fails at once, naming both files and the field."""
+    pairs = [("rwkv.n_layer", config["rwkv"]["n_layer"], _count_layers(specs, "rwkv.blocks."))]
+    kwargs = config["encoder"].get("timm_kwargs") if isinstance(config["encoder"], Mapping) else None
+    if isinstance(kwargs, Mapping) and "depth" in kwargs:
+        pairs.append(("encoder.timm_kwargs.depth", kwargs["depth"], _count_layers(specs, "encoder.vit.blocks.")))
+    for field, want, have in pairs:
+        if want != have:
+            raise CheckpointError(f"{source}: {field} is {want!r} but {weights} holds {have} layer(s) of that part")
+
+
 def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: Any) -> VisualRWKV:
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     specs = read_tensor_specs(weights)
+    _check_layer_counts(config, specs, directory / CONFIG_NAME, weights)
     # Built on the meta device: nothing is allocated or initialised, every tensor comes from the file.
     model = model_from_config(
         config, cls=cls, device="meta", directory=directory, source=str(directory / CONFIG_NAME), **kwargs
@@ -102,6 +131,7 @@ def from_pretrained(
     """
     cls = VisualRWKV if cls is None else cls
     dtype = parse_dtype(dtype)
+    check_device(device)
     path = resolve_checkpoint(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
     if path.is_dir():
         model = _load_directory(path, cls=cls, dtype=dtype, device=device, progress=progress, **kwargs)
@@ -170,41 +200,91 @@ def save_pretrained(
     A directory (any path not ending in ``.safetensors``): ``config.json`` + ``model.safetensors`` (+
     ``tokenizer.json``), loadable by ``from_pretrained`` without code changes. A ``.safetensors`` path: one
     file in the released flat layout (``model.official_state_dict()``, v6.0 linear projector only).
-    ``dtype`` casts floating tensors as they are written; ``metadata`` (JSON) is stored in config.json.
-    """
-    from safetensors.torch import save_file
+    ``dtype`` casts floating tensors as they are written; ``metadata`` (JSON) is stored in config.json (in
+    the header of a ``.safetensors`` file).
 
+    The save is atomic (see :mod:`rwkv_vision.checkpoint.atomic`): everything is written into a temporary
+    directory beside ``path`` and swapped in by renames, so an interruption leaves the old checkpoint or the
+    new one, never a mix, and no temporary files.
+    """
     if not isinstance(model, VisualRWKV):
         raise TypeError(f"model must be a VisualRWKV, got {type(model).__name__}")
     dtype = parse_dtype(dtype)
     path = Path(path)
     if path.suffix == ".safetensors":
+        header = {"format": "pt", "layout": "visualrwkv-v6.0-official"}
         if metadata is not None:
-            raise ValueError("metadata: only a save_pretrained directory has a config.json to hold it")
+            header[METADATA_KEY] = _metadata_text(metadata)
         sd = _safetensors_ready(model.official_state_dict(), dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(path), metadata={"format": "pt", "layout": "visualrwkv-v6.0-official"})
-        return path
+        return atomic_save(path, lambda out: _writers.save_file(sd, str(out), metadata=header), directory=False)
     if path.suffix in PICKLE_SUFFIXES:
         raise ValueError(
             f"path must be a directory or end in .safetensors, got {str(path)!r} (pickle files are not written)"
         )
-    if path.exists() and not path.is_dir():
+    if os.path.lexists(path) and not path.is_dir():
         raise ValueError(f"path: {str(path)!r} exists and is not a directory")
     config, tokenizer = model_to_config(model, metadata=metadata)
     if dtype is not None:
         config["dtype"] = str(dtype).removeprefix("torch.")
     try:
         text = _json_text(config) + "\n"
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"metadata must hold JSON values only ({e})") from None
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(_safetensors_ready(model.state_dict(), dtype), str(path / WEIGHTS_NAME), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save(path / config["tokenizer"]["file"])
-    # config.json last: a directory with a config is complete (an interrupted save leaves none).
-    (path / CONFIG_NAME).write_text(text, encoding="utf-8")
-    return path
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"metadata must hold JSON values only ({type(e).__name__}: {str(e)[:200]})") from None
+    sd = _safetensors_ready(model.state_dict(), dtype)
+
+    def write(tmp: Path) -> None:
+        _writers.save_file(sd, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            _writers.save_tokenizer(tokenizer, tmp / config["tokenizer"]["file"])
+        _writers.write_text(tmp / CONFIG_NAME, text)
+
+    return atomic_save(path, write, directory=True)
+
+
+def _metadata_text(metadata: Any) -> str:
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
+    try:
+        return json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"metadata must hold JSON values only ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+class _writers:
+    """Every write a save makes goes through here (the tests make each one fail in turn)."""
+
+    @staticmethod
+    def save_file(sd: Mapping[str, torch.Tensor], path: str, *, metadata: Mapping[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        save_file(sd, path, metadata=dict(metadata))
+
+    @staticmethod
+    def save_tokenizer(tokenizer: Any, path: Path) -> None:
+        tokenizer.save(path)
+
+    @staticmethod
+    def write_text(path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+
+
+def checkpoint_metadata(name_or_path: str | os.PathLike, filename: str | None = None, **kwargs: Any) -> Any:
+    """The ``metadata`` a checkpoint carries (config.json of a directory, or the header of a .safetensors
+    written by :func:`save_pretrained`), or None."""
+    path = resolve_checkpoint(name_or_path, filename=filename, **kwargs)
+    if path.is_dir():
+        return load_config(path).get("metadata")
+    if path.suffix == ".safetensors":
+        from .files import _open_safetensors
+
+        with _open_safetensors(path) as f:
+            text = (f.metadata() or {}).get(METADATA_KEY)
+        if text is not None:
+            try:
+                return json.loads(text)
+            except (ValueError, RecursionError):
+                raise CheckpointError(f"{path}: its {METADATA_KEY!r} header is not valid JSON") from None
+    return None
 
 
 # --- describing -------------------------------------------------------------------------------------------
