@@ -18,12 +18,16 @@ gives the same state and the same logits. Its size does not depend on how many t
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .errors import CheckpointError
 
 __all__ = ["TimeMixState", "LayerState", "RWKVState"]
 
@@ -208,29 +212,113 @@ class RWKVState:
         }
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> "RWKVState":
-        """The inverse of ``state_dict``; raises listing the missing and unexpected keys."""
-        indices = [int(key.split(".")[1]) for key in state_dict if re.match(r"blocks\.\d+\.", key)]
-        n_layer = max(indices) + 1 if indices else 0
-        expected = {f"blocks.{i}.{name}" for i in range(n_layer) for name in _FIELDS}
-        missing = sorted(expected - state_dict.keys())
-        unexpected = sorted(state_dict.keys() - expected)
-        if missing or unexpected or n_layer == 0:
-            raise ValueError(
-                f"RWKVState.from_state_dict: not a state dict of {n_layer} layers; "
-                f"missing keys {missing}, unexpected keys {unexpected}"
-            )
-        return cls([LayerState(*(state_dict[f"blocks.{i}.{name}"] for name in _FIELDS)) for i in range(n_layer)])
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "RWKVState":
+        """The inverse of ``state_dict``; raises (a ``CheckpointError``, a ValueError) listing the first few
+        missing and unexpected keys and how many more, or the tensors whose shapes do not fit together.
 
-    def save(self, path: str) -> None:
-        """Write the state to a safetensors file."""
+        Layer indices must run 0..n-1 (at most :data:`MAX_LAYERS`): a key such as ``blocks.20000.wkv`` is
+        unexpected, it does not make a state of 20,001 layers."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"RWKVState.from_state_dict: expected a dict of tensors, got {type(state_dict).__name__}")
+        layers: dict[int, dict[str, torch.Tensor]] = {}
+        unexpected: list = []
+        for key, value in state_dict.items():
+            m = _STATE_KEY.match(key) if isinstance(key, str) else None
+            if m is None or not isinstance(value, torch.Tensor):
+                unexpected.append(key)
+                continue
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        n_layer = 0
+        while n_layer in layers and n_layer < MAX_LAYERS:
+            n_layer += 1
+        unexpected += [f"blocks.{i}.{name}" for i in sorted(layers) if i >= n_layer for name in layers[i]]
+        missing = [f"blocks.{i}.{name}" for i in range(n_layer) for name in _FIELDS if name not in layers[i]]
+        if missing or unexpected or n_layer == 0:
+            raise CheckpointError(
+                f"RWKVState.from_state_dict: not a state dict of {n_layer} layers (at most {MAX_LAYERS}); "
+                f"missing keys {_few(missing)}, unexpected keys {_few(sorted(map(str, unexpected)))}"
+            )
+        problems = []
+        batch = layers[0]["att_shift"].shape[0] if layers[0]["att_shift"].dim() else None
+        for i in range(n_layer):
+            a, w, f = (layers[i][name] for name in _FIELDS)
+            shapes = [list(a.shape), list(w.shape), list(f.shape)]
+            ok = (
+                a.dim() == 2
+                and f.dim() == 2
+                and w.dim() == 4
+                and w.shape[2] == w.shape[3]
+                and a.shape == f.shape
+                and a.shape[1] == w.shape[1] * w.shape[2]
+                and a.shape[0] == w.shape[0] == batch
+                and all(t.is_floating_point() for t in (a, w, f))
+            )
+            if not ok:
+                problems.append(f"blocks.{i}: att_shift, wkv, ffn_shift are {shapes} ({a.dtype}, {w.dtype}, {f.dtype})")
+        if problems:
+            raise CheckpointError(
+                "RWKVState.from_state_dict: expected floating att_shift [b, c], wkv [b, h, n, n] and ffn_shift [b, c] "
+                f"with c = h * n and one b: {_few(problems)}"
+            )
+        return cls([LayerState(*(layers[i][name] for name in _FIELDS)) for i in range(n_layer)])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state to a safetensors file, atomically: a temporary file beside ``path`` is renamed over
+        it, so an interruption leaves the old file or the new one (and no temporary file)."""
         from safetensors.torch import save_file
 
-        save_file(self.state_dict(), str(path))
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.saving-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            save_file(self.state_dict(), str(tmp))
+            mask = os.umask(0o022)
+            os.umask(mask)
+            os.chmod(tmp, (path.stat().st_mode & 0o7777) if path.is_file() else 0o666 & ~mask)
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                tmp.unlink()
 
     @classmethod
-    def load(cls, path: str, device="cpu") -> "RWKVState":
-        """Read a state written by ``save``."""
+    def load(cls, path: str | os.PathLike, device="cpu") -> "RWKVState":
+        """Read a state written by ``save``. Keys and shapes are checked (from the file header) before any
+        tensor data is read; every problem is a ``CheckpointError`` naming the file."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"path: no state file at {str(path)!r}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                specs = {}
+                for key in f.keys():
+                    sl = f.get_slice(key)
+                    dtype = _SAFETENSORS_FLOATS.get(sl.get_dtype(), torch.int64)
+                    specs[key] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+            raise CheckpointError(
+                f"{path}: cannot be read as a safetensors state file ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
+        try:
+            cls.from_state_dict(specs)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         from safetensors.torch import load_file
 
-        return cls.from_state_dict(load_file(str(path), device=str(device)))
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: a tensor cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+        return cls.from_state_dict(tensors).to(device=device)
+
+
+#: The most layers a state file may hold (the largest language model allows 1024).
+MAX_LAYERS = 1024
+_STATE_KEY = re.compile(r"blocks\.(\d{1,9})\.(att_shift|wkv|ffn_shift)\Z")
+_SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _few(items: list, n: int = 8) -> str:
+    """The first ``n`` of ``items`` (each cut to 200 characters) and how many more."""
+    shown = [i if not isinstance(i, str) or len(i) <= 200 else i[:197] + "..." for i in items[:n]]
+    return str(shown) + (f" and {len(items) - n} more" if len(items) > n else "")
