@@ -8,6 +8,7 @@ would already catch (``ValueError``), so ``except ValueError`` keeps working:
                          out-of-range field; the message names the field and what was expected
       CheckpointError    a checkpoint file or directory that cannot be read; names the file
         UnsafeCheckpointError  a pickle refused for safety: it holds objects other than tensors
+      ImageError         an image that cannot be opened, or whose processing would exceed the size limits
       DeviceError        a device that does not exist or is not available here (``cuda`` without CUDA); names it
       StateDictError     tensors that do not fit the model; lists the first few missing, unexpected and
                          mis-shaped keys of each kind and how many more there are (all of them in attributes)
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "DeviceError",
+    "ImageError",
     "StateDictError",
     "UnknownNameError",
     "ExtensionError",
@@ -52,6 +54,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class DeviceError(RWKVVisionError):
     """A device that does not exist or is not available on this machine; the message names the device."""
+
+
+class ImageError(RWKVVisionError):
+    """An image file that cannot be opened as an image, or an image too large (pixels, aspect ratio) to
+    decode or resize within the library's limits; the message names the file or the sizes."""
 
 
 def natural_key(key: str) -> list:

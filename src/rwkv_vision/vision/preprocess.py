@@ -11,11 +11,19 @@ transformers >= 4.4x does). PIL's own conversion of 16/32-bit integer and float 
 which turns most of them white or black, so those modes are rescaled to 8 bits first (``I;16*``: /257;
 ``I``: as 16-bit when any value exceeds 255; ``F``: values in [0, 1] are scaled by 255).
 
+Bounded work: an image (or a file) of more than :func:`max_image_pixels` pixels is refused (PIL's
+decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``, which the library never disables), as is a resize
+whose aspect ratio exceeds ``MAX_ASPECT_RATIO`` or whose result would exceed ``MAX_RESIZE_PIXELS``: a
+103-byte 1x5000 PNG gives a quick ``ImageError``, not a 336 x 1.7M resize. Files are opened with
+:func:`open_image`, which checks the size in the header before decoding.
+
 Shape legend: b batch; images come out as ``pixel_values [b, 3, crop, crop]``.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,7 +31,66 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["ImagePreprocessor", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
+from ..errors import ImageError
+
+__all__ = [
+    "ImagePreprocessor",
+    "to_rgb",
+    "open_image",
+    "max_image_pixels",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "MAX_ASPECT_RATIO",
+    "MAX_RESIZE_PIXELS",
+    "MAX_SIZE",
+]
+
+#: The widest aspect ratio (long side / short side) an image may have to be resized.
+MAX_ASPECT_RATIO = 64.0
+#: The most pixels a resize may produce (8192 x 8192).
+MAX_RESIZE_PIXELS = 1 << 26
+#: The largest ``size`` an ImagePreprocessor takes.
+MAX_SIZE = 8192
+#: PIL's default decompression-bomb limit, used should ``Image.MAX_IMAGE_PIXELS`` have been set to None.
+_PIL_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb guard),
+    or PIL's default where that was disabled."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else _PIL_DEFAULT_MAX_PIXELS
+
+
+def _check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > max_image_pixels():
+        raise ImageError(
+            f"{what} is {width}x{height} = {width * height} pixels, more than the limit of {max_image_pixels()} "
+            "(PIL.Image.MAX_IMAGE_PIXELS, the decompression-bomb guard)"
+        )
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An image file, fully decoded, after its size (from the header, before decoding) was checked against
+    :func:`max_image_pixels`; every failure is an :class:`ImageError` naming the file."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_pixels(image.width, image.height, f"{str(path)!r}")
+                image.load()
+                return image
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, struct.error, ...)
+        raise ImageError(
+            f"{str(path)!r} cannot be opened as an image ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
+
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -92,14 +159,22 @@ class ImagePreprocessor:
         resample: str = "bicubic",
         alpha: Literal["drop", "white"] = "drop",
     ):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
+            raise ValueError(f"size must be an int in 1..{MAX_SIZE}, got {size!r}")
         crop_size = size if crop_size is None else crop_size
-        if not isinstance(crop_size, int) or crop_size < 1 or crop_size > size:
+        if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1 or crop_size > size:
             raise ValueError(f"crop_size must be a positive int <= size={size}, got {crop_size!r}")
+        for name, values in (("mean", mean), ("std", std)):
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+                raise ValueError(f"{name} must be a sequence of 3 numbers, got {values!r}")
+            if not all(
+                isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values
+            ):
+                raise ValueError(f"{name} must hold 3 finite numbers, got {list(values)!r}")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std must have 3 entries (std > 0), got mean={mean}, std={std}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be > 0, got std={std}")
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
         if alpha not in ("drop", "white"):
@@ -116,13 +191,28 @@ class ImagePreprocessor:
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shortest-side resize, truncating the long side like transformers 4.x."""
         short, long = (width, height) if width <= height else (height, width)
+        if short < 1:
+            raise ImageError(f"an image of {width}x{height} pixels cannot be resized")
+        if long / short > MAX_ASPECT_RATIO:
+            raise ImageError(
+                f"an image of {width}x{height} pixels has an aspect ratio of {long / short:.4g}, more than "
+                f"{MAX_ASPECT_RATIO:g}: resizing its short side to {self.size} would make it {long * self.size // short} "
+                "pixels long; crop it first"
+            )
         if short == self.size:
             return width, height
         new_long = int(self.size * long / short)
+        if new_long * self.size > MAX_RESIZE_PIXELS:
+            raise ImageError(
+                f"resizing a {width}x{height} image to short side {self.size} gives {new_long * self.size} pixels, "
+                f"more than the limit of {MAX_RESIZE_PIXELS}"
+            )
         return (self.size, new_long) if width <= height else (new_long, self.size)
 
     def process_one(self, image: Image.Image) -> np.ndarray:
         """One PIL image -> float32 array ``[3, crop, crop]``."""
+        _check_pixels(image.width, image.height, "the image")
+        self.resized_size(image.width, image.height)  # the resize limits, before any conversion
         image = to_rgb(image, alpha=self.alpha)
         w, h = self.resized_size(*image.size)
         if (w, h) != image.size:
