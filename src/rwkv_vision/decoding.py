@@ -33,12 +33,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 
-from .generation import GenerationConfig, GenerationOutput, decode_loop
+from .generation import GenerationConfig, GenerationOutput, decode_loop, make_config
 from .models.rwkv6 import RWKV6
 from .state import LayerState, RWKVState
 
@@ -378,7 +377,12 @@ class Decoder:
             ``GenerationOutput``: tokens per row (the stop token included), finish reasons, and the state after
             every token but a row's last (a row that stopped keeps the state it had when it stopped).
         """
-        config = replace(config or GenerationConfig(), **overrides)
+        config = make_config(
+            config,
+            overrides,
+            where="Decoder.generate",
+            extra=("input_ids", "config", "pixel_values", "next_logits", "chunk_size", "streamer", "generator"),
+        )
         if input_ids is None:
             if next_logits is None:
                 raise ValueError("Decoder.generate: pass input_ids, or next_logits after your own prefill")
@@ -416,4 +420,4 @@ class Decoder:
             for layer, old in zip(state, saved):
                 for name in ("att_shift", "wkv", "ffn_shift"):
                     getattr(layer, name)[row : row + 1].copy_(getattr(old, name))
-        return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state)
+        return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state, pad_token_id=config.pad_token_id)

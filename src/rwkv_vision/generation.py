@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "generate",
+    "make_config",
     "decode_loop",
     "sample_next_token",
     "TextStreamer",
@@ -47,7 +48,11 @@ class GenerationConfig:
         top_k: sample among the k most likely tokens only (0: all).
         top_p: sample among the most likely tokens whose probabilities add up to top_p (1.0: all).
         stop_tokens: ids that end a row; the stop token is included in the output. E.g. CHAT_STOP_TOKENS.
+            ``eos_token_id`` (an int or a list, transformers' name) is accepted as an alias wherever a
+            config field is (``generate(..., eos_token_id=261)``).
         prefill_chunk_size: read the prompt this many tokens at a time (bounded memory for long prompts).
+        pad_token_id: the id that pads rows that stopped early in ``GenerationOutput.sequences`` (None: the
+            row's stop token, or 0 if it has none).
     """
 
     max_new_tokens: int = 128
@@ -57,8 +62,11 @@ class GenerationConfig:
     top_p: float = 1.0
     stop_tokens: tuple[int, ...] = ()
     prefill_chunk_size: int | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.stop_tokens, int):
+            self.stop_tokens = (self.stop_tokens,)
         self.stop_tokens = tuple(int(t) for t in self.stop_tokens)
         if self.max_new_tokens < 0:
             raise ValueError(f"GenerationConfig: max_new_tokens must be >= 0, got {self.max_new_tokens}")
@@ -85,6 +93,63 @@ class GenerationOutput:
     tokens: list[list[int]]
     finish_reasons: list[str]
     state: Any = field(repr=False, default=None)
+    pad_token_id: int | None = field(repr=False, default=None)
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """The generated ids as one int64 tensor ``[b, n]`` (n: the longest row), rows that stopped early
+        right-padded with ``pad_token_id`` (default: the row's own stop token; 0 for an empty row).
+
+        Unlike transformers' ``sequences``, the prompt is *not* included (a VisualRWKV prompt holds image
+        placeholders, which no tokenizer decodes): this is transformers' ``out.sequences[:, prompt_len:]``.
+        ``tokens`` has the same ids per row without padding; ``finish_reasons`` says why each row ended."""
+        n = max((len(row) for row in self.tokens), default=0)
+        rows = []
+        for row in self.tokens:
+            pad = self.pad_token_id if self.pad_token_id is not None else (row[-1] if row else 0)
+            rows.append(row + [pad] * (n - len(row)))
+        return torch.tensor(rows, dtype=torch.long).view(len(self.tokens), n)
+
+    @property
+    def stop_reasons(self) -> list[str]:
+        """Alias of ``finish_reasons``: per row, "stop" (a stop token) or "length" (max_new_tokens)."""
+        return self.finish_reasons
+
+
+_CONFIG_FIELDS = tuple(f.name for f in fields(GenerationConfig))
+#: Keyword names from transformers' ``generate`` with the same meaning here.
+_ALIASES = {"eos_token_id": "stop_tokens"}
+
+
+def make_config(
+    config: GenerationConfig | None, overrides: dict[str, Any], *, where: str = "generate", extra=()
+) -> GenerationConfig:
+    """``config`` (default: ``GenerationConfig()``) with keyword ``overrides`` applied.
+
+    ``eos_token_id`` (int or list) is an alias of ``stop_tokens``; ``attention_mask`` raises
+    NotImplementedError unless it masks nothing; any other unknown keyword raises a TypeError naming it and
+    the accepted ones (``extra``: the caller's own keywords, listed in that message)."""
+    overrides = dict(overrides)
+    mask = overrides.pop("attention_mask", None)
+    if mask is not None and not bool(torch.as_tensor(mask).bool().all()):
+        raise NotImplementedError(
+            f"{where}: padded batches (an attention_mask with zeros) are not supported in generation; pass the "
+            "prompts as a list of lists of ids (rwkv_vision.generate reads prompts of different lengths one by "
+            "one and decodes them together), or generate row by row"
+        )
+    for alias, name in _ALIASES.items():
+        if alias in overrides:
+            value = overrides.pop(alias)
+            if name in overrides and overrides[name] != value:
+                raise ValueError(f"{where}: pass {alias} or {name}, not both (they are the same setting)")
+            overrides[name] = () if value is None else value
+    unknown = sorted(set(overrides) - set(_CONFIG_FIELDS))
+    if unknown:
+        accepted = [*extra, *_CONFIG_FIELDS, *_ALIASES, "attention_mask"]
+        raise TypeError(
+            f"{where}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}"
+        )
+    return replace(config or GenerationConfig(), **overrides)
 
 
 def sample_next_token(
@@ -256,16 +321,21 @@ def generate(
         model: called as ``model(input_ids=[b, t] int64, state=...) -> (logits [b, t, v], state)``.
         input_ids: the prompt: a tensor [t] or [b, t], a list of ints, or a list of lists (prompts of different
             lengths are read one by one and their states joined). Or None, with ``next_logits``.
-        config: a ``GenerationConfig``; keyword ``overrides`` replace its fields (``max_new_tokens=20``).
+        config: a ``GenerationConfig``; keyword ``overrides`` replace its fields (``max_new_tokens=20``,
+            ``do_sample=True``; ``eos_token_id`` is an alias of ``stop_tokens``). Unknown keywords raise a
+            TypeError; an ``attention_mask`` with zeros raises NotImplementedError (pass a list of prompts).
         state: the state to start from (None: a fresh sequence). With ``next_logits`` [b, v] and no
             ``input_ids``, the prompt has already been read (e.g. a multimodal prefill) and decoding starts.
         streamer: called as ``streamer(row, token_id)`` for every new token, as soon as it is picked.
         generator: a ``torch.Generator`` for reproducible sampling.
 
     Returns:
-        ``GenerationOutput`` (tokens per row, stop token included; finish reasons; the final state).
+        ``GenerationOutput`` (``tokens`` per row, stop token included, and ``sequences`` as one padded
+        tensor; ``finish_reasons``; the final state).
     """
-    config = replace(config or GenerationConfig(), **overrides)
+    config = make_config(
+        config, overrides, extra=("input_ids", "config", "state", "next_logits", "streamer", "generator")
+    )
     device = _model_device(model)
     if input_ids is None:
         if next_logits is None or state is None:
@@ -289,4 +359,4 @@ def generate(
 
     tokens, reasons = decode_loop(logits, step, config, streamer=streamer, generator=generator)
     state = current[0]
-    return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state)
+    return GenerationOutput(tokens=tokens, finish_reasons=reasons, state=state, pad_token_id=config.pad_token_id)

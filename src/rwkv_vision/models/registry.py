@@ -1,4 +1,4 @@
-"""Named RWKV-6 configurations and ``create_model``.
+"""Named RWKV-6 configurations and ``create_model`` (which also builds the models shipped in the package).
 
 A name stands for an :class:`RWKV6Config`. The official sizes are those of the released RWKV-6 World
 checkpoints behind VisualRWKV (head size 64, vocabulary 65536, dim_ffn = int(3.5*c)//32*32).
@@ -41,7 +41,41 @@ def register_model(name: str, config: RWKV6Config | Mapping[str, Any], *, overwr
     MODEL_CONFIGS[name] = config if isinstance(config, RWKV6Config) else RWKV6Config(**config)
 
 
-def create_model(name: str, *, device=None, dtype=None, **overrides: Any) -> RWKV6:
-    """``RWKV6(get_config(name).replace(**overrides))``, e.g. ``create_model("rwkv6-1b6", device="meta")``."""
+def create_model(name: str, *, pretrained: bool = False, device=None, dtype=None, **overrides: Any):
+    """A model by name, as timm's ``create_model``.
+
+    - An RWKV-6 size (:func:`list_models`): ``RWKV6(get_config(name).replace(**overrides))``, freshly
+      initialised, e.g. ``create_model("rwkv6-1b6", device="meta")``. No weights ship for these, so
+      ``pretrained=True`` raises a ValueError (load released weights with ``RWKV6.from_official_state_dict``).
+    - A model shipped in the package (:func:`rwkv_vision.pretrained.list_pretrained`, e.g.
+      ``"shapes-vqa-tiny"``): with ``pretrained=True`` the trained :class:`VisualRWKV` in eval mode (as
+      ``VisualRWKV.from_pretrained(name)``; ``overrides`` go to it, e.g. ``scan="multidir"``); with
+      ``pretrained=False`` the same architecture, tokenizer and preprocessor, freshly initialised.
+    """
+    from ..pretrained.paths import list_pretrained
+
+    if name in list_pretrained():
+        from .visualrwkv import VisualRWKV
+
+        loaded = VisualRWKV.from_pretrained(name, device=device, dtype=dtype, **overrides)
+        if pretrained:
+            return loaded
+        return VisualRWKV.from_config(
+            loaded.config,
+            device=device,
+            dtype=dtype,
+            tokenizer=loaded.tokenizer,
+            preprocessor=loaded.preprocessor,
+        )
+    if name not in MODEL_CONFIGS:
+        raise ValueError(
+            f"unknown model name {name!r}; sizes: {list_models()}; shipped pretrained models: {list_pretrained()}"
+        )
+    if pretrained:
+        raise ValueError(
+            f"create_model({name!r}, pretrained=True): no weights ship for the size {name!r}; pretrained models "
+            f"shipped in the package: {list_pretrained()} (released RWKV-6 weights load with "
+            "RWKV6.from_official_state_dict or VisualRWKV.from_pretrained)"
+        )
     config = get_config(name)
     return RWKV6(config.replace(**overrides) if overrides else config, device=device, dtype=dtype)

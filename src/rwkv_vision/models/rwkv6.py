@@ -18,6 +18,7 @@ gives the same logits and the same state; ``chunk_size`` uses this to prefill lo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,11 @@ from torch import nn
 from ..layers.block import LN_EPS, Block
 from ..state import RWKVState
 from .config import RWKV6Config
+from .output import ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
 
 __all__ = ["RWKV6", "RWKV6Config"]
+
+_FORWARD_KEYWORDS = ("input_ids", "inputs_embeds", "state", "chunk_size", "logits_to_keep", "labels", "attention_mask")
 
 
 class RWKV6(nn.Module):
@@ -155,7 +159,11 @@ class RWKV6(nn.Module):
         state: RWKVState | None = None,
         chunk_size: int | None = None,
         logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, RWKVState]:
+        *,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **unknown: Any,
+    ) -> ModelOutput:
         """Logits for a sequence, continuing from ``state``.
 
         Args:
@@ -167,10 +175,19 @@ class RWKV6(nn.Module):
                 The result equals one pass (up to float rounding).
             logits_to_keep: 0 for logits at every position, k > 0 for the last k only ([b, k, v]); a
                 prefill needs just the last one, and [b, t, v] logits are the largest tensor of a long prompt.
+            labels: [b, t] int targets aligned with the inputs (e.g. ``input_ids.clone()``), -100 where not
+                scored; shifted inside, so ``logits[:, i]`` is scored against ``labels[:, i + 1]`` (the first
+                label is never a target). Gives ``out.loss``; needs ``logits_to_keep=0``.
+            attention_mask: [b, t] 1 for tokens and 0 for padding, right padding only (each row's tokens
+                first): a recurrent model reads left to right, so a row's logits before its padding equal
+                that row run alone; padded positions are never scored, and ``out.state`` is None when any row
+                is padded (its state would have read the padding). Left padding raises NotImplementedError.
 
         Returns:
-            logits [b, t, v] (or [b, k, v]) and the new ``RWKVState``.
+            a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, t, v] (or [b, k, v]), ``.state``
+            (the new ``RWKVState``), ``.loss`` (None without labels); ``logits, state = model(...)`` unpacks.
         """
+        reject_unknown_keywords("RWKV6.forward", unknown, _FORWARD_KEYWORDS)
         if (input_ids is None) == (inputs_embeds is None):
             which = "both" if input_ids is not None else "neither"
             raise ValueError(
@@ -210,6 +227,9 @@ class RWKV6(nn.Module):
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"RWKV6.forward: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
         self._check_state(state, b)
+        padded = check_attention_mask("RWKV6.forward", attention_mask, b, t)
+        if labels is not None and logits_to_keep:
+            raise ValueError("RWKV6.forward: labels score every position; pass logits_to_keep=0 with them")
 
         first_kept = max(t - logits_to_keep, 0) if logits_to_keep else 0
         logits = []
@@ -219,7 +239,16 @@ class RWKV6(nn.Module):
             x, state = self.forward_blocks(x, state)
             if end > first_kept:
                 logits.append(self.unembed(x[:, max(first_kept - start, 0) :]))
-        return (logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)), state
+        logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
+        loss = None
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (b, t):
+                got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+                raise ValueError(f"RWKV6.forward: labels must be [b, t] = {[b, t]} like the inputs, got {got}")
+            if padded:
+                labels = labels.masked_fill(attention_mask.to(labels.device) == 0, -100)
+            loss = next_token_loss(logits, labels)
+        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: RWKVState) -> torch.Tensor:

@@ -22,18 +22,21 @@ the encoder is a timm ViT under ``encoder.vit.*`` (``official_state_dict`` maps 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..chat import chat
-from ..generation import GenerationConfig, GenerationOutput, generate
+from ..generation import GenerationConfig, GenerationOutput, generate, make_config
 from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
+from ..pretrained.paths import resolve as resolve_shipped
 from ..processor import VisualRWKVProcessor
 from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
-from ..scan import BiDir, ScanPolicy, get_scan_policy, scanned_call
+from ..scan import BiDir, MultiDir, ScanPolicy, UniDir, get_scan_policy, scanned_call
 from ..sections import (
     encoder_from_config,
     encoder_to_config,
@@ -49,9 +52,24 @@ from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
 from ..vision.projector import LinearProjector
 from .config import VisualRWKVConfig
+from .output import IGNORE_INDEX, ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
 from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
+
+_FORWARD_KEYWORDS = (
+    "input_ids",
+    "pixel_values",
+    "state",
+    "image_embeds",
+    "logits_to_keep",
+    "labels",
+    "attention_mask",
+)
+
+
+def _simplicity(policy: ScanPolicy) -> tuple[int, int]:
+    return (policy.period, 0 if type(policy) in (UniDir, BiDir, MultiDir) else 1)
 
 
 class VisualRWKV(nn.Module):
@@ -70,6 +88,11 @@ class VisualRWKV(nn.Module):
         preprocessor: PIL -> pixel_values for :meth:`chat` (default: CLIP preprocessing at the encoder's size).
         freeze_encoder: turn off gradients of the encoder (VisualRWKV keeps CLIP frozen).
     """
+
+    #: When True, :meth:`generate` without ``stop_tokens``/``eos_token_id`` stops at the tokenizer's stop
+    #: tokens (:meth:`default_stop_tokens`). False for now: the stored golden outputs of ``generate`` run to
+    #: ``max_new_tokens``; ``chat`` and the CLI always stop at the tokenizer's stop tokens.
+    stop_at_tokenizer_stops: bool = False
 
     def __init__(
         self,
@@ -94,7 +117,10 @@ class VisualRWKV(nn.Module):
             w = rwkv.emb.weight
             proj = LinearProjector(encoder.width, rwkv.n_embd, device=w.device, dtype=w.dtype)
         self.proj = proj
-        self.scan = BiDir() if scan is None else scan
+        if scan is None:
+            self._scan = BiDir()  # the released configuration: not worth a warning on a small model
+        else:
+            self.scan = scan
         self.layout = Sandwich() if layout is None else layout
         self.tokenizer = tokenizer
         self.preprocessor = preprocessor
@@ -111,6 +137,52 @@ class VisualRWKV(nn.Module):
     @scan.setter
     def scan(self, policy: ScanPolicy | str) -> None:
         self._scan = get_scan_policy(policy)
+        warning = self.scan_warning(self._scan)
+        if warning:
+            warnings.warn(warning, UserWarning, stacklevel=3)  # past nn.Module.__setattr__, at the assignment
+
+    def scan_warning(self, policy: ScanPolicy | str) -> str | None:
+        """Why ``policy`` may not do what its name says on this model, or None.
+
+        Two cases: its period (the layers after which its orders repeat) exceeds the model's layers, so some
+        of its orders are never read (``MultiDir`` has 4, one per direction); or on this model's layers and
+        patch grid it reads exactly the orders of a simpler registered policy (a shorter period, or one of
+        UniDir/BiDir/MultiDir): ``MultiDir`` equals ``BiDir`` on a 2-layer model, ``Zigzag`` equals
+        ``UniDir`` on a 2 x 2 grid, so swapping between them changes nothing. Assigning ``model.scan`` warns with
+        this message (a ``UserWarning``)."""
+        from ..scan import scan_policy_names
+
+        policy = get_scan_policy(policy)
+        n_layer = self.rwkv.n_layer
+        rows, cols = self.encoder.grid
+
+        def orders(p: ScanPolicy) -> tuple | None:
+            try:
+                return tuple(tuple(p.order(i, rows, cols) or range(rows * cols)) for i in range(n_layer))
+            except (ValueError, TypeError):  # e.g. a policy that needs a square grid
+                return None
+
+        notes = []
+        if policy.period > n_layer:
+            notes.append(
+                f"{policy!r} has {policy.period} per-layer orders but the model has {n_layer} layers, so only "
+                f"the first {n_layer} are read"
+            )
+        mine = orders(policy)
+        if mine is not None:
+            for name in scan_policy_names():
+                other = get_scan_policy(name)
+                # Only a simpler policy counts (a shorter period, or UniDir/BiDir/MultiDir against the others):
+                # BiDir is not "MultiDir on 2 layers", and UniDir is not "Zigzag on a 2 x 2 grid".
+                if other != policy and _simplicity(other) < _simplicity(policy) and orders(other) == mine:
+                    notes.append(
+                        f"on this {n_layer}-layer model with a {rows} x {cols} patch grid it reads the patches in "
+                        f"exactly the orders of {other!r}, so the two give the same logits"
+                    )
+                    break
+        if not notes:
+            return None
+        return f"scan policy {policy!r}: " + "; ".join(notes) + " (more layers or a larger patch grid tell them apart)"
 
     @property
     def layout(self) -> PromptLayout:
@@ -178,7 +250,8 @@ class VisualRWKV(nn.Module):
         device: torch.device | str | None = None,
         **kwargs: Any,
     ) -> VisualRWKV:
-        """Load a model: a :meth:`save_pretrained` directory, a released ``.pth``, a ``.safetensors`` file with
+        """Load a model: the name of one shipped in the package (``"shapes-vqa-tiny"``, offline; see
+        :func:`rwkv_vision.pretrained.list_pretrained`), a :meth:`save_pretrained` directory, a released ``.pth``, a ``.safetensors`` file with
         the released key names, or a Hugging Face Hub repo id (with ``filename`` for a single file, e.g.
         ``VisualRWKV.from_pretrained("howard-hou/visualrwkv-6", "VisualRWKV-v060-1B6-v1.0-20240612.pth")``).
 
@@ -189,6 +262,7 @@ class VisualRWKV(nn.Module):
         """
         from ..checkpoint.pretrained import from_pretrained
 
+        name_or_path = resolve_shipped(name_or_path)
         return from_pretrained(name_or_path, filename, revision, dtype, device, cls=cls, **kwargs)
 
     def save_pretrained(
@@ -348,7 +422,10 @@ class VisualRWKV(nn.Module):
         *,
         image_embeds: torch.Tensor | Sequence[torch.Tensor] | None = None,
         logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, RWKVState]:
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **unknown: Any,
+    ) -> ModelOutput:
         """Logits over the expanded sequence.
 
         Args:
@@ -357,13 +434,82 @@ class VisualRWKV(nn.Module):
             state: the state after earlier tokens (None: a fresh sequence). Images must lie wholly in one call.
             image_embeds: instead of pixel_values, projected image embeddings [n, k, c].
             logits_to_keep: 0 for every position, k > 0 for the last k.
+            labels: next-token targets aligned with ``input_ids`` ([b, t], e.g. ``input_ids.clone()`` with -100
+                on the prompt), or already expanded ([b, T]). Each image placeholder's label becomes k labels
+                of -100 (:meth:`expand_labels`), so image positions are never targets, whatever the label at
+                the placeholder; then ``logits[:, i]`` is scored against ``labels[:, i + 1]`` (shifted inside,
+                as in transformers). Gives ``out.loss``; needs ``logits_to_keep=0``.
+            attention_mask: [b, t] 1 for tokens, 0 for right padding (see :meth:`RWKV6.forward`): a padded
+                row's logits before its padding equal the row run alone; padded positions are never scored;
+                ``out.state`` is None when any row is padded. Left padding raises NotImplementedError.
         Returns:
-            (logits [b, T, v], RWKVState) with T = t + n_row * (k - 1).
+            a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, T, v] with
+            T = t + n_row * (k - 1), ``.state``, ``.loss`` (None without labels);
+            ``logits, state = model(...)`` unpacks as before.
         """
+        reject_unknown_keywords("VisualRWKV.forward", unknown, _FORWARD_KEYWORDS)
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        if labels is not None and logits_to_keep:
+            raise ValueError("VisualRWKV.forward: labels score every position; pass logits_to_keep=0 with them")
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+            padded = check_attention_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
+        else:
+            padded = False  # embed() reports the shape
         x, spans = self.embed(input_ids, pixel_values, image_embeds=image_embeds)
-        return self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep)
+        logits, state = self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep)
+        loss = None
+        if labels is not None or padded:
+            input_ids = input_ids.to(x.device)
+            mask = None
+            if padded:
+                mask = self.expand_labels(input_ids, attention_mask.to(x.device).long(), spans, fill=1)
+        if labels is not None:
+            labels = self.expand_labels(input_ids, labels, spans)
+            if mask is not None:
+                labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
+            loss = next_token_loss(logits, labels)
+        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
+
+    @staticmethod
+    def expand_labels(
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        spans: Sequence[Sequence[ImageSpan]],
+        *,
+        fill: int = IGNORE_INDEX,
+    ) -> torch.Tensor:
+        """Labels aligned with ``input_ids`` [b, t] -> labels aligned with the expanded sequence [b, T].
+
+        Each :data:`IMAGE_TOKEN_INDEX` position becomes ``span.num_tokens`` positions of ``fill`` (-100: image
+        tokens are never targets); text labels keep their order. ``spans`` are :meth:`embed`'s. Labels that
+        are already [b, T] are returned with the image positions set to ``fill``."""
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[0] != input_ids.shape[0]:
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be [b, t] like input_ids {list(input_ids.shape)} (or [b, T]), got {got}")
+        b, t = input_ids.shape
+        sizes = [[span.num_tokens for span in row] for row in spans] if spans else [[] for _ in range(b)]
+        big_t = t + sum(k - 1 for k in sizes[0]) if sizes else t
+        labels = labels.to(device=input_ids.device, dtype=torch.long)
+        if labels.shape[1] == big_t and big_t != t:
+            image = torch.zeros_like(labels, dtype=torch.bool)
+            for r, row in enumerate(spans):
+                for span in row:
+                    image[r, span.start : span.start + span.num_tokens] = True
+            return labels.masked_fill(image, fill)
+        if labels.shape[1] != t:
+            raise ValueError(
+                f"labels must be [b, t] = {[b, t]} like input_ids, or [b, T] = {[b, big_t]} over the expanded "
+                f"sequence, got {list(labels.shape)}"
+            )
+        is_image = input_ids == IMAGE_TOKEN_INDEX
+        repeats = torch.ones_like(input_ids)
+        for r in range(b):
+            positions = is_image[r].nonzero().flatten().tolist()
+            for j, k in zip(positions, sizes[r] if r < len(sizes) else []):
+                repeats[r, j] = k
+        values = labels.masked_fill(is_image, fill)
+        return torch.repeat_interleave(values.flatten(), repeats.flatten()).view(b, -1)
 
     # --- generation --------------------------------------------------------------------------------------
 
@@ -382,9 +528,21 @@ class VisualRWKV(nn.Module):
         """Prefill the prompt (images and scans included) once, then decode from the cached state.
 
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. ``config``/``overrides`` as in
-        :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, stop_tokens=CHAT_STOP_TOKENS``).
-        Returns a ``GenerationOutput`` (tokens per row, the stop token included).
+        :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, do_sample=True``;
+        ``eos_token_id`` is an alias of ``stop_tokens``). With :attr:`stop_at_tokenizer_stops` set and no stop
+        tokens given, generation stops at :meth:`default_stop_tokens` (the model's tokenizer's); otherwise
+        it runs to ``max_new_tokens`` unless ``stop_tokens``/``eos_token_id`` are given. Returns a ``GenerationOutput`` (``tokens`` per row, the stop token included;
+        ``sequences``; ``finish_reasons``).
         """
+        config = make_config(
+            config,
+            overrides,
+            where="VisualRWKV.generate",
+            extra=("input_ids", "pixel_values", "config", "state", "streamer", "generator"),
+        )
+        if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
+            if not config.stop_tokens:
+                config = replace(config, stop_tokens=self.default_stop_tokens())
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
@@ -396,8 +554,12 @@ class VisualRWKV(nn.Module):
             next_logits=logits[:, -1],
             streamer=streamer,
             generator=generator,
-            **overrides,
         )
+
+    def default_stop_tokens(self) -> tuple[int, ...]:
+        """The stop tokens :meth:`generate` uses when none are given: the ``stop_token_ids`` of the tokenizer
+        the model was given or loaded with (none when it has none, or no tokenizer is set yet)."""
+        return tuple(getattr(self.tokenizer, "stop_token_ids", None) or ())
 
     @torch.no_grad()
     def chat(

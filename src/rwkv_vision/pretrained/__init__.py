@@ -16,36 +16,9 @@ can be run and tested without downloading the released weights. See ``docs/toy_m
 
 from __future__ import annotations
 
-from pathlib import Path
+from .paths import TOY_MODEL, list_pretrained, path, resolve
 
-__all__ = ["TOY_MODEL", "list_pretrained", "path", "load_toy_model"]
-
-TOY_MODEL = "shapes-vqa-tiny"
-_ROOT = Path(__file__).resolve().parent
-#: Files every shipped model directory holds (written by ``VisualRWKV.save_pretrained``).
-_REQUIRED = ("config.json", "model.safetensors")
-
-
-def list_pretrained() -> list[str]:
-    """Names of the models shipped with the package."""
-    return sorted(p.name for p in _ROOT.iterdir() if p.is_dir() and (p / _REQUIRED[0]).is_file())
-
-
-def path(name: str = TOY_MODEL) -> Path:
-    """The directory of a shipped model (config.json, model.safetensors, tokenizer.json), for
-    ``VisualRWKV.from_pretrained``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty str, got {name!r}")
-    directory = _ROOT / name
-    if not directory.is_dir():
-        raise ValueError(f"name: no shipped model {name!r}; shipped: {list_pretrained()}")
-    missing = [f for f in _REQUIRED if not (directory / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"the shipped model {name!r} at {directory} lacks {missing}; the package data was not installed "
-            "(reinstall rwkv_vision, or check that package data is included in the wheel)"
-        )
-    return directory
+__all__ = ["TOY_MODEL", "list_pretrained", "path", "resolve", "load_toy_model"]
 
 
 def load_toy_model(name: str = TOY_MODEL, *, device=None, dtype=None):
