@@ -109,7 +109,7 @@ def _convert(args) -> int:
 def _info(args) -> int:
     from .checkpoint.pretrained import describe_checkpoint
 
-    print(json.dumps(describe_checkpoint(args.source, args.filename, args.revision), indent=2))
+    print(json.dumps(describe_checkpoint(_resolve_name(args.source), args.filename, args.revision), indent=2))
     return 0
 
 
@@ -118,10 +118,28 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
 
 
+def _version() -> str:
+    """The installed package's version (``rwkv-vision --version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rwkv_vision")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _resolve_name(source):
+    """A model shipped in the package by name (``shapes-vqa-tiny``) -> its directory; anything else as is."""
+    from .pretrained.paths import resolve
+
+    return resolve(source)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rwkv-vision`` parser; ``--scan`` / ``--layout`` offer what is registered when this is called."""
     scans, layouts = _scan_choices(), _layout_choices()
     parser = argparse.ArgumentParser(prog="rwkv-vision", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("chat", help="answer a question about an image (streamed to stdout)")
@@ -130,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"directory, file, Hub repo id or released name (default {DEFAULT_MODEL}, downloads 3.8 GB)",
+        help=f"directory, file, Hub repo id, released name or shipped name (shapes-vqa-tiny, offline) "
+        f"(default {DEFAULT_MODEL}, downloads 3.8 GB)",
     )
     _add_source(p)
     p.add_argument("--layout", default=None, choices=layouts, help="where the image goes (default: the model's)")
