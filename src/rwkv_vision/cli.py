@@ -8,12 +8,14 @@
 
 A checkpoint (``--model`` / ``SOURCE``) is anything ``VisualRWKV.from_pretrained`` takes: a save_pretrained
 directory, a .pth or .safetensors file, a Hub repo id (with ``--filename`` for one file), or a short name
-such as ``visualrwkv-6.0-1b6``. Errors are printed as one line on stderr with exit status 1.
+such as ``visualrwkv-6.0-1b6``. Errors are printed as one line on stderr with exit status 1 (``--debug``
+anywhere on the line shows the traceback); a closed stdout (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -57,13 +59,13 @@ def _chat(args) -> int:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     image = None
     if image_path is not None:
-        from PIL import Image, UnidentifiedImageError
+        from .errors import ImageError
+        from .vision.preprocess import open_image
 
         try:
-            image = Image.open(image_path)
-            image.load()
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"IMAGE: cannot open {image_path!r} as an image ({e})") from None
+            image = open_image(image_path)  # the size is checked before decoding
+        except ImageError as e:
+            raise ImageError(f"IMAGE: cannot open {image_path!r} as an image ({e})") from None
     model = _load(args, **({"scan": args.scan} if args.scan else {}))
     from .chat import chat
 
@@ -101,7 +103,11 @@ def _chat(args) -> int:
 def _convert(args) -> int:
     kwargs = {k: v for k, v in (("scan", args.scan), ("layout", args.layout)) if v}
     model = _load(args, **kwargs)
-    out = model.save_pretrained(args.output)
+    from .checkpoint.pretrained import checkpoint_metadata
+
+    # the source's metadata (how it was trained, ...) goes with it; the save is atomic
+    metadata = checkpoint_metadata(args.source, args.filename, revision=args.revision)
+    out = model.save_pretrained(args.output, metadata=metadata)
     print(f"wrote {out}")
     return 0
 
@@ -180,13 +186,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException, limit: int = 2000) -> str:
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line. Every failure prints one line ``rwkv-vision CMD: error: ...`` on stderr and
+    returns 1 (2 for an unexpected internal error); ``--debug`` (anywhere on the line) or
+    ``RWKV_VISION_DEBUG=1`` shows the traceback instead. A closed stdout (``| head``) ends quietly."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RWKV_VISION_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f"rwkv-vision {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except BrokenPipeError:
+        # the reader went away (rwkv-vision info X | head -c 1): stop writing, without a traceback, and
+        # keep Python from complaining again when it flushes stdout at exit
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"rwkv-vision {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for every failure, the traceback only with --debug
+        if debug:
+            raise
+        from .errors import ExtensionError
+
+        expected = isinstance(e, (ValueError, TypeError, OSError, ExtensionError, MemoryError)) or (
+            type(e).__name__ == "OutOfMemoryError"
+        )
+        if expected:
+            print(f"rwkv-vision {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        print(
+            f"rwkv-vision {args.command}: error: internal error ({type(e).__name__}: {_one_line(e, 500)}); "
+            "rerun with --debug for the traceback and please report it",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -168,7 +168,6 @@ def run_demo(
     ``model``: a ``VisualRWKV`` or a saved model directory; None loads the shipped toy model.
     """
     import torch
-    from PIL import Image
 
     from .data import ShapesVQA, exact_match
     from .models.visualrwkv import VisualRWKV
@@ -215,11 +214,13 @@ def run_demo(
 
     with torch.inference_mode():
         if image is not None:
+            from .errors import ImageError
+            from .vision.preprocess import open_image
+
             try:
-                pil = Image.open(image)
-                pil.load()
-            except (OSError, ValueError) as e:
-                raise ValueError(f"image: cannot read {image!r} as an image ({e})") from None
+                pil = open_image(image)  # the size is checked before decoding
+            except ImageError as e:
+                raise ImageError(f"image: cannot read {image!r} as an image ({e})") from None
             ask(pil, question, None, output_dir / "your_image_model_view.png", _model_view(processor, pil))
             return records
         size, grid = model.encoder.image_size[0], model.encoder.grid[0]

@@ -84,8 +84,6 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                 return image
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, struct.error, ...)
         raise ImageError(
             f"{str(path)!r} cannot be opened as an image ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
