@@ -18,9 +18,9 @@ recurrence itself is ``ops.wkv6`` (C++/CUDA kernels with a pure-PyTorch twin).
 # Text side and the sequence: tokenizers, image tokens, prompt layouts, scan policies.
 from . import ops, prompt, scan, tokenizers, vision
 from .chat import chat
-from .generation import GenerationConfig, generate
+from .generation import GenerationConfig, GenerationOutput, generate
 from .image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
-from .models import RWKV6, create_model
+from .models import RWKV6, ModelOutput, create_model
 from .models.visualrwkv import VisualRWKV
 from .ops import wkv6, wkv6_ref
 from .processor import VisualRWKVProcessor
@@ -69,7 +69,9 @@ __all__ = [
     "RWKVState",
     "RWKV6",
     "create_model",
+    "ModelOutput",
     "GenerationConfig",
+    "GenerationOutput",
     "generate",
     "VisualRWKV",
     "VisualRWKVProcessor",

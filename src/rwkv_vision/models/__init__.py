@@ -1,7 +1,8 @@
-"""Models: ``RWKV6`` (the language model), ``VisualRWKV`` (the VLM), their configs and named sizes."""
+"""Models: ``RWKV6`` (the language model), ``VisualRWKV`` (the VLM), their configs, named sizes and outputs."""
 
 from ..errors import StateDictError
 from .config import RWKV6Config
+from .output import IGNORE_INDEX, ModelOutput
 from .registry import MODEL_CONFIGS, create_model, get_config, list_models, register_model
 from .rwkv6 import RWKV6
 
@@ -26,6 +27,8 @@ def __getattr__(name: str):
 __all__ = [
     "RWKV6",
     "RWKV6Config",
+    "ModelOutput",
+    "IGNORE_INDEX",
     "StateDictError",
     "MODEL_CONFIGS",
     "create_model",
