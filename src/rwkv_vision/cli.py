@@ -119,6 +119,16 @@ def _info(args) -> int:
     return 0
 
 
+def _selftest(args) -> int:
+    """Check the compiled kernels on this machine's devices against the float64 reference (a table;
+    exit status 1 when any kernel exceeds its tolerance)."""
+    from .selftest import run_selftest
+
+    report = run_selftest(devices=args.devices, dtypes=args.dtypes, head_sizes=args.head_sizes)
+    print(report.table())
+    return 0 if report.passed else 1
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filename", default=None, help="the file inside a Hub repo (or a local directory)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit")
@@ -183,6 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the shipped toy model answering questions about images, offline")
     demo.add_arguments(p)
     p.set_defaults(func=demo.demo)
+
+    p = sub.add_parser("selftest", help="check the compiled kernels on this machine against the float64 reference")
+    p.add_argument(
+        "--device", dest="devices", action="append", default=None, help="cpu, cuda:0, ... (repeatable; default: all)"
+    )
+    p.add_argument(
+        "--dtype",
+        dest="dtypes",
+        action="append",
+        default=None,
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="repeatable; default: every supported one",
+    )
+    p.add_argument(
+        "--head-size",
+        dest="head_sizes",
+        action="append",
+        type=int,
+        default=None,
+        help="repeatable; default: 32, 64, 128 (and 40 on the CPU)",
+    )
+    p.set_defaults(func=_selftest)
     return parser
 
 
