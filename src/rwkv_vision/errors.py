@@ -80,6 +80,7 @@ class StateDictError(RWKVVisionError):
 
     def __init__(self, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[tuple], hint: str = ""):
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        self.hint = hint
         lines = [
             f"state dict does not match the model: {len(self.missing)} missing, {len(self.unexpected)} "
             f"unexpected, {len(self.mismatched)} mis-shaped key(s)"

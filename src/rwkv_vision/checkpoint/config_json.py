@@ -40,6 +40,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import CheckpointError, ConfigError
 from ..models.config import RWKV6Config
 from ..sections import (
@@ -200,14 +202,18 @@ def model_from_config(
             )
         if tokenizer is None:
             tokenizer = tokenizer_from_config(config["tokenizer"], directory=directory)
-        # Built in this order (language model, encoder, projector) so that random initialisation is stable.
-        rwkv = RWKV6(rwkv_config, device=device, dtype=dtype)
+        # Random weights: built in the order language model, encoder, projector, so that the initialisation
+        # is stable; on the meta device (a load) the cheaper encoder goes first, so a bad section fails fast.
+        meta = device is not None and torch.device(device).type == "meta"
+        rwkv = None if meta else RWKV6(rwkv_config, device=device, dtype=dtype)
         encoder = encoder_from_config(config["encoder"], device=device, dtype=dtype)
         if isinstance(proj_data, Mapping) and proj_data.get("in_features") != encoder.width:
             raise CheckpointError(
                 f"projector.in_features {proj_data.get('in_features')!r} must equal the encoder width {encoder.width}"
             )
         proj = projector_from_config(proj_data, device=device, dtype=dtype)
+        if rwkv is None:
+            rwkv = RWKV6(rwkv_config, device=device, dtype=dtype)
     except (CheckpointError, ConfigError) as e:
         raise CheckpointError(f"{source}: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AssertionError, RuntimeError) as e:

@@ -199,6 +199,7 @@ def visualrwkv_from_official_state_dict(
         )
 
     # Language model: sizes from shapes, then every key checked against a meta-device model.
+    _contiguous_layers(rwkv_sd, r"blocks\.(\d+)\.", limit=LIMITS["n_layer"], what="language model", prefix=rp)
     rwkv = RWKV6(config_from_official_state_dict(rwkv_sd), device="meta")
     m, u, mm = diff_state_dict(rwkv.state_dict(), rwkv_sd)
     missing += [rp + k for k in m]

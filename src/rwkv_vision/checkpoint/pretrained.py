@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, StateDictError
+from ..errors import CheckpointError, ConfigError, StateDictError
 from ..models.visualrwkv import VisualRWKV
 from .atomic import atomic_save
 from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config, model_from_config, model_to_config, parse_dtype
@@ -149,7 +149,13 @@ def from_pretrained(
                 f"{path}: holds a save_pretrained model.safetensors (module names), which needs its config.json; "
                 "load the directory that contains both"
             )
-        model = visualrwkv_from_official_state_dict(sd, cls=cls, **kwargs)
+        try:
+            model = visualrwkv_from_official_state_dict(sd, cls=cls, **kwargs)
+        except StateDictError as e:
+            hint = f"{e.hint} (in {path})" if e.hint else f"in {path}"
+            raise StateDictError(e.missing, e.unexpected, e.mismatched, hint=hint) from None
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         from ..tokenizers import WORLD_VOCAB_SIZE, WorldTokenizer
 
         if model.tokenizer is None and model.rwkv.vocab_size == WORLD_VOCAB_SIZE:
