@@ -68,6 +68,42 @@ def _check(r, k, v, w, u, initial_state) -> None:
             raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; put all inputs on one device")
 
 
+def _check_log_decay(w: torch.Tensor, fn: str) -> None:
+    """Reject a log-decay ``w`` with an element > 0 or NaN (the decay exp(w) must lie in [0, 1]).
+
+    Checked for CPU tensors only, where it costs one pass over w and no synchronisation. On a GPU the
+    check would make the host wait for the device on every call, so there w is not checked and every
+    backend computes exp(w) as given (docs/ops.md, "Invalid decays"). Skipped while torch.compile traces.
+    """
+    if w.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    bad = ~(w <= 0)  # true for w > 0 and for NaN
+    if bool(bad.any()):
+        count = int(bad.sum())
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        value = w[index].item()
+        raise ValueError(
+            f"{fn}: w (the log-decay) must be <= 0 and not NaN (decay exp(w) in [0, 1]); got {count} invalid "
+            f"value(s), e.g. w{list(index)} = {value}"
+        )
+
+
+def _autodiff_mode(tensors) -> str | None:
+    """The autodiff the compiled kernels cannot serve, if any input is under it: forward-mode AD
+    (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``) or a ``torch.func`` gradient
+    transform (``grad``, ``jacrev``, ``hessian``). None otherwise (plain autograd and vmap are fine)."""
+    if torch.compiler.is_compiling():
+        return None
+    for x in tensors:
+        if x is None:
+            continue
+        if torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+            return "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad)"
+        if torch._C._functorch.is_gradtrackingtensor(x):
+            return "torch.func gradient transforms (grad, jacrev, hessian)"
+    return None
+
+
 def _cuda_reason(r: torch.Tensor) -> str | None:
     """Why the CUDA kernels cannot take r's dtype and head size (None when they can)."""
     if r.dtype == torch.float64:
@@ -171,7 +207,18 @@ def wkv6(
     if backend not in BACKENDS:
         raise ValueError(f"wkv6: backend must be one of {BACKENDS}, got {backend!r}")
     _check(r, k, v, w, u, initial_state)
+    _check_log_decay(w, "wkv6")
     forced_segments = _check_segments(segments, backend)
+    if backend not in ("reference", "chunked"):
+        mode = _autodiff_mode((r, k, v, w, u, initial_state))
+        if mode is not None:
+            if backend == "auto":
+                # The pure-PyTorch fallback is differentiable in every mode: correct values, not zeros.
+                return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+            raise ValueError(
+                f"wkv6: {mode} is not supported by the compiled kernels (backend={backend!r}); use "
+                "backend='chunked' or 'reference', or 'auto', which switches to 'chunked' for it"
+            )
     if backend == "reference":
         return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
     if backend == "chunked":

@@ -49,11 +49,30 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dsT):
     r, k, v, w, u, s0 = ctx.saved_tensors
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # create_graph=True (double backward): the compiled backward is not differentiable, so the
+        # gradients are recomputed through the pure-PyTorch twin, whose graph autograd can differentiate.
+        return (*_differentiable_backward(r, k, v, w, u, s0, dy, dsT), None, None)
     # Autograd hands over None (or expanded zeros) for an output that took no part in the loss.
     dy = torch.zeros_like(r) if dy is None else dy.contiguous()
     dsT = torch.zeros_like(s0) if dsT is None else dsT.contiguous()
     grads = torch.ops.rwkv_vision.wkv6_backward(r, k, v, w, u, s0, dy, dsT, ctx.kernel, ctx.segments)
     return (*grads, None, None)
+
+
+def _differentiable_backward(r, k, v, w, u, s0, dy, dsT):
+    """The gradients of wkv6_forward as a differentiable function of its inputs and of dy, dsT."""
+    from .wkv6_chunked import wkv6_chunked
+
+    inputs = [x if x.requires_grad else x.detach().requires_grad_(True) for x in (r, k, v, w, u, s0)]
+    y, sT = wkv6_chunked(*inputs, output_final_state=True)
+    outputs, grad_outputs = [], []
+    for out, grad in ((y, dy), (sT, dsT)):
+        if grad is not None:
+            outputs.append(out)
+            grad_outputs.append(grad)
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, create_graph=True, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g.to(x.dtype) for x, g in zip(inputs, grads))
 
 
 def _register():

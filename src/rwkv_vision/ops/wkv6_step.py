@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .backends import BACKENDS, KERNEL_CODES, default_backend
-from .wkv6 import _FLOAT_DTYPES, _kernel_reason, _variant_reason
+from .wkv6 import _FLOAT_DTYPES, _autodiff_mode, _check_log_decay, _kernel_reason, _variant_reason
 from .wkv6_kernel import kernel_ops
 
 __all__ = ["wkv6_step", "wkv6_step_ref"]
@@ -72,6 +72,13 @@ def _check(r, k, v, w, u, state) -> None:
         raise RuntimeError(
             "wkv6_step: is for decoding and has no gradient; train with wkv6, or call it under torch.no_grad()"
         )
+    mode = _autodiff_mode(named.values())
+    if mode is not None:
+        raise RuntimeError(
+            f"wkv6_step: is for decoding and has no derivatives, and {mode} is not supported by it "
+            "(it would see none and return zero tangents); differentiate wkv6 over t = 1 instead"
+        )
+    _check_log_decay(w, "wkv6_step")
 
 
 def wkv6_step(
