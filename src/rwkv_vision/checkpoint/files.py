@@ -131,14 +131,32 @@ def _materialise(
 
 
 def _weights_only_detail(message: str) -> str:
+    """What torch's weights-only unpickler objected to, without its boilerplate (advice to reload with
+    ``weights_only=False`` or to allow-list the class is not ours to give for untrusted files)."""
     m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
-    if not m:
-        return message.strip().splitlines()[0] if message.strip() else ""
-    # torch goes on to explain how to allow-list the class; that advice is not ours to give for untrusted files
-    return m.group(1).split(" was not an allowed global")[0].strip()
+    if m:
+        return m.group(1).split(" was not an allowed global")[0].strip()
+    paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
+    useful = [
+        p
+        for p in paragraphs
+        if not p.startswith(("Weights only load failed", "Check the documentation", "Please file an issue"))
+    ]
+    if useful:
+        return " ".join(useful[0].split())
+    return paragraphs[0].splitlines()[0] if paragraphs else ""
 
 
-_SAFETY_WORDS = ("global", "reduce", "can only", "unrecognized", "not allowed", "unsupported class", "persistent_load")
+_SAFETY_WORDS = (
+    "global",
+    "reduce",
+    "can only",
+    "unrecognized",
+    "not allowed",
+    "blocked",
+    "unsupported class",
+    "persistent_load",
+)
 
 
 def _refused_for_safety(message: str) -> bool:
