@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rwkv_vision.ops import wkv6, wkv6_chunked, wkv6_ref
+from rwkv_vision.ops import has_extension, wkv6, wkv6_chunked, wkv6_ref
 from rwkv_vision.ops.wkv6_chunked import DEFAULT_CHUNK
 
 from .wkv6_cases import NAMES, assert_matches_reference, in_two_segments, make_inputs, rel_rms, run_with_grads
@@ -146,3 +146,13 @@ def test_hypothesis_extreme_decays_float32(t, L, choices, seed):
     pick = torch.randint(len(choices), inputs["w"].shape, generator=g)
     inputs["w"] = torch.tensor(choices, dtype=torch.float32)[pick]
     assert_matches_reference(chunked(L), inputs, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "auto", "chunked", "reference"])
+@pytest.mark.parametrize("w_value", [-1e-6, -30.0, -1e8, -float("inf")], ids=str)
+def test_every_backend_is_exact_at_extreme_decays(backend, w_value):
+    """The compiled kernel, the fallback and the loop agree with float64 at the extremes too."""
+    if backend == "kernel" and not has_extension():
+        pytest.skip("compiled extension not built")
+    inputs = _with_decay(make_inputs(1, 35, 2, 32, seed=5), w_value)
+    assert_matches_reference(lambda *a, **kw: wkv6(*a, backend=backend, **kw), inputs, 1e-5)
