@@ -300,3 +300,50 @@ def test_chunked_kernels_under_torch_compile():
     y, s = compiled(*[inputs[k] for k in NAMES])
     y_e, s_e = run(*[inputs[k] for k in NAMES], output_final_state=True)
     assert rel_rms(y, y_e) < 1e-6 and rel_rms(s, s_e) < 1e-6
+
+
+def test_selftest_passes_on_every_cuda_device():
+    """The self-test users are told to run first (docs/ops.md, "The self-test") passes here."""
+    from rwkv_vision.selftest import run_selftest
+
+    report = run_selftest(devices=[f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    assert report.checks and report.passed, report.table()
+
+
+@pytest.mark.parametrize("backend", ["auto", "kernel"])
+def test_autodiff_on_cuda_is_correct_or_refused(backend):
+    """Double backward through the CUDA kernel equals the float64 loop's; forward mode runs the chunked
+    fallback under "auto" and is refused by an explicit kernel."""
+    inputs = make_inputs(1, 19, 2, 64, seed=3, device="cuda")
+    args = [inputs[k] for k in NAMES]
+
+    def second(fn, xs):
+        leaves = [a.clone().requires_grad_(True) for a in xs]
+        y, s = fn(*leaves)
+        (gw,) = torch.autograd.grad((y**2).sum() + s.sum(), leaves[3], create_graph=True)
+        return torch.autograd.grad(gw.sum(), leaves)
+
+    got = second(lambda *a: wkv6(*a, output_final_state=True, backend=backend), args)
+    ref = second(lambda *a: wkv6(*a, output_final_state=True, backend="reference"), [a.double() for a in args])
+    for name, a, b in zip(NAMES, got, ref):
+        assert rel_rms(a, b) < 1e-4, name
+    tangents = [torch.randn_like(a) for a in args]
+    f = lambda *a: wkv6(*a, backend=backend)[0]  # noqa: E731
+    if backend == "kernel":
+        with pytest.raises(ValueError, match="forward-mode AD"):
+            torch.func.jvp(f, tuple(args), tuple(tangents))
+    else:
+        _, dy = torch.func.jvp(f, tuple(args), tuple(tangents))
+        _, dy_ref = torch.func.jvp(lambda *a: wkv6(*a, backend="reference")[0], tuple(args), tuple(tangents))
+        assert rel_rms(dy, dy_ref) < 1e-5
+
+
+def test_invalid_w_on_cuda_is_not_checked_and_computed_as_given():
+    """Documented: on a GPU w is not checked (a check would sync the host); exp(w) is computed as given,
+    so w > 0 grows the state as in the loop."""
+    inputs = make_inputs(1, 5, 1, 32, seed=2, device="cuda")
+    inputs["w"] = inputs["w"].abs() * 0.1
+    args = [inputs[k] for k in NAMES]
+    y, _ = wkv6(*args, backend="kernel")
+    y_ref, _ = wkv6(*[a.double() for a in args], backend="reference")
+    assert rel_rms(y, y_ref) < 1e-5
