@@ -250,6 +250,8 @@ def _no_constant(name: str) -> Any:
 def load_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The validated ``config.json`` of a save_pretrained directory."""
     path = Path(directory) / CONFIG_NAME
+    if os.path.lexists(path) and not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file; expected the config written by save_pretrained")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
