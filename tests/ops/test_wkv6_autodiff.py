@@ -171,3 +171,32 @@ def test_zero_and_minus_inf_decays_are_valid_everywhere(backend):
     y, s = wkv6(*args[:3], w, *args[4:], output_final_state=True, backend=backend)
     y_ref, s_ref = wkv6_ref(*[a.double() for a in args[:3]], w.double(), *[a.double() for a in args[4:]], True)
     assert rel_rms(y, y_ref) < 1e-5 and rel_rms(s, s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_vmap_runs_and_still_checks_w(backend):
+    args = [a.float() for a in _inputs(t=5)]
+
+    def one(r, k, v, w, s):
+        return wkv6(r[None], k[None], v[None], w[None], args[4], s[None], backend=backend)[0][0]
+
+    batched = [args[i] for i in (0, 1, 2, 3, 5)]
+    y = torch.func.vmap(one)(*batched)
+    y_ref, _ = wkv6_ref(*args)
+    assert rel_rms(y, y_ref) < 1e-5
+    bad = args[3].clone()
+    bad[1, 1, 0, 1] = 0.5
+    batched[3] = bad
+    with pytest.raises(ValueError, match=r"wkv6: w \(the log-decay\)"):
+        torch.func.vmap(one)(*batched)
+
+
+def test_fake_tensors_trace_without_the_w_check():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = [a.float() for a in _inputs(t=5)]
+    with FakeTensorMode() as mode:
+        fakes = [mode.from_tensor(a) for a in args]
+        for backend in _backends():
+            y, _ = wkv6(*fakes, backend=backend)
+            assert y.shape == args[0].shape

@@ -77,6 +77,10 @@ def _check_log_decay(w: torch.Tensor, fn: str) -> None:
     """
     if w.device.type != "cpu" or torch.compiler.is_compiling():
         return
+    while torch._C._functorch.is_functorch_wrapped_tensor(w):  # vmap, jvp, grad: check the data under it
+        w = torch._C._functorch.get_unwrapped(w)
+    if torch._subclasses.fake_tensor.is_fake(w):  # traced (FakeTensorMode): no data to check
+        return
     bad = ~(w <= 0)  # true for w > 0 and for NaN
     if bool(bad.any()):
         count = int(bad.sum())
