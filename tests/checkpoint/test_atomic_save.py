@@ -144,6 +144,23 @@ def test_leftovers_of_a_killed_save_are_cleaned_or_restored(tmp_path):
     assert _entries(tmp_path) == ["out"] and (target / "config.json").is_file()
 
 
+def test_an_old_tokenizer_file_is_not_carried_over(shipped_model, tmp_path):
+    target = shipped_model.save_pretrained(tmp_path / "out")
+    (target / "README.md").write_text("notes")
+    model = VisualRWKV.from_pretrained(SHIPPED)
+    model.tokenizer = None
+    model.save_pretrained(target)
+    assert _entries(target) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_saving_through_a_symlink_is_refused(shipped_model, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="symbolic link"):
+        shipped_model.save_pretrained(tmp_path / "link")
+    assert _entries(tmp_path) == ["link", "real"] and _entries(tmp_path / "real") == []
+
+
 def test_saved_files_follow_the_umask(shipped_model, tmp_path):
     old_mask = os.umask(0o027)
     try:

@@ -115,8 +115,10 @@ def cleanup_leftovers(target: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def _carry_over(old: Path, new: Path) -> None:
-    """Files of the old directory the new one does not have (a README, notes), hard-linked or copied."""
+def _carry_over(old: Path, new: Path, owned: tuple[str, ...] = ()) -> None:
+    """Files of the old directory the new one does not have (a README, notes), hard-linked or copied;
+    ``owned`` names files the save is responsible for (an old tokenizer.json the new model has no use for
+    is not carried over)."""
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -126,7 +128,7 @@ def _carry_over(old: Path, new: Path) -> None:
 
     for entry in old.iterdir():
         dst = new / entry.name
-        if os.path.lexists(dst):
+        if os.path.lexists(dst) or entry.name in owned:
             continue
         if entry.is_symlink():
             os.symlink(os.readlink(entry), dst)
@@ -136,7 +138,9 @@ def _carry_over(old: Path, new: Path) -> None:
             link_or_copy(str(entry), str(dst))
 
 
-def atomic_save(target: str | os.PathLike, write: Callable[[Path], None], *, directory: bool) -> Path:
+def atomic_save(
+    target: str | os.PathLike, write: Callable[[Path], None], *, directory: bool, owned: tuple[str, ...] = ()
+) -> Path:
     """Run ``write(tmp)`` and swap its result in for ``target``.
 
     ``directory=True``: ``write`` fills the empty directory ``tmp``, which becomes ``target``.
@@ -148,7 +152,11 @@ def atomic_save(target: str | os.PathLike, write: Callable[[Path], None], *, dir
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     cleanup_leftovers(target)
-    if directory and os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
+    if directory and target.is_symlink():
+        raise ValueError(
+            f"path: {str(target)!r} is a symbolic link (to {os.readlink(target)!r}); save to the directory itself"
+        )
+    if directory and os.path.lexists(target) and not target.is_dir():
         raise ValueError(f"path: {str(target)!r} exists and is not a directory")
     if not directory and target.is_dir():
         raise ValueError(f"path: {str(target)!r} is a directory")
@@ -163,7 +171,7 @@ def atomic_save(target: str | os.PathLike, write: Callable[[Path], None], *, dir
                 if p.is_file() and not p.is_symlink():
                     os.chmod(p, mode & 0o666)
             if target.is_dir():
-                _carry_over(target, tmp)
+                _carry_over(target, tmp, owned)
             _fsync_tree(tmp)
             if not target.exists():
                 os.rename(tmp, target)

@@ -35,7 +35,15 @@ import torch
 from ..errors import CheckpointError, ConfigError, StateDictError
 from ..models.visualrwkv import VisualRWKV
 from .atomic import atomic_save
-from .config_json import CONFIG_NAME, WEIGHTS_NAME, load_config, model_from_config, model_to_config, parse_dtype
+from .config_json import (
+    CONFIG_NAME,
+    TOKENIZER_NAME,
+    WEIGHTS_NAME,
+    load_config,
+    model_from_config,
+    model_to_config,
+    parse_dtype,
+)
 from .diff import diff_state_dict
 from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, check_device, load_checkpoint, read_tensor_specs
 from .hub import resolve_checkpoint
@@ -227,7 +235,7 @@ def save_pretrained(
         raise ValueError(
             f"path must be a directory or end in .safetensors, got {str(path)!r} (pickle files are not written)"
         )
-    if os.path.lexists(path) and not path.is_dir():
+    if os.path.lexists(path) and not path.is_dir() and not path.is_symlink():
         raise ValueError(f"path: {str(path)!r} exists and is not a directory")
     config, tokenizer = model_to_config(model, metadata=metadata)
     if dtype is not None:
@@ -244,7 +252,7 @@ def save_pretrained(
             _writers.save_tokenizer(tokenizer, tmp / config["tokenizer"]["file"])
         _writers.write_text(tmp / CONFIG_NAME, text)
 
-    return atomic_save(path, write, directory=True)
+    return atomic_save(path, write, directory=True, owned=(CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME))
 
 
 def _metadata_text(metadata: Any) -> str:
