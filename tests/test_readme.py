@@ -23,3 +23,17 @@ def test_readme_python_examples_run(capsys):
     for code in blocks:
         exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
     assert capsys.readouterr().out.strip()
+
+
+def test_readme_scan_swap_changes_the_logits_and_says_so(capsys):
+    first = python_blocks()[0]
+    assert "model.scan = MultiDir()" in first
+    exec(compile(first, str(README), "exec"), {"__name__": "__readme__"})
+    assert "the scan swap changes the logits: True" in capsys.readouterr().out
+
+
+def test_readme_says_how_to_pip_install():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Installing with pip", 1)[1].split("\n## ", 1)[0]
+    for needed in ("RWKV_VISION_WITH_CUDA=OFF", "--no-build-isolation", "build/", "minutes", "--version"):
+        assert needed in section, needed

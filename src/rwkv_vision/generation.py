@@ -249,7 +249,9 @@ def _accepts(model, name: str) -> bool:
         params = inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    # A named parameter only: the library's models take **kwargs just to reject unknown names clearly, and
+    # what is passed here (chunk_size, logits_to_keep) is an optimisation a model may go without.
+    return name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD
 
 
 def _model_device(model) -> torch.device:

@@ -244,3 +244,10 @@ def test_a_scan_policy_that_changes_nothing_on_this_model_warns(vlm):
         small.scan = UniDir()  # equal to Zigzag on a 2 x 2 grid, but the simpler one
     with pytest.warns(UserWarning, match=r"Zigzag.*2 x 2 patch grid.*UniDir\(\)"):
         small.scan = "zigzag"
+
+
+def test_generate_with_a_prefill_chunk_size_on_a_model_without_chunks(vlm):
+    # VisualRWKV.forward has no chunk_size; generate must not pass it (its **kwargs reject unknown names).
+    ids = torch.tensor([[5, 6, 7]])
+    out = generate(vlm, ids, max_new_tokens=3, prefill_chunk_size=2)
+    assert out.tokens == generate(vlm, ids, max_new_tokens=3).tokens
