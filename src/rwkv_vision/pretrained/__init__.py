@@ -7,6 +7,10 @@ shapes — "What color is the shape in the top left?", "How many circles are the
 whole path (image -> encoder -> projector -> prompt layout -> scanned RWKV-6 -> cached-state generation)
 can be run and tested without downloading the released weights. See ``docs/toy_model.md``.
 
+Load it by name like any model: ``VisualRWKV.from_pretrained("shapes-vqa-tiny")``,
+``create_model("shapes-vqa-tiny", pretrained=True)`` or ``rwkv-vision chat IMAGE QUESTION --model
+shapes-vqa-tiny`` (the names are resolved by :func:`resolve`; an existing path of that name wins).
+
     >>> from rwkv_vision.pretrained import load_toy_model
     >>> model = load_toy_model()                                   # doctest: +SKIP
     >>> model.chat(image, "How many shapes are there?",            # doctest: +SKIP
