@@ -23,8 +23,6 @@ CONTINUED = "# continued"
 PENDING = {
     ("ops.md", "*"): "docs/ops.md blocks are transcripts and fragments (the ops docs' owner fixes them)",
     ("gpu_benchmarks.md", "*"): "docs/gpu_benchmarks.md uses an undefined model (the benchmarks' owner fixes it)",
-    ("multimodal.md", "Loading and saving (`rwkv_vision.checkpoint`)"): "downloads the released 1B6 weights; "
-    "the section's owner marks it '# needs: network' or makes it offline",
 }
 
 
