@@ -20,10 +20,7 @@ CONTINUED = "# continued"
 
 #: Blocks not yet runnable as written, by (file, section heading): they belong to files or sections that
 #: other work is changing. Each still runs (non-strict xfail), so a fix shows up as XPASS; then drop it here.
-PENDING = {
-    ("ops.md", "*"): "docs/ops.md blocks are transcripts and fragments (the ops docs' owner fixes them)",
-    ("gpu_benchmarks.md", "*"): "docs/gpu_benchmarks.md uses an undefined model (the benchmarks' owner fixes it)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _groups(path: Path) -> list[tuple[str, str, list[str]]]:

@@ -1,14 +1,16 @@
-"""Command line: ``rwkv-vision {chat,convert,info,demo} ...`` (or ``python -m rwkv_vision.cli``).
+"""Command line: ``rwkv-vision {chat,convert,info,demo,selftest} ...`` (or ``python -m rwkv_vision.cli``).
 
     chat     answer a question about an image, streaming the answer to stdout
     convert  rewrite a checkpoint (e.g. a released .pth) as a save_pretrained directory (config.json +
              model.safetensors), or as one official-names .safetensors file
     info     what a checkpoint holds (sizes, encoder, projector, scan, layout, dtype, parameter count) as JSON;
              reads no tensor data
+    demo     the shipped toy model answering questions about generated images, offline
+    selftest check every compiled kernel on this machine's devices against the float64 reference
 
 A checkpoint (``--model`` / ``SOURCE``) is anything ``VisualRWKV.from_pretrained`` takes: a save_pretrained
 directory, a .pth or .safetensors file, a Hub repo id (with ``--filename`` for one file), or a short name
-such as ``visualrwkv-6.0-1b6``. Errors are printed as one line on stderr with exit status 1 (``--debug``
+such as ``visualrwkv-6.0-1b6`` or a shipped model's name (``shapes-vqa-tiny``). Errors are printed as one line on stderr with exit status 1 (``--debug``
 anywhere on the line shows the traceback); a closed stdout (``| head``) ends the command quietly.
 """
 

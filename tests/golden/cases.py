@@ -44,7 +44,9 @@ def _vlm_outputs(prefix: str, model, ids, pixels) -> dict[str, torch.Tensor]:
         logits, state = model(ids, pixels)
         out[f"{prefix}.forward_logits"] = logits
         out[f"{prefix}.state_wkv_last"] = state[len(state) - 1].wkv
-        gen = model.generate(ids, pixels, max_new_tokens=6)
+        # stop_tokens=(): run to max_new_tokens, as generate did before it stopped at the tokenizer's stop
+        # tokens by default (a later, deliberate change of defaults, not of the numbers).
+        gen = model.generate(ids, pixels, max_new_tokens=6, stop_tokens=())
         out[f"{prefix}.generate_tokens"] = torch.tensor(gen.tokens)
         dec_logits, dec_tokens = _decode(model, ids, pixels, steps=5)
         out[f"{prefix}.decoder_logits"] = dec_logits

@@ -191,7 +191,7 @@ def test_visualrwkv_generate_can_stop_at_its_tokenizers_stop_tokens():
     assert model.default_stop_tokens() == tuple(tok.stop_token_ids)
     ids = model.layout.tokenize("How many shapes are there?", tok, num_images=1).to_tensor()
     pixels = torch.zeros(1, 3, *model.encoder.image_size)
-    free = model.generate(ids, pixels, max_new_tokens=8)
+    free = model.generate(ids, pixels, max_new_tokens=8, stop_tokens=())
     stopping = VisualRWKV.from_pretrained("shapes-vqa-tiny")
     stopping.stop_at_tokenizer_stops = True
     out = stopping.generate(ids, pixels, max_new_tokens=8)

@@ -89,10 +89,10 @@ class VisualRWKV(nn.Module):
         freeze_encoder: turn off gradients of the encoder (VisualRWKV keeps CLIP frozen).
     """
 
-    #: When True, :meth:`generate` without ``stop_tokens``/``eos_token_id`` stops at the tokenizer's stop
-    #: tokens (:meth:`default_stop_tokens`). False for now: the stored golden outputs of ``generate`` run to
-    #: ``max_new_tokens``; ``chat`` and the CLI always stop at the tokenizer's stop tokens.
-    stop_at_tokenizer_stops: bool = False
+    #: :meth:`generate` without ``stop_tokens``/``eos_token_id`` stops at the tokenizer's stop tokens
+    #: (:meth:`default_stop_tokens`), as transformers' ``generate`` stops at the model's EOS; set it to False
+    #: (or pass ``stop_tokens=()``) to run every row to ``max_new_tokens``.
+    stop_at_tokenizer_stops: bool = True
 
     def __init__(
         self,
