@@ -15,6 +15,8 @@ their state unchanged (when the state has ``where``, as ``RWKVState`` does) whil
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -65,17 +67,39 @@ class GenerationConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.stop_tokens, int):
+        def is_int(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        where = "GenerationConfig"
+        if is_int(self.stop_tokens):
             self.stop_tokens = (self.stop_tokens,)
+        # A string is a sequence too ("261" would become three tokens): only ints, one or a list of them.
+        if isinstance(self.stop_tokens, (str, bytes)) or not isinstance(self.stop_tokens, (tuple, list, range)):
+            raise TypeError(f"{where}: stop_tokens must be an int or a list of ints, got {self.stop_tokens!r}")
+        if not all(is_int(t) and t >= 0 for t in self.stop_tokens):
+            raise ValueError(f"{where}: stop_tokens must hold token ids (ints >= 0), got {self.stop_tokens!r}")
         self.stop_tokens = tuple(int(t) for t in self.stop_tokens)
-        if self.max_new_tokens < 0:
-            raise ValueError(f"GenerationConfig: max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"GenerationConfig: temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"GenerationConfig: top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"GenerationConfig: top_p must be in (0, 1], got {self.top_p}")
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ValueError(f"{where}: max_new_tokens must be an int >= 0, got {self.max_new_tokens!r}")
+        if not isinstance(self.do_sample, bool):
+            raise TypeError(f"{where}: do_sample must be True or False, got {self.do_sample!r}")
+        if not is_number(self.temperature) or self.temperature < 0:
+            raise ValueError(f"{where}: temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"{where}: top_k must be an int >= 0, got {self.top_k!r}")
+        if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"{where}: top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.prefill_chunk_size is not None and (not is_int(self.prefill_chunk_size) or self.prefill_chunk_size < 1):
+            raise ValueError(
+                f"{where}: prefill_chunk_size must be a positive int or None, got {self.prefill_chunk_size!r}"
+            )
+        if self.pad_token_id is not None and (not is_int(self.pad_token_id) or self.pad_token_id < 0):
+            raise ValueError(
+                f"{where}: pad_token_id must be a token id (an int >= 0) or None, got {self.pad_token_id!r}"
+            )
 
 
 @dataclass

@@ -359,7 +359,19 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"input_ids must be a [b, t] tensor, got {got}")
         if pixel_values is not None and image_embeds is not None:
             raise ValueError("pass pixel_values or image_embeds, not both")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         input_ids = input_ids.to(self.rwkv.emb.weight.device)
+        text = input_ids[input_ids != IMAGE_TOKEN_INDEX]
+        if text.numel():
+            # Checked here (one host sync) because an out-of-range id reaches the embedding, where on CUDA it
+            # is an opaque device assert.
+            low, high = (int(v) for v in torch.stack(torch.aminmax(text)).tolist())
+            if low < 0 or high >= self.rwkv.vocab_size:
+                raise ValueError(
+                    f"input_ids must be in [0, vocab_size = {self.rwkv.vocab_size}) or be IMAGE_TOKEN_INDEX "
+                    f"({IMAGE_TOKEN_INDEX}) once per image, got text ids in [{low}, {high}]"
+                )
         n = int((input_ids == IMAGE_TOKEN_INDEX).sum())
         if pixel_values is None and image_embeds is None:
             if n:
@@ -379,6 +391,8 @@ class VisualRWKV(nn.Module):
                     f"input_ids hold {n} image placeholders (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but "
                     f"pixel_values has {pixel_values.shape[0]} images"
                 )
+            if n and not bool(torch.isfinite(pixel_values).all()):
+                raise ValueError("pixel_values must be finite: it holds NaN or infinite values")
             image_embeds = self.encode_images(pixel_values) if n else []
         return expand_image_embeddings(
             input_ids, image_embeds, self.rwkv.embed, grids=self.encoder.grid, cls=self.encoder.cls
