@@ -6,9 +6,7 @@ This module keeps the old names importable for one release; each use warns with 
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from ._moved import moved_names
 
 _MOVED = {
     "Tokenizer": "rwkv_vision.tokenizers.base",
@@ -17,18 +15,4 @@ _MOVED = {
     "WORLD_VOCAB_SIZE": "rwkv_vision.tokenizers.world",
 }
 __all__ = list(_MOVED)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"rwkv_vision.tokenizer.{name} is deprecated; import it from {_MOVED[name]} (or rwkv_vision.tokenizers)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(_MOVED[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MOVED))
+__getattr__, __dir__ = moved_names(__name__, _MOVED, hint="or rwkv_vision.tokenizers")

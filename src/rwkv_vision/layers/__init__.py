@@ -3,6 +3,7 @@
 Letter legend: b batch, t time, h heads, n head size, c channels.
 """
 
+from .._moved import moved_names
 from .block import Block
 from .channel_mix import ChannelMix, default_dim_ffn
 from .ddlerp import DDLerp, add_ddlerp_parameters, ddlerp
@@ -25,21 +26,12 @@ __all__ = [
     "Block",
 ]
 
-_MOVED_TO_VISION = ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector")
-
-
-def __getattr__(name: str):
-    # The projectors moved to rwkv_vision.vision.projector; the old names work for one release, with a warning.
-    if name in _MOVED_TO_VISION:
-        import warnings
-
-        from ..vision import projector
-
-        warnings.warn(
-            f"rwkv_vision.layers.{name} is deprecated; import it from rwkv_vision.vision.projector "
-            "(or rwkv_vision.vision)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(projector, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The projectors moved to rwkv_vision.vision.projector; the old names work for one release, with a warning.
+__getattr__, __dir__ = moved_names(
+    __name__,
+    dict.fromkeys(
+        ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector"),
+        "rwkv_vision.vision.projector",
+    ),
+    hint="or rwkv_vision.vision",
+)

@@ -5,25 +5,11 @@ This module keeps the old names importable for one release; each use warns with 
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from .._moved import moved_names
 
-_NEW = "rwkv_vision.vision.projector"
-_MOVED = ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS")
+_MOVED = dict.fromkeys(
+    ("Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS"),
+    "rwkv_vision.vision.projector",
+)
 __all__ = list(_MOVED)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"rwkv_vision.layers.projector.{name} is deprecated; import it from {_NEW} (or rwkv_vision.vision)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(_NEW), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MOVED))
+__getattr__, __dir__ = moved_names(__name__, _MOVED, hint="or rwkv_vision.vision")
