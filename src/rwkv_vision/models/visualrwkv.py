@@ -541,7 +541,12 @@ class VisualRWKV(nn.Module):
     ) -> GenerationOutput:
         """Prefill the prompt (images and scans included) once, then decode from the cached state.
 
-        input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. ``config``/``overrides`` as in
+        input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
+        lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
+        of b image tensors [n_i, 3, H, W] (None for a row without images) or one [n, 3, H, W] tensor taken in
+        row order; each prompt is prefilled alone (a recurrent model has no mask to hide padding), then all
+        rows decode together and stop one by one, with the tokens one-by-one generation gives.
+        ``config``/``overrides`` as in
         :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, do_sample=True``;
         ``eos_token_id`` is an alias of ``stop_tokens``). With :attr:`stop_at_tokenizer_stops` set and no stop
         tokens given, generation stops at :meth:`default_stop_tokens` (the model's tokenizer's); otherwise
@@ -557,9 +562,13 @@ class VisualRWKV(nn.Module):
         if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
             if not config.stop_tokens:
                 config = replace(config, stop_tokens=self.default_stop_tokens())
-        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
-            input_ids = input_ids.unsqueeze(0)
-        logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
+        if isinstance(input_ids, (list, tuple)):
+            logits, state = self._prefill_ragged(input_ids, pixel_values, state)
+            logits = logits[:, None]
+        else:
+            if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+                input_ids = input_ids.unsqueeze(0)
+            logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
         return generate(
             self,
             None,
@@ -569,6 +578,48 @@ class VisualRWKV(nn.Module):
             streamer=streamer,
             generator=generator,
         )
+
+    @torch.no_grad()
+    def _prefill_ragged(
+        self, rows: Sequence[Any], pixel_values: Any, state: RWKVState | None
+    ) -> tuple[torch.Tensor, RWKVState]:
+        """Each prompt alone -> (last logits [b, v], the rows' states joined along the batch)."""
+        if not rows:
+            raise ValueError("input_ids: an empty list of prompts")
+        device = self.rwkv.emb.weight.device
+        ids = []
+        for i, row in enumerate(rows):
+            row = torch.as_tensor(row, dtype=torch.long) if not isinstance(row, torch.Tensor) else row
+            if row.dim() != 1 or row.numel() == 0:
+                raise ValueError(f"input_ids[{i}] must be a non-empty 1-D list of ids, got shape {tuple(row.shape)}")
+            ids.append(row.to(device))
+        counts = [int((row == IMAGE_TOKEN_INDEX).sum()) for row in ids]
+        if isinstance(pixel_values, (list, tuple)):
+            if len(pixel_values) != len(ids):
+                raise ValueError(
+                    f"pixel_values: {len(pixel_values)} image groups for {len(ids)} prompts; give one per row"
+                )
+            per_row = list(pixel_values)
+        elif pixel_values is None or isinstance(pixel_values, torch.Tensor):
+            total = 0 if pixel_values is None else pixel_values.shape[0]
+            if total != sum(counts):
+                raise ValueError(
+                    f"pixel_values holds {total} images but the prompts hold {sum(counts)} placeholders {counts}"
+                )
+            starts = [sum(counts[:i]) for i in range(len(ids))]
+            per_row = [None if not c else pixel_values[a : a + c] for a, c in zip(starts, counts)]
+        else:
+            raise TypeError(
+                f"pixel_values must be a tensor, a list of tensors or None, got {type(pixel_values).__name__}"
+            )
+        if state is not None and state.batch_size != len(ids):
+            raise ValueError(f"state has batch {state.batch_size} but there are {len(ids)} prompts")
+        logits, states = [], []
+        for i, (row, pixels) in enumerate(zip(ids, per_row)):
+            out = self(row[None], pixels, None if state is None else state.select(i), logits_to_keep=1)
+            logits.append(out.logits[:, -1])
+            states.append(out.state)
+        return torch.cat(logits), RWKVState.cat(states)
 
     def default_stop_tokens(self) -> tuple[int, ...]:
         """The stop tokens :meth:`generate` uses when none are given: the ``stop_token_ids`` of the tokenizer
