@@ -38,7 +38,7 @@ LAYERS = [
         "rwkv_vision.sections",
         "rwkv_vision.processor",
     ),
-    ("rwkv_vision.models", "rwkv_vision.generation", "rwkv_vision.chat"),
+    ("rwkv_vision.models", "rwkv_vision.generation", "rwkv_vision.chat", "rwkv_vision.collate"),
     ("rwkv_vision.decoding", "rwkv_vision.checkpoint"),
 ]
 
