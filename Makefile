@@ -21,6 +21,8 @@ $(VENV)/.deps-stamp:
 	# test-only: the CLIP key converter and the preprocessing are checked against transformers;
 	# matplotlib draws the ablation and benchmark plots (and their tests)
 	$(PIP) install -q transformers matplotlib
+	# test-only: an independent oracle for RWKV-7 (x070) logits, the PyPI package of the official runtime
+	$(PIP) install -q rwkv==0.8.32
 	# lint and format check (configured in pyproject.toml)
 	$(PIP) install -q "ruff>=0.6"
 	touch $@
