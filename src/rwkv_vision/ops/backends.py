@@ -16,6 +16,8 @@ __all__ = [
     "BACKEND_ENV",
     "KERNEL_CODES",
     "EXPERIMENTAL_CUDA_VARIANTS",
+    "WKV7_BACKENDS",
+    "wkv7_default_backend",
     "default_backend",
     "use_backend",
 ]
@@ -37,6 +39,14 @@ BACKEND_ENV = "RWKV_VISION_WKV6_BACKEND"
 KERNEL_CODES = {"cuda_recurrent": 0, "cuda_split": 1, "cuda_chunked": 2}
 #: The CUDA variants that the build compiles only with RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=ON.
 EXPERIMENTAL_CUDA_VARIANTS = ("cuda_split", "cuda_chunked")
+
+
+#: Values of ``backend`` for ``wkv7`` and ``wkv7_step`` (docs/ops.md, "WKV7"): "auto", "kernel",
+#: "chunked", "reference", meaning what they mean for wkv6. WKV7 has one compiled kernel per device.
+WKV7_BACKENDS = ("auto", "kernel", "chunked", "reference")
+#: The process default (a wkv6 name) -> the wkv7 backend it stands for: a CUDA variant of wkv6 asks for
+#: a compiled kernel, and wkv7's one compiled kernel is the nearest.
+_WKV7_FROM_DEFAULT = {"cuda_recurrent": "kernel", "cuda_split": "kernel", "cuda_chunked": "kernel"}
 
 
 def _read_env_default() -> tuple[str, str | None]:
@@ -76,9 +86,17 @@ def default_backend() -> str:
     return _ENV_DEFAULT
 
 
+def wkv7_default_backend() -> str:
+    """What ``backend=None`` means for wkv7 now: :func:`default_backend`, with wkv6's CUDA variant names
+    ("cuda_recurrent", "cuda_split", "cuda_chunked") read as "kernel"."""
+    value = default_backend()
+    return _WKV7_FROM_DEFAULT.get(value, value)
+
+
 @contextlib.contextmanager
 def use_backend(backend: str) -> Iterator[None]:
-    """Make ``backend`` the default of :func:`wkv6` and :func:`wkv6_step` within the block, process-wide.
+    """Make ``backend`` the default of :func:`wkv6` and :func:`wkv6_step` within the block, process-wide;
+    also of :func:`wkv7` and :func:`wkv7_step`, where a CUDA variant's name means "kernel".
 
     For code that calls the ops without a ``backend`` argument, such as the RWKV-6 layers::
 
