@@ -384,3 +384,99 @@ def official_generate(
 def relative_rms_error(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+# --- tiny towers in the released key names ------------------------------------------------------------------
+
+
+def tiny_dino_siglip_state_dicts(*, dino_width=16, siglip_width=24, depth=2, image=28, seed=11) -> dict:
+    """``vit.dino_featurizer.*`` and ``vit.siglip_featurizer.*`` of tiny timm towers built from the released
+    architectures (``vit_large_patch14_reg4_dinov2``, ``vit_so400m_patch14_siglip_384``) with small sizes,
+    random weights: every key the released files have (final norms and SigLIP's attention pool included)."""
+    import timm
+
+    torch.manual_seed(seed)
+    out = {}
+    for name, arch, width in (
+        ("dino", "vit_large_patch14_reg4_dinov2", dino_width),
+        ("siglip", "vit_so400m_patch14_siglip_384", siglip_width),
+    ):
+        model = timm.create_model(
+            arch, pretrained=False, num_classes=0, embed_dim=width, depth=depth, num_heads=2, img_size=image
+        )
+        for key, value in model.state_dict().items():
+            out[f"vit.{name}_featurizer.{key}"] = value + 0.02 * torch.randn_like(value)
+    return out
+
+
+def tiny_sam_state_dict(*, width=16, depth=2, grid=4, neck=8, window=2, global_blocks=(1,), seed=13) -> dict:
+    """``vit.sam_featurizer.*`` of a tiny SAM ViT image encoder in the official ``sam.py`` names (patch 16,
+    absolute and relative positions, windowed blocks but ``global_blocks``, a two-conv neck of ``neck``
+    channels; the space-to-depth after it has no weights)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2, offset=0.0):
+        return torch.randn(*shape, generator=g) * scale + offset
+
+    p = "vit.sam_featurizer."
+    head_dim = width // 2
+    sd = {
+        p + "patch_embed.proj.weight": rand(width, 3, 16, 16, scale=0.05),
+        p + "patch_embed.proj.bias": rand(width),
+        p + "pos_embed": rand(1, grid, grid, width),
+    }
+    for i in range(depth):
+        b = f"{p}blocks.{i}."
+        size = grid if i in global_blocks else window
+        sd |= {
+            b + "norm1.weight": rand(width, offset=1.0),
+            b + "norm1.bias": rand(width),
+            b + "attn.qkv.weight": rand(3 * width, width),
+            b + "attn.qkv.bias": rand(3 * width),
+            b + "attn.proj.weight": rand(width, width),
+            b + "attn.proj.bias": rand(width),
+            b + "attn.rel_pos_h": rand(2 * size - 1, head_dim),
+            b + "attn.rel_pos_w": rand(2 * size - 1, head_dim),
+            b + "norm2.weight": rand(width, offset=1.0),
+            b + "norm2.bias": rand(width),
+            b + "mlp.lin1.weight": rand(4 * width, width),
+            b + "mlp.lin1.bias": rand(4 * width),
+            b + "mlp.lin2.weight": rand(width, 4 * width),
+            b + "mlp.lin2.bias": rand(width),
+        }
+    sd |= {
+        p + "neck.0.weight": rand(neck, width, 1, 1),
+        p + "neck.1.weight": rand(neck, offset=1.0),
+        p + "neck.1.bias": rand(neck),
+        p + "neck.2.weight": rand(neck, neck, 3, 3),
+        p + "neck.3.weight": rand(neck, offset=1.0),
+        p + "neck.3.bias": rand(neck),
+    }
+    return sd
+
+
+def tiny_family_checkpoint(family: str, *, n_embd=32, seed=0) -> dict[str, torch.Tensor]:
+    """A tiny random flat checkpoint in the key layout of a released family: ``"v6.0"``, ``"hd"``, ``"uhd"``
+    or ``"v7.00"``."""
+    if family == "v6.0":
+        from .visualrwkv_ref import random_visualrwkv_checkpoint
+
+        return random_visualrwkv_checkpoint(
+            rwkv_sizes=dict(n_layer=2, n_embd=n_embd, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=300),
+            vision_sizes=dict(width=16, layers=1, image=28, mlp=32),
+            seed=seed,
+        )
+    towers = tiny_dino_siglip_state_dicts() | tiny_sam_state_dict()
+    w = 16 + 24 + 4 * 8
+    if family == "v7.00":
+        return random_v700_checkpoint(tower_sd=towers, vision_width=w, n_embd=n_embd, seed=seed)
+    from .rwkv6_ref import random_official_state_dict
+
+    lm = random_official_state_dict(n_layer=2, n_embd=n_embd, head_size=8, dim_ffn=64, vocab_size=300, seed=seed)
+    sd = {"rwkv." + k: v for k, v in lm.items()} | towers
+    g = torch.Generator().manual_seed(seed + 3)
+    width = w if family == "hd" else 2 * w
+    sd["proj.proj.weight"] = torch.randn(n_embd, width, generator=g) * width**-0.5
+    sd["proj.gate.weight"] = torch.randn(n_embd, n_embd, generator=g) * n_embd**-0.5
+    sd["proj.o_proj.weight"] = torch.randn(n_embd, n_embd, generator=g) * n_embd**-0.5
+    return sd

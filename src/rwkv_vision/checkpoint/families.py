@@ -1,0 +1,271 @@
+"""The released VisualRWKV families, recognised by their keys and shapes alone.
+
+A released file is a flat dict of tensors under three prefixes: ``rwkv.`` (the language model), ``vit.`` (the
+vision towers) and ``proj.`` (the projector). Which family a file belongs to follows from which keys are there
+and from a few shapes; nothing is read from the file name. Letter legend: c channels of the language model,
+w vision width (the towers' widths summed along channels).
+
+=========  =====================  ======================  ==========================================  =========
+family     files                  language model          vision keys                                 projector
+=========  =====================  ======================  ==========================================  =========
+v6.0       VisualRWKV-v060-*      RWKV-6 (x060)           ``vit.vision_model.*`` (CLIP, transformers   ``proj.weight`` [c, w]
+                                                          4.x names)
+hd         VisualRWKV-v0612-*     RWKV-6 (x060)           ``vit.{dino,siglip,sam}_featurizer.*``      ``proj.proj`` [c, w], ``proj.gate`` [c, c],
+                                                                                                      ``proj.o_proj`` [c, c]
+uhd        VisualRWKV-v0613-*     RWKV-6 (x060)           as hd                                        as hd with ``proj.proj`` [c, 2w]
+v7.00      VisualRWKV-v0700-*     RWKV-7 (x070)           as hd                                        ``proj.gate`` [w, w], ``proj.o_proj`` [c, w],
+                                                                                                      ``proj.ln_v`` (LayerNorm c)
+=========  =====================  ======================  ==========================================  =========
+
+hd and uhd share every key name; the input width of ``proj.proj`` tells them apart (the UHD code concatenates
+a global image's features with the pooled features of four tiles, twice the width). The attribution of the
+file tags v0612 / v0613 to HD / UHD follows the release order and the repository's ``VisualRWKV-HD`` /
+``VisualRWKV-UHD`` folders; the keys decide, not the tag.
+
+:func:`detect_family` names the family of a state dict (or of the shapes of one) and raises a
+``StateDictError`` naming the closest family and every key that does not fit it; :func:`check_family` does the
+same against the family the caller expects. :func:`split_parts` cuts a file into its parts (language model
+without ``rwkv.``, each tower without ``vit.<tower>_featurizer.``, projector without ``proj.``) for the
+part converters, which check every key of their part strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import StateDictError
+
+__all__ = ["Family", "FAMILIES", "detect_family", "check_family", "family_misfits", "split_parts", "tower_widths"]
+
+RWKV = "rwkv."
+CLIP = "vit.vision_model."
+TOWERS = ("dino", "siglip", "sam")
+TOWER_PREFIX = {name: f"vit.{name}_featurizer." for name in TOWERS}
+
+#: Keys that only an x060 (RWKV-6) time mix has, and keys that only an x070 (RWKV-7) one has.
+_X060_ONLY = ("att.time_maa_x", "att.time_faaaa", "att.time_decay", "att.gate.weight", "ffn.receptance.weight")
+_X070_ONLY = ("att.r_k", "att.w0", "att.a0", "att.k_k", "att.k_a", "att.g1", "ffn.x_k")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One released family: its name, the tag in its file names, and what its parts are."""
+
+    name: str
+    files: str
+    language_model: str  # "x060" or "x070"
+    vision: str  # "clip" or "dino+siglip+sam"
+    projector: str  # "linear", "hd-gated", "uhd-mlp", "gated-ln"
+    projector_keys: tuple[str, ...]
+    description: str
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "v6.0",
+            "VisualRWKV-v060-*",
+            "x060",
+            "clip",
+            "linear",
+            ("proj.weight",),
+            "RWKV-6 + CLIP ViT-L/14-336, 577 tokens per image, linear projector, BiDir scan, sandwich prompt",
+        ),
+        Family(
+            "hd",
+            "VisualRWKV-v0612-*",
+            "x060",
+            "dino+siglip+sam",
+            "hd-gated",
+            ("proj.proj.weight", "proj.gate.weight", "proj.o_proj.weight"),
+            "RWKV-6 + DINOv2/SigLIP/SAM (1024 tokens per image, 3200 wide), proj -> gate -> o_proj, BiDir scan",
+        ),
+        Family(
+            "uhd",
+            "VisualRWKV-v0613-*",
+            "x060",
+            "dino+siglip+sam",
+            "uhd-mlp",
+            ("proj.proj.weight", "proj.gate.weight", "proj.o_proj.weight"),
+            "RWKV-6 + DINOv2/SigLIP/SAM on a global image and four tiles (1024 tokens, 6400 wide), BiDir scan",
+        ),
+        Family(
+            "v7.00",
+            "VisualRWKV-v0700-*",
+            "x070",
+            "dino+siglip+sam",
+            "gated-ln",
+            ("proj.gate.weight", "proj.o_proj.weight", "proj.ln_v.weight", "proj.ln_v.bias"),
+            "RWKV-7 + DINOv2/SigLIP/SAM (1024 tokens per image, 3200 wide), ln_v(o_proj(x*sigmoid(gate(x)))), "
+            "unidirectional, images first, 261-padding to a multiple of 16",
+        ),
+    )
+}
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(int(s) for s in shape)
+
+
+def tower_widths(state_dict: Mapping[str, Any]) -> dict[str, int]:
+    """The feature width of each HD tower present, from shapes: DINOv2 and SigLIP give their embedding width
+    (``patch_embed.proj.weight`` [w, 3, p, p]); SAM gives 4 x its neck's channels (``neck.0.weight``
+    [c_out, w, 1, 1], then the 2 x 2 space-to-depth)."""
+    widths = {}
+    for name in ("dino", "siglip"):
+        shape = _shape(state_dict.get(TOWER_PREFIX[name] + "patch_embed.proj.weight"))
+        if shape:
+            widths[name] = shape[0]
+    shape = _shape(state_dict.get(TOWER_PREFIX["sam"] + "neck.0.weight"))
+    if shape:
+        widths["sam"] = 4 * shape[0]
+    return widths
+
+
+def _lm_misfits(state_dict: Mapping[str, Any], kind: str) -> tuple[list[str], list[str]]:
+    keys = [k for k in state_dict if k.startswith(RWKV)]
+    required = [RWKV + "emb.weight", RWKV + "head.weight", RWKV + "blocks.0.ln0.weight"]
+    required += [RWKV + "blocks.0." + s for s in (_X070_ONLY if kind == "x070" else _X060_ONLY)[:3]]
+    missing = [k for k in required if k not in state_dict]
+    foreign = _X060_ONLY if kind == "x070" else _X070_ONLY
+    unexpected = [k for k in keys if any(k.endswith("." + s) for s in foreign)]
+    return missing, unexpected
+
+
+def family_misfits(
+    state_dict: Mapping[str, Any], family: str | Family
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """(missing, unexpected, mismatched) keys of ``state_dict`` against ``family``, at the level that tells the
+    families apart: the language model's kind (signature keys), the vision prefixes and the tower signature
+    keys, every projector key and its shape. Part converters then check every key of each part."""
+    fam = family if isinstance(family, Family) else FAMILIES[family]
+    missing, unexpected = _lm_misfits(state_dict, fam.language_model)
+    mismatched: list[tuple[str, tuple, tuple]] = []
+    if fam.vision == "clip":
+        vision_prefixes = (CLIP,)
+        missing += (
+            [CLIP + "embeddings.patch_embedding.weight"]
+            if CLIP + "embeddings.patch_embedding.weight" not in state_dict
+            else []
+        )
+    else:
+        vision_prefixes = tuple(TOWER_PREFIX.values())
+        for name, key in (
+            ("dino", "patch_embed.proj.weight"),
+            ("siglip", "patch_embed.proj.weight"),
+            ("sam", "patch_embed.proj.weight"),
+            ("sam", "neck.0.weight"),
+        ):
+            if TOWER_PREFIX[name] + key not in state_dict:
+                missing.append(TOWER_PREFIX[name] + key)
+    for key in state_dict:
+        if key.startswith(RWKV) or key in fam.projector_keys:
+            continue
+        if not key.startswith(vision_prefixes):
+            unexpected.append(key)
+    missing += [k for k in fam.projector_keys if k not in state_dict]
+
+    # Projector shapes: c from the embedding, w from the towers.
+    c = (_shape(state_dict.get(RWKV + "emb.weight")) or (None, None))[-1]
+    if fam.vision == "clip":
+        w = (_shape(state_dict.get(CLIP + "embeddings.patch_embedding.weight")) or (None,))[0]
+    else:
+        widths = tower_widths(state_dict)
+        w = sum(widths.values()) if len(widths) == 3 else None
+    want: dict[str, tuple] = {}
+    if c is not None and w is not None:
+        if fam.projector == "linear":
+            want = {"proj.weight": (c, w)}
+        elif fam.projector == "gated-ln":
+            want = {
+                "proj.gate.weight": (w, w),
+                "proj.o_proj.weight": (c, w),
+                "proj.ln_v.weight": (c,),
+                "proj.ln_v.bias": (c,),
+            }
+        else:
+            width = w if fam.projector == "hd-gated" else 2 * w
+            want = {"proj.proj.weight": (c, width), "proj.gate.weight": (c, c), "proj.o_proj.weight": (c, c)}
+    for key, shape in want.items():
+        got = _shape(state_dict.get(key))
+        if got is not None and got != shape:
+            mismatched.append((key, got, shape))
+    return missing, unexpected, mismatched
+
+
+def _part(key: str) -> str:
+    for prefix in (RWKV, "vit.", "proj."):
+        if key.startswith(prefix):
+            return prefix
+    return "other"
+
+
+def check_family(state_dict: Mapping[str, Any], family: str) -> Family:
+    """``FAMILIES[family]`` if ``state_dict`` fits it, else a ``StateDictError`` naming the family and listing
+    every missing, unexpected and mis-shaped key."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    missing, unexpected, mismatched = family_misfits(state_dict, family)
+    if missing or unexpected or mismatched:
+        fam = FAMILIES[family]
+        raise StateDictError(
+            missing,
+            unexpected,
+            mismatched,
+            hint=f"not a VisualRWKV {fam.name} checkpoint ({fam.files}: {fam.description})",
+        )
+    return FAMILIES[family]
+
+
+def detect_family(state_dict: Mapping[str, Any]) -> Family:
+    """The family whose keys and shapes ``state_dict`` has (tensors or anything with ``.shape``). When none
+    fits, a ``StateDictError`` names the closest family and every key that does not fit it."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+    scored = []
+    for name in FAMILIES:
+        missing, unexpected, mismatched = family_misfits(state_dict, name)
+        if not (missing or unexpected or mismatched):
+            return FAMILIES[name]
+        # Closest = fewest parts (language model, vision, projector, other) that misfit, then fewest keys.
+        bad = missing + unexpected + [m[0] for m in mismatched]
+        parts = {_part(k) for k in bad}
+        scored.append((len(parts), len(bad), name, missing, unexpected, mismatched))
+    _, _, name, missing, unexpected, mismatched = min(scored)
+    fam = FAMILIES[name]
+    if not any(k.startswith(RWKV) for k in state_dict):
+        hint = "no 'rwkv.*' keys: not a released VisualRWKV checkpoint"
+    else:
+        hint = (
+            f"no released VisualRWKV family fits; the closest is {fam.name} ({fam.files}: {fam.description}), "
+            "and these keys do not fit it"
+        )
+    raise StateDictError(missing, unexpected, mismatched, hint=hint)
+
+
+def split_parts(state_dict: Mapping[str, Any], family: Family | str) -> dict[str, dict[str, Any]]:
+    """The parts of a checked file, their prefixes removed: ``"rwkv"`` (official LM names), ``"proj"``
+    (``weight`` or ``gate.weight`` ...), and ``"clip"`` (v6.0, keys kept with ``vit.vision_model.``) or
+    ``"dino"``, ``"siglip"``, ``"sam"`` (the towers' own timm / SAM names)."""
+    fam = family if isinstance(family, Family) else FAMILIES[family]
+    parts: dict[str, dict[str, Any]] = {"rwkv": {}, "proj": {}}
+    towers = ("clip",) if fam.vision == "clip" else TOWERS
+    for name in towers:
+        parts[name] = {}
+    for key, value in state_dict.items():
+        if key.startswith(RWKV):
+            parts["rwkv"][key[len(RWKV) :]] = value
+        elif key.startswith("proj."):
+            parts["proj"][key[len("proj.") :]] = value
+        elif fam.vision == "clip" and key.startswith(CLIP):
+            parts["clip"][key] = value
+        else:
+            for name in TOWERS:
+                if key.startswith(TOWER_PREFIX[name]):
+                    parts[name][key[len(TOWER_PREFIX[name]) :]] = value
+                    break
+    return parts
