@@ -3,11 +3,12 @@
 Letter legend: b batch, t time, h heads, n head size, c channels.
 
     if embed_norm: x = ln0(x)            # the first block of an RWKV model normalises the embeddings once
-    x = x + att(ln1(x))                   # the mixer: RWKV-6 TimeMix, or any module with its interface
-    x = x + ffn(ln2(x))                   # the feed-forward: RWKV-6 ChannelMix, or any other
+    x = x + att(ln1(x))                   # the mixer: RWKV-6 TimeMix, RWKV-7 TimeMix7, or any module like them
+    x = x + ffn(ln2(x))                   # the feed-forward: RWKV-6 ChannelMix, RWKV-7 ChannelMix7, or any other
 
 The block is built from factories, as mamba's ``Block(dim, mixer_cls, mlp_cls)`` and timm's ViT blocks are, so
-an RWKV-6 block (``Block.rwkv6``) and a block with another mixer share one implementation. Attribute names are
+an RWKV-6 block (``Block.rwkv6``), an RWKV-7 block (``Block.rwkv7``) and a block with another mixer share one
+implementation. Attribute names are
 the official ones (``ln0``/``ln1``/``ln2``, ``att``, ``ffn``), so ``blocks.{i}.*`` keys of an "x060" checkpoint
 load by name.
 
@@ -15,6 +16,16 @@ The whole recurrent memory of an RWKV-6 block is a ``LayerState`` (time-mix shif
 channel-mix shift [b, c]). ``forward`` returns the new stream, and with ``return_state=True`` also the next
 state, so a wrapper can run blocks one at a time, reorder the tokens between them, and keep each block's
 state. ``step`` reads one token and updates a state in place: what decoding runs.
+
+RWKV-7 adds one activation that crosses blocks: the "value residual". Layer 0's time-mix value ``v_first``
+[b, t, c] is mixed into the value of every later layer. A block whose mixer has ``value_residual = True``
+(``TimeMix7``) takes it as ``v_first=`` and, with ``return_v_first=True``, returns it last; a model loop::
+
+    v_first = None
+    for block, layer_state in zip(blocks, states):
+        x, layer_state, v_first = block(x, layer_state, return_state=True, v_first=v_first, return_v_first=True)
+
+The state of an RWKV-7 block has the same three tensors as RWKV-6's: v_first is not carried across time.
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ from torch import nn
 
 from ..state import LayerState, TimeMixState
 from .channel_mix import ChannelMix
+from .channel_mix7 import ChannelMix7
 from .time_mix import TimeMix
+from .time_mix7 import TimeMix7
 
 __all__ = ["Block", "LN_EPS"]
 
@@ -50,6 +63,8 @@ class Block(nn.Module):
 
     Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False) -> x [b, t, c], or
     (x, LayerState) with ``return_state=True``. step(x [b, c], state: LayerState) -> x [b, c].
+    With a value-residual mixer (RWKV-7) both also take ``v_first`` ([b, t, c] / [b, c]; None in block 0) and
+    ``return_v_first=True`` appends it to the result: ``(x, v_first)`` or ``(x, LayerState, v_first)``.
 
     Example::
 
@@ -116,11 +131,60 @@ class Block(nn.Module):
             dtype=dtype,
         )
 
+    @classmethod
+    def rwkv7(
+        cls,
+        *,
+        n_embd: int,
+        layer_id: int,
+        n_layer: int,
+        embed_norm: bool | None = None,
+        head_size: int = 64,
+        dim_ffn: int | None = None,
+        d_w: int | None = None,
+        d_a: int | None = None,
+        d_v: int | None = None,
+        d_g: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> "Block":
+        """An RWKV-7 ("x070") block: ``TimeMix7`` and ``ChannelMix7`` initialised for layer ``layer_id`` of
+        ``n_layer``. ``embed_norm`` (ln0) defaults to ``layer_id == 0``, as in the official model; block 0 is
+        also the value-residual source (it returns v_first, the others take it)."""
+        depth = dict(layer_id=layer_id, n_layer=n_layer)
+        mixer = partial(TimeMix7, head_size=head_size, d_w=d_w, d_a=d_a, d_v=d_v, d_g=d_g, **depth)
+        return cls(
+            n_embd,
+            mixer,
+            partial(ChannelMix7, dim_ffn=dim_ffn, **depth),
+            embed_norm=layer_id == 0 if embed_norm is None else embed_norm,
+            device=device,
+            dtype=dtype,
+        )
+
+    @property
+    def value_residual(self) -> bool:
+        """Whether the mixer takes layer 0's value (RWKV-7): then forward/step take ``v_first``."""
+        return bool(getattr(self.att, "value_residual", False))
+
     def forward(
-        self, x: torch.Tensor, state: LayerState | None = None, *, return_state: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
+        self,
+        x: torch.Tensor,
+        state: LayerState | None = None,
+        *,
+        return_state: bool = False,
+        v_first: torch.Tensor | None = None,
+        return_v_first: bool = False,
+    ) -> torch.Tensor | tuple:
         if state is not None and not isinstance(state, LayerState):
             raise TypeError(f"Block: state must be a LayerState or None, got {type(state).__name__}")
+        if self.value_residual:
+            return self._forward_value_residual(x, state, return_state, v_first, return_v_first)
+        if v_first is not None or return_v_first:
+            raise TypeError(
+                f"Block: v_first / return_v_first need a value-residual mixer (RWKV-7's TimeMix7); this block's "
+                f"mixer is {type(self.att).__name__}"
+            )
         if self.ln0 is not None:
             x = self.ln0(x)
         att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
@@ -133,10 +197,50 @@ class Block(nn.Module):
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
         return x + dx, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
 
-    @torch.no_grad()
-    def step(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:
-        """One token: x [b, c] -> x [b, c]; ``state``'s tensors are updated in place."""
+    def _forward_value_residual(self, x, state, return_state, v_first, return_v_first):
         if self.ln0 is not None:
             x = self.ln0(x)
-        x = x + self.att.step(self.ln1(x), state.att_shift, state.wkv)
-        return x + self.ffn.step(self.ln2(x), state.ffn_shift)
+        att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
+        ffn_state = None if state is None else state.ffn_shift
+        out = self.att(self.ln1(x), att_state, return_state=return_state, v_first=v_first, return_v_first=True)
+        if return_state:
+            dx, att_state, v_first = out
+        else:
+            dx, v_first = out
+        x = x + dx
+        if return_state:
+            dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
+            result = (x + dx, LayerState(att_shift=att_state.shift, wkv=att_state.wkv, ffn_shift=ffn_shift))
+        else:
+            result = (x + self.ffn(self.ln2(x), ffn_state),)
+        if return_v_first:
+            result += (v_first,)
+        return result[0] if len(result) == 1 else result
+
+    @torch.no_grad()
+    def step(
+        self,
+        x: torch.Tensor,
+        state: LayerState,
+        *,
+        v_first: torch.Tensor | None = None,
+        return_v_first: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One token: x [b, c] -> x [b, c] (and v_first [b, c] with ``return_v_first``, RWKV-7 blocks);
+        ``state``'s tensors are updated in place."""
+        if not self.value_residual:
+            if v_first is not None or return_v_first:
+                raise TypeError(
+                    f"Block.step: v_first / return_v_first need a value-residual mixer (RWKV-7's TimeMix7); this "
+                    f"block's mixer is {type(self.att).__name__}"
+                )
+            if self.ln0 is not None:
+                x = self.ln0(x)
+            x = x + self.att.step(self.ln1(x), state.att_shift, state.wkv)
+            return x + self.ffn.step(self.ln2(x), state.ffn_shift)
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        dx, v_first = self.att.step(self.ln1(x), state.att_shift, state.wkv, v_first=v_first, return_v_first=True)
+        x = x + dx
+        x = x + self.ffn.step(self.ln2(x), state.ffn_shift)
+        return (x, v_first) if return_v_first else x

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..layers.channel_mix import default_dim_ffn
 
-__all__ = ["RWKV6Config", "VisualRWKVConfig", "ConfigError"]
+__all__ = ["RWKV6Config", "RWKV7Config", "VisualRWKVConfig", "ConfigError"]
 
 #: Upper bounds a config read from a file must respect: far above every released model, far below what
 #: would make building it allocate without bound.
@@ -94,6 +94,77 @@ class RWKV6Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "RWKV6Config":
+        """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
+        ``source`` and the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
+        _check_fields(cls, data, source)
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV7Config:
+    """The hyperparameters of an :class:`~rwkv_vision.models.RWKV7` ("x070", "Goose") language model.
+
+    Attributes:
+        n_layer: number of blocks.
+        n_embd: channels c (a multiple of head_size).
+        head_size: n, channels per head (64 in every released model).
+        dim_ffn: channel-mix hidden size; None gives the official 4c (resolved on creation).
+        d_w, d_a, d_v, d_g: ranks of the decay, in-context-rate, value-residual and gate LoRAs; None gives the
+            official training code's suggestion for c (resolved on creation; 64, 64, 32, 128 at c = 768).
+            Released models differ from the suggestion, so a loader reads them from the tensor shapes.
+        vocab_size: v.
+    """
+
+    n_layer: int
+    n_embd: int
+    head_size: int = 64
+    dim_ffn: int | None = None
+    d_w: int | None = None
+    d_a: int | None = None
+    d_v: int | None = None
+    d_g: int | None = None
+    vocab_size: int = 65536
+
+    #: The official name of this architecture (checkpoint format) and the config.json ``architecture`` value.
+    architecture = "rwkv7"
+    official_version = "x070"
+
+    def __post_init__(self) -> None:
+        from ..layers.time_mix7 import default_lora_sizes7
+
+        owner = "RWKV7Config"
+        for name in ("n_layer", "n_embd", "head_size", "vocab_size"):
+            _check_int(owner, name, getattr(self, name), high=LIMITS[name])
+        if self.n_embd % self.head_size != 0:
+            raise ConfigError(f"{owner}: n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})")
+        if self.dim_ffn is None:
+            object.__setattr__(self, "dim_ffn", 4 * self.n_embd)
+        _check_int(owner, "dim_ffn", self.dim_ffn, high=LIMITS["dim_ffn"])
+        defaults = default_lora_sizes7(self.n_embd)
+        for name in ("d_w", "d_a", "d_v", "d_g"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
+            _check_int(owner, name, getattr(self, name), high=LIMITS["d_decay"])
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    def replace(self, **changes: Any) -> "RWKV7Config":
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values (the ``rwkv`` section of config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "RWKV7Config":
         """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
         ``source`` and the field."""
         if not isinstance(data, Mapping):
