@@ -1,5 +1,6 @@
 """Vision side of the data path: ``ImagePreprocessor`` (PIL -> pixel_values), timm encoders with feature
-selection (``VisionEncoder``), projectors into the language model's width, and the Hugging Face CLIP <-> timm
+selection (``VisionEncoder``), the multi-tower stack of VisualRWKV v7.00 (``MultiEncoder`` of ``ViTTower`` /
+``SamTower``, ``MultiImagePreprocessor``, the ``vit.*_featurizer`` key converter), projectors into the language model's width, and the Hugging Face CLIP <-> timm
 weight converter."""
 
 from .convert_clip import (
@@ -9,6 +10,14 @@ from .convert_clip import (
     find_clip_prefix,
     load_clip_state_dict,
     timm_to_clip_state_dict,
+)
+from .convert_v7 import (
+    V7_VISION_PREFIX,
+    encoder_to_v7_state_dict,
+    load_v7_vision_state_dict,
+    sam_to_timm_state_dict,
+    timm_to_sam_state_dict,
+    v7_to_encoder_state_dict,
 )
 from .encoders import (
     ENCODERS,
@@ -20,8 +29,11 @@ from .encoders import (
     timm_vit,
     tiny_clip,
 )
+from .multi_encoder import V7_TOWERS, MultiEncoder, tiny_visualrwkv7_encoder, visualrwkv7_encoder
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor, to_rgb
 from .projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector, Projector, create_projector
+from .spatial import pool_grid, space_to_depth
+from .towers import SamTower, ViTTower, timm_tower
 
 __all__ = [
     "ImagePreprocessor",
@@ -48,4 +60,19 @@ __all__ = [
     "timm_to_clip_state_dict",
     "load_clip_state_dict",
     "encoder_from_clip_state_dict",
+    "ViTTower",
+    "SamTower",
+    "timm_tower",
+    "space_to_depth",
+    "pool_grid",
+    "MultiEncoder",
+    "V7_TOWERS",
+    "visualrwkv7_encoder",
+    "tiny_visualrwkv7_encoder",
+    "V7_VISION_PREFIX",
+    "v7_to_encoder_state_dict",
+    "encoder_to_v7_state_dict",
+    "load_v7_vision_state_dict",
+    "sam_to_timm_state_dict",
+    "timm_to_sam_state_dict",
 ]
