@@ -20,7 +20,7 @@ $(VENV)/.deps-stamp:
 		numpy safetensors huggingface_hub timm pillow pyrwkv-tokenizer
 	# test-only: the CLIP key converter and the preprocessing are checked against transformers;
 	# matplotlib draws the ablation and benchmark plots (and their tests)
-	$(PIP) install -q transformers matplotlib
+	$(PIP) install -q transformers matplotlib segment-anything==1.0
 	# test-only: an independent oracle for RWKV-7 (x070) logits, the PyPI package of the official runtime
 	$(PIP) install -q rwkv==0.8.32
 	# lint and format check (configured in pyproject.toml)
