@@ -196,40 +196,82 @@ class VisualRWKVConfig:
     are those of :mod:`rwkv_vision.checkpoint.config_json`).
 
     Attributes:
-        rwkv: the language model's :class:`RWKV6Config`.
-        encoder: the vision tower (timm model name and arguments, feature layer, CLS position, frozen).
+        rwkv: the language model's :class:`RWKV6Config` or :class:`RWKV7Config` (which one picks the
+            architecture).
+        encoder: the vision tower(s) (timm model name and arguments, feature layer, CLS position, frozen).
         projector: ``type`` (a registered projector name), ``in_features``, ``out_features``, options.
         scan: ``name`` (a registered scan policy) and its options.
         layout: ``name`` (a registered prompt layout), roles and instruction; the processor uses it.
+        padding: None, or ``{"multiple": m, "token": id}``: a fresh sequence is left-padded with the embedding
+            of ``token`` up to a multiple of m before the blocks (the official v7.00 forward: 16 and 261).
+
+    ``to_dict`` adds ``"architecture": "rwkv7"`` for an RWKV-7 language model and ``"padding"`` when set; a
+    dict without them describes an RWKV-6 model without padding (the form every earlier file has).
     """
 
-    rwkv: RWKV6Config
+    rwkv: Any
     encoder: Mapping[str, Any]
     projector: Mapping[str, Any]
     scan: Mapping[str, Any]
     layout: Mapping[str, Any]
+    padding: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rwkv, RWKV6Config):
-            raise ConfigError(f"VisualRWKVConfig.rwkv must be an RWKV6Config, got {type(self.rwkv).__name__}")
+        if not isinstance(self.rwkv, (RWKV6Config, RWKV7Config)):
+            raise ConfigError(
+                f"VisualRWKVConfig.rwkv must be an RWKV6Config or an RWKV7Config, got {type(self.rwkv).__name__}"
+            )
         for name in ("encoder", "projector", "scan", "layout"):
             object.__setattr__(self, name, _frozen_section("VisualRWKVConfig", name, getattr(self, name)))
+        if self.padding is not None:
+            padding = _frozen_section("VisualRWKVConfig", "padding", self.padding)
+            if set(padding) != {"multiple", "token"}:
+                raise ConfigError(
+                    f"VisualRWKVConfig.padding must have exactly 'multiple' and 'token', got {sorted(padding)}"
+                )
+            _check_int("VisualRWKVConfig.padding", "multiple", padding["multiple"], low=2, high=1 << 16)
+            _check_int("VisualRWKVConfig.padding", "token", padding["token"], low=0, high=LIMITS["vocab_size"])
+            object.__setattr__(self, "padding", padding)
+
+    @property
+    def architecture(self) -> str:
+        """``"rwkv6"`` or ``"rwkv7"``: the language model's."""
+        return "rwkv6" if isinstance(self.rwkv, RWKV6Config) else "rwkv7"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data: the ``rwkv``, ``encoder``, ``projector``, ``scan`` and ``layout`` sections."""
+        """Plain JSON data: the ``rwkv``, ``encoder``, ``projector``, ``scan`` and ``layout`` sections, plus
+        ``architecture`` (RWKV-7 only) and ``padding`` (when set)."""
         import copy
 
-        return {
+        out = {
             "rwkv": self.rwkv.to_dict(),
             **{k: copy.deepcopy(dict(getattr(self, k))) for k in ("encoder", "projector", "scan", "layout")},
         }
+        if self.architecture != "rwkv6":
+            out["architecture"] = self.architecture
+        if self.padding is not None:
+            out["padding"] = dict(self.padding)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "VisualRWKVConfig":
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
-        _check_fields(cls, data, source)
+        required = ("rwkv", "encoder", "projector", "scan", "layout")
+        problems = [f"{source}.{k} is missing" for k in required if k not in data]
+        unknown = sorted(set(data) - set(required) - {"architecture", "padding"})
+        if unknown:
+            problems.append(
+                f"{source} has unknown field(s) {unknown} (expected {list(required)}, architecture, padding)"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        arch = data.get("architecture", "rwkv6")
+        if arch not in ("rwkv6", "rwkv7"):
+            raise ConfigError(f"{source}.architecture must be 'rwkv6' or 'rwkv7', got {arch!r}")
+        lm_cls = RWKV6Config if arch == "rwkv6" else RWKV7Config
         return cls(
-            rwkv=RWKV6Config.from_dict(data["rwkv"], source=f"{source}.rwkv"),
+            rwkv=lm_cls.from_dict(data["rwkv"], source=f"{source}.rwkv"),
+            padding=data.get("padding"),
             **{k: data[k] for k in ("encoder", "projector", "scan", "layout")},
         )
