@@ -20,7 +20,7 @@ from . import ops, prompt, scan, tokenizers, vision
 from .chat import chat
 from .generation import GenerationConfig, GenerationOutput, generate
 from .image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
-from .models import RWKV6, ModelOutput, create_model
+from .models import RWKV6, RWKV7, ModelOutput, create_model
 from .models.visualrwkv import VisualRWKV
 from .ops import wkv6, wkv6_ref
 from .processor import VisualRWKVProcessor
@@ -68,6 +68,7 @@ __all__ = [
     "Registry",
     "RWKVState",
     "RWKV6",
+    "RWKV7",
     "create_model",
     "ModelOutput",
     "GenerationConfig",

@@ -1,5 +1,5 @@
-"""The official key layouts, converted on the loading side: RWKV-6 "x060" language models (``blocks.{i}.*``,
-the modules' own names) and the released VisualRWKV v6.0 flat checkpoints (``rwkv.*``, ``vit.vision_model.*``
+"""The official key layouts, converted on the loading side: RWKV-6 "x060" and RWKV-7 "x070" language models
+(``blocks.{i}.*``, the modules' own names) and the released VisualRWKV v6.0 flat checkpoints (``rwkv.*``, ``vit.vision_model.*``
 with Hugging Face CLIP names, ``proj.weight``).
 
 Every size is read off tensor shapes; every key must be present with its shape and nothing else may be,
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from ..errors import StateDictError
-from ..models.config import LIMITS, RWKV6Config
+from ..errors import ConfigError, StateDictError
+from ..models.config import LIMITS, RWKV6Config, RWKV7Config
 from ..models.rwkv6 import RWKV6
+from ..models.rwkv7 import RWKV7
 from ..models.visualrwkv import VisualRWKV
 from ..prompt import PromptLayout
 from ..scan import ScanPolicy
@@ -29,6 +30,10 @@ __all__ = [
     "OFFICIAL_PREFIXES",
     "config_from_official_state_dict",
     "rwkv6_from_official_state_dict",
+    "X070_VARIANT_KEYS",
+    "official_architecture",
+    "config_from_official_x070_state_dict",
+    "rwkv7_from_official_state_dict",
     "visualrwkv_from_official_state_dict",
     "visualrwkv_official_state_dict",
 ]
@@ -144,6 +149,151 @@ def rwkv6_from_official_state_dict(
     model = cls(config, device="meta")  # no memory, no init: every tensor comes from the state dict
     check_state_dict(model, state_dict)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+# --- RWKV-7 ("x070") -----------------------------------------------------------------------------------------
+
+#: Key fragments of the x070 variants this library does not implement, with their names: x070a ("DeepEmbed":
+#: per-layer token embeddings scaling the channel mix, ``ffn.s_emb``/``s_emb_x``/``s0``/``s1``/``s2``) and x070b
+#: (x070a plus an attention branch, ``blocks.{i}.qkv.*``), as read in the official rwkv_v7a_demo.py /
+#: rwkv_v7b_demo.py.
+X070_VARIANT_KEYS = (
+    (".qkv.", "x070b (RWKV-7 with an attention branch)"),
+    (".ffn.s_emb", "x070a (RWKV-7 DeepEmbed)"),
+    (".ffn.s0", "x070a (RWKV-7 DeepEmbed)"),
+    (".ffn.s1", "x070a (RWKV-7 DeepEmbed)"),
+    (".ffn.s2", "x070a (RWKV-7 DeepEmbed)"),
+)
+#: Block 0 never uses its value-residual LoRA (it is the source of v_first): files may leave it out.
+_X070_OPTIONAL = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+#: Keys only one of the two language-model formats has (each is in every block of its format).
+_X060_MARKS = ("att.time_faaaa", "att.time_maa_k", "att.time_decay", "ffn.time_maa_k")
+_X070_MARKS = ("att.r_k", "att.k_k", "att.w0", "ffn.x_k")
+
+
+def official_architecture(state_dict: Mapping[str, Any]) -> str:
+    """``"rwkv6"`` (x060) or ``"rwkv7"`` (x070) for an official language-model state dict (keys without
+    ``rwkv.``), from which keys are present; a StateDictError naming the variant for x070a/x070b files and
+    saying what was expected for anything else."""
+    _refuse_x070_variants(state_dict)
+    blocks = [k for k in state_dict if k.startswith("blocks.")]
+    if any(k.endswith(m) for k in blocks for m in _X070_MARKS):
+        return "rwkv7"
+    if any(k.endswith(m) for k in blocks for m in _X060_MARKS):
+        return "rwkv6"
+    prefixed = any(key.startswith("rwkv.") for key in state_dict)
+    hint = " (its keys start with 'rwkv.': strip that prefix first)" if prefixed else ""
+    raise StateDictError(
+        [],
+        [],
+        [],
+        hint=f"not an RWKV language model: no block has x060 keys {list(_X060_MARKS)} or x070 keys "
+        f"{list(_X070_MARKS)}{hint}",
+    )
+
+
+def _refuse_x070_variants(state_dict: Mapping[str, Any]) -> None:
+    for fragment, name in X070_VARIANT_KEYS:
+        keys = [k for k in state_dict if fragment in k]
+        if keys:
+            raise StateDictError(
+                [],
+                keys,
+                [],
+                hint=f"this is an {name} checkpoint (keys such as {keys[0]!r}); only plain x070 (RWKV-7) and "
+                "x060 (RWKV-6) language models are supported",
+            )
+
+
+def config_from_official_x070_state_dict(state_dict: Mapping[str, torch.Tensor]) -> RWKV7Config:
+    """The ``RWKV7Config`` of an official x070 state dict (keys without ``rwkv.``).
+
+    Every size comes from tensor shapes: n_layer (block indices, 0..n-1, bounded), n_embd and vocab_size
+    (``emb.weight`` [v, c]), heads and head size (``att.r_k`` [h, n]), dim_ffn (``ffn.key.weight`` [f, c]) and
+    the four LoRA ranks d_w, d_a, d_v, d_g (``att.w1``, ``att.a1``, ``att.v1``, ``att.g1`` [c, rank]; d_v from a
+    later block when block 0 has no v1), from the first block that has the key. x070a/x070b files are refused.
+    """
+    _refuse_x070_variants(state_dict)
+    n_layer = _contiguous_layers(state_dict, r"blocks\.(\d+)\.", limit=LIMITS["n_layer"], what="language model")
+    if not n_layer:
+        official_architecture(state_dict)  # raises with the reason
+        raise StateDictError([], [], [], hint="no 'blocks.{i}.*' keys: not an RWKV-7 state dict")
+
+    def dim(name: str, *sources: tuple[str, int]) -> int:
+        for key, axis in sources:
+            t = state_dict.get(key)
+            if t is not None and t.dim() > axis:
+                return int(t.shape[axis])
+        raise StateDictError(
+            [], [], [], hint=f"cannot infer {name}: none of the keys {[k for k, _ in sources][:4]} is present"
+        )
+
+    def in_blocks(suffix: str, axis: int) -> list[tuple[str, int]]:
+        return [(f"blocks.{i}.{suffix}", axis) for i in range(n_layer)]
+
+    n_embd = dim("n_embd", ("emb.weight", 1), ("head.weight", 1), *in_blocks("ln1.weight", 0))
+    n_head = dim("the head count", *in_blocks("att.r_k", 0))
+    head_size = dim("head_size", *in_blocks("att.r_k", 1))
+    if n_head * head_size != n_embd:
+        raise StateDictError(
+            [],
+            [],
+            [],
+            hint=f"att.r_k is [{n_head}, {head_size}] (heads, head size) but n_embd is {n_embd} (from the "
+            "embedding): heads * head size must equal n_embd",
+        )
+    config = dict(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        head_size=head_size,
+        dim_ffn=dim("dim_ffn", *in_blocks("ffn.key.weight", 0), *in_blocks("ffn.value.weight", 1)),
+        vocab_size=dim("vocab_size", ("emb.weight", 0), ("head.weight", 0)),
+        d_w=dim("d_w", *in_blocks("att.w1", 1), *in_blocks("att.w2", 0)),
+        d_a=dim("d_a", *in_blocks("att.a1", 1), *in_blocks("att.a2", 0)),
+        d_g=dim("d_g", *in_blocks("att.g1", 1), *in_blocks("att.g2", 0)),
+    )
+    try:
+        config["d_v"] = dim("d_v", *in_blocks("att.v1", 1), *in_blocks("att.v2", 0))
+    except StateDictError:
+        if n_layer > 1:
+            raise
+        config["d_v"] = None  # a one-block model without the unused block-0 LoRA: any rank will do
+    try:
+        return RWKV7Config(**config)
+    except ConfigError as e:
+        raise StateDictError([], [], [], hint=f"the shapes give an invalid model: {e}") from None
+
+
+def rwkv7_from_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], *, cls: type[RWKV7] = RWKV7, device=None, dtype=None
+) -> RWKV7:
+    """Build an ``RWKV7`` from an official x070 state dict (keys without the ``rwkv.`` prefix).
+
+    Sizes are read from the tensor shapes (``config_from_official_x070_state_dict``), then every key must be
+    present with its shape and nothing else may be: otherwise a ``StateDictError`` lists every missing,
+    unexpected and mis-shaped key. Only block 0's unused value-residual LoRA (``blocks.0.att.v0/v1/v2``) may
+    be absent; it is then zero. Tensors keep the state dict's dtype unless ``dtype`` is given, and share
+    memory with it when neither ``device`` nor ``dtype`` asks for a copy.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+    config = config_from_official_x070_state_dict(state_dict)
+    model = cls(config, device="meta")  # no memory, no init: every tensor comes from the state dict
+    expected = model.state_dict()
+    missing, unexpected, mismatched = diff_state_dict(expected, state_dict, optional=_X070_OPTIONAL)
+    unexpected += [k for k in _X070_OPTIONAL if k in state_dict and k not in expected]
+    if missing or unexpected or mismatched:
+        hint = (
+            "hint: keys start with 'rwkv.'; strip that prefix" if any(k.startswith("rwkv.") for k in unexpected) else ""
+        )
+        raise StateDictError(missing, unexpected, mismatched, hint)
+    sd = dict(state_dict)
+    like = state_dict["emb.weight"]
+    for key in _X070_OPTIONAL:
+        if key not in sd:
+            sd[key] = torch.zeros(expected[key].shape, dtype=like.dtype, device=like.device)
+    model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
 
 

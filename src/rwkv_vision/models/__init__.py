@@ -1,10 +1,11 @@
-"""Models: ``RWKV6`` (the language model), ``VisualRWKV`` (the VLM), their configs, named sizes and outputs."""
+"""Models: ``RWKV6`` and ``RWKV7`` (the language models), ``VisualRWKV`` (the VLM), their configs, named sizes and outputs."""
 
 from ..errors import StateDictError
-from .config import RWKV6Config
+from .config import RWKV6Config, RWKV7Config
 from .output import IGNORE_INDEX, ModelOutput
 from .registry import MODEL_CONFIGS, create_model, get_config, list_models, register_model
 from .rwkv6 import RWKV6
+from .rwkv7 import RWKV7
 
 
 def __getattr__(name: str):
@@ -27,6 +28,8 @@ def __getattr__(name: str):
 __all__ = [
     "RWKV6",
     "RWKV6Config",
+    "RWKV7",
+    "RWKV7Config",
     "ModelOutput",
     "IGNORE_INDEX",
     "StateDictError",
