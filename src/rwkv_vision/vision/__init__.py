@@ -30,6 +30,15 @@ from .encoders import (
     tiny_clip,
 )
 from .multi_encoder import V7_TOWERS, MultiEncoder, tiny_visualrwkv7_encoder, visualrwkv7_encoder
+from .multi_preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    MultiImagePreprocessor,
+    SquareResize,
+    visualrwkv7_preprocessor,
+)
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor, to_rgb
 from .projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector, Projector, create_projector
 from .spatial import pool_grid, space_to_depth
@@ -75,4 +84,11 @@ __all__ = [
     "load_v7_vision_state_dict",
     "sam_to_timm_state_dict",
     "timm_to_sam_state_dict",
+    "SquareResize",
+    "MultiImagePreprocessor",
+    "visualrwkv7_preprocessor",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SIGLIP_MEAN",
+    "SIGLIP_STD",
 ]
