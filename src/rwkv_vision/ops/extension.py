@@ -3,7 +3,9 @@
 Nothing is compiled at import. The library is built once by ``pip install`` (scikit-build-core and
 ``CMakeLists.txt``); when it is missing or fails to load, every op falls back to its pure-PyTorch twin
 and :func:`backend_info` says why. Set ``RWKV_VISION_REQUIRE_EXTENSION=1`` to make a missing or broken
-extension an error instead (CI does, so a silent fallback cannot pass for a kernel test).
+extension an error instead (CI does, so a silent fallback cannot pass for a kernel test). Set
+``RWKV_VISION_EXTENSION_PATH`` to load the library from another file instead (a private build being tested
+next to an installed one; its ``_build_info.py`` is read from the same folder).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def load_extension() -> tuple[bool, str | None, str | None]:
     """Load the op library once. Returns (loaded, path, reason it was not loaded)."""
     if _truthy("RWKV_VISION_DISABLE_EXTENSION"):
         return False, None, "disabled by RWKV_VISION_DISABLE_EXTENSION"
-    path = _find(f"{__package__.rsplit('.', 1)[0]}._C")
+    path = os.environ.get("RWKV_VISION_EXTENSION_PATH") or _find(f"{__package__.rsplit('.', 1)[0]}._C")
     if path is None:
         reason = (
             "the compiled library rwkv_vision/_C.so was not found; install the package with "
@@ -85,7 +87,12 @@ def has_kernel(op: str, device_type: str) -> bool:
 @cache
 def build_info() -> dict[str, Any]:
     """What ``CMakeLists.txt`` recorded about the build (lower-case keys; empty when there is none)."""
-    path = _find(f"{__package__.rsplit('.', 1)[0]}._build_info")
+    override = os.environ.get("RWKV_VISION_EXTENSION_PATH")
+    if override:
+        path = os.path.join(os.path.dirname(override), "_build_info.py")
+        path = path if os.path.exists(path) else None
+    else:
+        path = _find(f"{__package__.rsplit('.', 1)[0]}._build_info")
     if path is None:
         return {}
     namespace: dict[str, Any] = {}

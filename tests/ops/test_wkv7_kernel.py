@@ -1,0 +1,285 @@
+"""The compiled WKV7 ops on the CPU: values and every gradient against the float64 loop, and the op contract.
+
+Letter legend: b batch, t time, h heads, n head size.
+
+These call ``torch.ops.rwkv_vision.wkv7_forward`` / ``wkv7_step`` directly (``ops.wkv7`` dispatches to them
+and is tested with its other backends elsewhere), through ``kernel_ops7()``: the registered fakes and autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rwkv_vision.ops.wkv7_kernel import WKV7_CUDA_HEAD_SIZES, WKV7_KERNEL_DEVICES, kernel_ops7
+from rwkv_vision.ops.wkv7_ref import wkv7_ref
+
+pytestmark = pytest.mark.skipif(kernel_ops7() is None, reason="the compiled extension has no wkv7 ops")
+
+NAMES = ("r", "w", "k", "v", "a", "b", "initial_state")
+W_MIN = -math.exp(-0.5)  # an RWKV-7 layer's log-decays lie in [W_MIN, 0)
+NOT_PACKED = torch.empty(0, dtype=torch.int64)
+
+
+def make_inputs(b, t, h, n, *, dtype=torch.float32, seed=0, states=None, delta_rule=True):
+    """Random inputs, never zero. ``delta_rule``: a = -kk, b = kk * iclr as an RWKV-7 layer makes them (kk of
+    unit norm, iclr in (0, 1)); else a, b independent Gaussians (a bounded, not contracting, update)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if delta_rule:
+        kk = torch.nn.functional.normalize(rnd(b, t, h, n), dim=-1)
+        a_, b_ = -kk, kk * (torch.rand(b, t, h, n, generator=g, dtype=torch.float64) * 0.98 + 0.01)
+    else:
+        a_, b_ = rnd(b, t, h, n, scale=0.3 / math.sqrt(n)), rnd(b, t, h, n, scale=0.3)
+    inputs = {
+        "r": rnd(b, t, h, n),
+        "w": W_MIN * (torch.rand(b, t, h, n, generator=g, dtype=torch.float64) * 0.999 + 0.001),
+        "k": rnd(b, t, h, n, scale=0.5),
+        "v": rnd(b, t, h, n),
+        "a": a_,
+        "b": b_,
+        "initial_state": rnd(b if states is None else states, h, n, n),
+    }
+    return {key: x.to(acc if key in ("w", "initial_state") else dtype) for key, x in inputs.items()}
+
+
+def kernel(r, w, k, v, a, b, initial_state, output_final_state=True, cu_seqlens=None):
+    """The op with wkv7_ref's signature."""
+    offsets = NOT_PACKED if cu_seqlens is None else cu_seqlens
+    return kernel_ops7().wkv7_forward(r, w, k, v, a, b, initial_state, offsets)
+
+
+def rel_rms(actual, expected):
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "non-finite values (an unwritten output is NaN-poisoned)"
+    return ((actual - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def run_with_grads(fn, inputs, cu_seqlens=None, seed=1, state_loss=True):
+    leaves = {k: x.detach().clone().requires_grad_(True) for k, x in inputs.items()}
+    y, s = fn(*[leaves[k] for k in NAMES], True, cu_seqlens)
+    g = torch.Generator().manual_seed(seed)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum(dtype=torch.float64)
+    if state_loss:
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=torch.float64).to(s.dtype)).sum(dtype=torch.float64)
+    grads = torch.autograd.grad(loss, [leaves[k] for k in NAMES])
+    return {"y": y.detach(), "final_state": s.detach(), **{f"d{k}": gr for k, gr in zip(NAMES, grads)}}
+
+
+def errors_against_float64(inputs, cu_seqlens=None, state_loss=True):
+    got = run_with_grads(kernel, inputs, cu_seqlens, state_loss=state_loss)
+    expected = run_with_grads(wkv7_ref, {k: x.double() for k, x in inputs.items()}, cu_seqlens, state_loss=state_loss)
+    for k in NAMES:
+        assert got[f"d{k}"].dtype == inputs[k].dtype, k
+    return {name: rel_rms(got[name], expected[name]) for name in got}
+
+
+def assert_below(errors, tol):
+    bad = {k: e for k, e in errors.items() if not e < tol}
+    assert not bad, f"relative RMS error above {tol}: {bad}"
+
+
+def test_the_build_has_the_cpu_kernel():
+    assert "cpu" in WKV7_KERNEL_DEVICES and WKV7_CUDA_HEAD_SIZES == (32, 64, 128)
+
+
+def test_outputs_are_allocated_nan_filled_here():
+    # The suite's conftest poisons new allocations (the kernels' outputs included): an element a kernel
+    # forgets to write shows up as NaN in every comparison below.
+    assert torch.isnan(torch.empty(4)).all()
+
+
+# Lengths around the backward's checkpoint spacing ceil(sqrt(t)): 1 step, a perfect square, one past it.
+@pytest.mark.parametrize("t", [1, 2, 7, 16, 17, 40])
+def test_float32_matches_float64(t):
+    assert_below(errors_against_float64(make_inputs(2, t, 2, 64, seed=t)), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", [1, 33])
+def test_half_precision_matches_float64(t, dtype):
+    assert_below(errors_against_float64(make_inputs(2, t, 2, 64, dtype=dtype, seed=t)), 5e-3)
+
+
+@pytest.mark.parametrize("t", [1, 23])
+def test_float64_matches_float64(t):
+    assert_below(errors_against_float64(make_inputs(1, t, 2, 32, dtype=torch.float64, seed=t)), 1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 32, 128])  # 32, 64, 128 are specialised; any other n is the generic loop
+def test_any_head_size(n):
+    assert_below(errors_against_float64(make_inputs(1, 9, 3, n, seed=n)), 1e-5)
+
+
+def test_general_a_and_b():
+    # The kernel assumes nothing of the delta-rule form a = -kk, b = kk * iclr.
+    assert_below(errors_against_float64(make_inputs(2, 21, 2, 16, seed=4, delta_rule=False)), 1e-5)
+
+
+def test_loss_on_output_only():
+    assert_below(errors_against_float64(make_inputs(1, 19, 2, 32, seed=5), state_loss=False), 1e-5)
+
+
+@pytest.mark.parametrize("w", [-1e-6, W_MIN, -50.0, -math.inf])
+def test_extreme_decays(w):
+    # Decay ~1 (w = -1e-6), the layer's strongest (W_MIN), e^-50 (below float32's relative precision) and
+    # exactly 0 (w = -inf), each alone, and all four mixed with the layer's range.
+    inputs = make_inputs(2, 26, 2, 32, seed=6)
+    inputs["w"] = torch.full_like(inputs["w"], w)
+    assert_below(errors_against_float64(inputs), 1e-5)
+
+
+def test_mixed_extreme_decays():
+    inputs = make_inputs(1, 40, 2, 32, seed=7)
+    choice = torch.randint(0, 5, inputs["w"].shape, generator=torch.Generator().manual_seed(7))
+    extremes = torch.tensor([-1e-6, W_MIN, -50.0, -math.inf])
+    inputs["w"] = torch.where(choice < 4, extremes[choice.clamp(max=3)], inputs["w"])
+    assert_below(errors_against_float64(inputs), 1e-5)
+
+
+CU_SEQLENS = [0, 3, 3, 20, 21, 41]  # an empty sequence and a one-step one among the five
+
+
+def test_packed_sequences_match_float64():
+    cu = torch.tensor(CU_SEQLENS)
+    inputs = make_inputs(1, 41, 2, 32, seed=8, states=len(CU_SEQLENS) - 1)
+    assert_below(errors_against_float64(inputs, cu), 1e-5)
+
+
+def test_packed_sequences_equal_separate_runs():
+    # Each sequence restarts from its own initial state: the packed run is the runs one by one, to the bit.
+    cu = torch.tensor(CU_SEQLENS)
+    inputs = make_inputs(1, 41, 2, 32, seed=9, states=len(CU_SEQLENS) - 1)
+    packed = run_with_grads(kernel, inputs, cu)
+    for i, (start, end) in enumerate(zip(CU_SEQLENS[:-1], CU_SEQLENS[1:])):
+        if end == start:  # no step: the state passes through, its gradient too
+            assert torch.equal(packed["final_state"][i], inputs["initial_state"][i])
+            continue
+        one = {k: (x[i : i + 1] if k == "initial_state" else x[:, start:end]) for k, x in inputs.items()}
+        y, s = kernel(*one.values())
+        assert torch.equal(packed["y"][:, start:end], y) and torch.equal(packed["final_state"][i : i + 1], s)
+
+
+def test_step_equals_one_token_of_the_forward_and_float64():
+    inputs = make_inputs(3, 1, 2, 64, seed=10)
+    y_fwd, s_fwd = kernel(*inputs.values())
+    state = inputs["initial_state"].clone()
+    one = [inputs[k][:, 0] for k in NAMES[:-1]]
+    y = kernel_ops7().wkv7_step(*one, state)
+    # The same arithmetic, summed in another order (the forward's loops are specialised for n = 64).
+    assert rel_rms(y, y_fwd[:, 0]) < 1e-6 and rel_rms(state, s_fwd) < 1e-6
+    y64, s64 = wkv7_ref(*[inputs[k].double() for k in NAMES], True)
+    assert rel_rms(y, y64[:, 0]) < 1e-5 and rel_rms(state, s64) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("n", [7, 128])
+def test_step_dtypes_and_head_sizes(dtype, n):
+    inputs = make_inputs(2, 1, 3, n, dtype=dtype, seed=n)
+    state = inputs["initial_state"].clone()
+    y = kernel_ops7().wkv7_step(*[inputs[k][:, 0] for k in NAMES[:-1]], state)
+    y64, s64 = wkv7_ref(*[inputs[k].double() for k in NAMES], True)
+    tol = 1e-12 if dtype == torch.float64 else 5e-3
+    assert y.dtype == dtype and rel_rms(y, y64[:, 0]) < tol and rel_rms(state, s64) < max(tol, 1e-6)
+
+
+def test_gradcheck_float64():
+    inputs = make_inputs(1, 4, 2, 3, dtype=torch.float64, seed=11)
+    leaves = [inputs[k].clone().requires_grad_(True) for k in NAMES]
+    assert torch.autograd.gradcheck(lambda *xs: kernel(*xs), leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_double_backward_goes_through_the_pytorch_twin():
+    inputs = make_inputs(1, 6, 2, 4, dtype=torch.float64, seed=12)
+
+    def second_order(fn):
+        leaves = [inputs[k].clone().requires_grad_(True) for k in NAMES]
+        y, s = fn(*leaves, True, None)
+        g = torch.autograd.grad(y.square().sum() + s.sum(), leaves, create_graph=True)
+        penalty = sum(x.square().sum() for x in g)
+        return torch.autograd.grad(penalty, leaves)
+
+    for got, expected in zip(second_order(kernel), second_order(wkv7_ref)):
+        assert rel_rms(got, expected) < 1e-10
+
+
+def test_opcheck():
+    inputs = make_inputs(2, 6, 2, 8, seed=13)
+    args = [inputs[k] for k in NAMES] + [NOT_PACKED]
+    ops = kernel_ops7()
+    torch.library.opcheck(ops.wkv7_forward.default, args)
+    torch.library.opcheck(
+        ops.wkv7_forward.default,
+        [x.clone().requires_grad_(x.is_floating_point()) for x in args],
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    packed = make_inputs(1, 9, 2, 8, seed=14, states=3)
+    cu = torch.tensor([0, 2, 2, 9])
+    torch.library.opcheck(ops.wkv7_forward.default, [packed[k] for k in NAMES] + [cu])
+    dy, dsT = torch.randn_like(inputs["r"]), torch.randn_like(inputs["initial_state"])
+    torch.library.opcheck(ops.wkv7_backward.default, args + [dy, dsT])
+    step = [inputs[k][:, 0].contiguous() for k in NAMES[:-1]] + [inputs["initial_state"].clone()]
+    torch.library.opcheck(ops.wkv7_step.default, step)
+
+
+def test_torch_compile_fullgraph():
+    inputs = make_inputs(2, 11, 2, 16, seed=15)
+
+    def layer(r, w, k, v, a, b, s0, output_final_state=True, cu_seqlens=None):
+        y, s = kernel(r * 2, w, k, v, a, b, s0)
+        return y.sin(), s
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    got, expected = run_with_grads(compiled, inputs), run_with_grads(layer, inputs)
+    for name in expected:
+        assert rel_rms(got[name], expected[name]) < 1e-6, name
+
+
+def test_zero_length_passes_the_state_through():
+    inputs = make_inputs(2, 0, 2, 8, seed=16)
+    y, s = kernel(*inputs.values())
+    assert y.shape == (2, 0, 2, 8) and torch.equal(s, inputs["initial_state"])
+
+
+# ---- the contract, checked by the op itself ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda x: x.update(w=x["w"].double()), "w must be float32, got float64"),
+        (lambda x: x.update(k=x["k"][:, :4].contiguous()), "k must have the shape of r; dim 1 is 4"),
+        (lambda x: x.update(b=x["b"].transpose(1, 2)), "b must have the shape of r"),
+        (lambda x: x.update(a=x["a"].transpose(0, 1).contiguous().transpose(0, 1)), "a must be contiguous"),
+        (lambda x: x.update(initial_state=x["initial_state"][:1]), r"initial_state must be \[s, h, n, n\]"),
+        (lambda x: x.update(v=x["v"].half()), "v must be float32, got float16"),
+    ],
+)
+def test_the_op_checks_its_contract(change, match):
+    inputs = make_inputs(2, 5, 2, 8)
+    change(inputs)
+    with pytest.raises(RuntimeError, match=match):
+        kernel(*inputs.values())
+
+
+@pytest.mark.parametrize(
+    "cu, match",
+    [
+        ([0, 2, 5], "with cu_seqlens the batch size b must be 1"),
+        ([0, 2, 4], "must start at 0 and end at t = 5"),
+        ([0, 3, 2, 5], "must be non-decreasing"),
+        ([5], "at least two offsets"),
+    ],
+)
+def test_the_op_checks_cu_seqlens(cu, match):
+    inputs = make_inputs(2 if "batch" in match else 1, 5, 2, 8, states=max(len(cu) - 1, 1))
+    with pytest.raises(RuntimeError, match=match):
+        kernel(*inputs.values(), cu_seqlens=torch.tensor(cu))
+    with pytest.raises(RuntimeError, match="cu_seqlens must be int64"):
+        kernel(*make_inputs(1, 5, 2, 8).values(), cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
