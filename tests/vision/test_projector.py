@@ -66,3 +66,33 @@ def test_factory_device_dtype_and_errors():
         LinearProjector(0, 4)
     with pytest.raises(ValueError, match=r"features must be a tensor \[\.\.\., 4\]"):
         create_projector("gated_mlp", in_features=4, out_features=6)(torch.randn(2, 5))
+
+
+def test_context_gating_projector_is_v7_mlp_with_context_gating():
+    torch.manual_seed(5)
+    proj = randomize(create_projector("context_gating", in_features=12, out_features=7)).double()
+    assert create_projector("mlp_with_context_gating", in_features=3, out_features=2).__class__ is type(proj)
+    shapes = {k: tuple(v.shape) for k, v in proj.state_dict().items()}
+    assert shapes == {"gate.weight": (12, 12), "o_proj.weight": (7, 12), "ln_v.weight": (7,), "ln_v.bias": (7,)}
+    assert proj.ln_v.eps == 1e-5
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+    out = proj(x)
+    sd = {k: v.detach().clone().requires_grad_(True) for k, v in proj.state_dict().items()}
+    xr = x.detach().clone().requires_grad_(True)
+    h = (xr * torch.sigmoid(xr @ sd["gate.weight"].t())) @ sd["o_proj.weight"].t()
+    mu = h.mean(-1, keepdim=True)
+    var = ((h - mu) ** 2).mean(-1, keepdim=True)
+    ref = (h - mu) / torch.sqrt(var + 1e-5) * sd["ln_v.weight"] + sd["ln_v.bias"]
+    assert rel_rms(out, ref) < 1e-13
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    assert rel_rms(x.grad, xr.grad) < 1e-12
+    for k, p in proj.named_parameters():
+        assert rel_rms(p.grad, sd[k].grad) < 1e-12, k
+    with pytest.raises(ValueError, match=r"\[\.\.\., 12\]"):
+        proj(torch.randn(2, 11, dtype=torch.float64))
+    with pytest.raises(ValueError, match="eps"):
+        create_projector("context_gating", in_features=3, out_features=2, eps=0)
+    with pytest.raises(ValueError, match="in_features"):
+        create_projector("context_gating", in_features=0, out_features=2)

@@ -40,7 +40,15 @@ from .multi_preprocess import (
     visualrwkv7_preprocessor,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor, to_rgb
-from .projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector, Projector, create_projector
+from .projector import (
+    PROJECTORS,
+    ContextGatingProjector,
+    GatedMLPProjector,
+    LinearProjector,
+    MLPProjector,
+    Projector,
+    create_projector,
+)
 from .spatial import pool_grid, space_to_depth
 from .towers import SamTower, ViTTower, timm_tower
 
@@ -61,6 +69,7 @@ __all__ = [
     "LinearProjector",
     "MLPProjector",
     "GatedMLPProjector",
+    "ContextGatingProjector",
     "create_projector",
     "PROJECTORS",
     "find_clip_prefix",

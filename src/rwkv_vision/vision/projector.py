@@ -6,8 +6,11 @@ Shape legend: b batch, t time (image tokens), c channels (``in_features`` -> ``o
   ``nn.Linear``, so as ``model.proj`` its parameter is the official key ``proj.weight``.
 * :class:`MLPProjector` — LLaVA-1.5's ``Linear -> GELU -> Linear``.
 * :class:`GatedMLPProjector` — later VisualRWKV versions: ``x = proj(f); o_proj(x * sigmoid(gate(x)))``.
+* :class:`ContextGatingProjector` — VisualRWKV v7.00's ``MLPWithContextGating``:
+  ``ln_v(o_proj(f * sigmoid(gate(f))))``.
 
-Each is registered by name in :data:`PROJECTORS` (``"linear"``, ``"mlp"``/``"mlp2x_gelu"``, ``"gated_mlp"``),
+Each is registered by name in :data:`PROJECTORS` (``"linear"``, ``"mlp"``/``"mlp2x_gelu"``, ``"gated_mlp"``,
+``"context_gating"``),
 which :func:`create_projector` and ``config.json`` read. (This module was ``rwkv_vision.layers.projector``.)
 """
 
@@ -20,7 +23,15 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["Projector", "LinearProjector", "MLPProjector", "GatedMLPProjector", "create_projector", "PROJECTORS"]
+__all__ = [
+    "Projector",
+    "LinearProjector",
+    "MLPProjector",
+    "GatedMLPProjector",
+    "ContextGatingProjector",
+    "create_projector",
+    "PROJECTORS",
+]
 
 
 def _check_features(name: str, value: Any) -> int:
@@ -146,9 +157,49 @@ class GatedMLPProjector(Projector):
         return self.o_proj(x * torch.sigmoid(self.gate(x)))
 
 
+@PROJECTORS.register("context_gating", aliases=("mlp_with_context_gating",))
+class ContextGatingProjector(Projector):
+    """VisualRWKV v7.00's projector (``MLPWithContextGating``, its ``--proj_type mlp``):
+    ``ln_v(o_proj(features * sigmoid(gate(features))))``.
+
+    Parameters as the official ``proj.*`` keys: ``gate.weight`` [in, in] and ``o_proj.weight`` [out, in]
+    (no biases), ``ln_v.weight`` / ``ln_v.bias`` [out] (a ``LayerNorm`` with torch's default eps 1e-5).
+
+    Args:
+        in_features: vision width (3200 for dino | siglip | sam).
+        out_features: LM width C.
+        bias: biases on ``gate`` and ``o_proj`` (False in v7.00).
+        eps: ``ln_v``'s eps (1e-5 in v7.00).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = False,
+        eps: float = 1e-5,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self._set_widths(in_features, out_features, None)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.gate = nn.Linear(in_features, in_features, bias=bias, device=device, dtype=dtype)
+        self.o_proj = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.ln_v = nn.LayerNorm(out_features, eps=float(eps), device=device, dtype=dtype)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        self._check_input(features)
+        return self.ln_v(self.o_proj(features * torch.sigmoid(self.gate(features))))
+
+
 def create_projector(name_or_cls: str | type[Projector], **kwargs: Any) -> Projector:
     """Build a projector from a name registered in :data:`PROJECTORS` (``"linear"``, ``"mlp"``/``"mlp2x_gelu"``,
-    ``"gated_mlp"``, or your own) or a class.
+    ``"gated_mlp"``, ``"context_gating"``, or your own) or a class.
 
     ``kwargs`` go to the constructor (``in_features``, ``out_features``, ``device``, ``dtype``, ...).
     """
