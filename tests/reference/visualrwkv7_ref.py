@@ -215,8 +215,11 @@ def official_embeddings(
     of per-tower [n, k, w_i] (dino, siglip, sam order) or one concatenated [n, k, w]. Returns [1, t, c]."""
     emb = sd["rwkv.emb.weight"].double()
     ids = torch.tensor(input_ids, dtype=torch.long)
-    x = emb[ids].clone()
     selected = ids == IMAGE_TOKEN
+    # The official table has a row for 65535 and looks it up; those rows are overwritten below, so a test
+    # vocabulary smaller than 65536 looks up only the text ids (the same result).
+    x = torch.zeros(len(input_ids), emb.shape[1], dtype=torch.float64)
+    x[~selected] = emb[ids[~selected]]
     if tower_features is None:
         if bool(selected.any()):
             raise ValueError("placeholders without image features")
@@ -300,7 +303,8 @@ def _order(layer: int, length: int, scan: str) -> torch.Tensor:
 
 
 def official_lm_logits(sd: dict, x: torch.Tensor, *, pad: bool = True, scan: str = "unidir", spans=()) -> torch.Tensor:
-    """``RWKV.forward`` on embeddings x [1, t, c]: left-pad with emb(261) up to a multiple of 16 (``pad``),
+    """``RWKV.forward`` on embeddings x [1, t, c]: left-pad with emb(261) up to a multiple of 16 (``pad``;
+    an int gives the pad count instead),
     the blocks, ln_out, head, then drop the pad positions. Returns [t, v] float64.
 
     ``scan``/``spans`` are not part of the official model (it reads every span in order): ``"bidir"``
@@ -308,7 +312,10 @@ def official_lm_logits(sd: dict, x: torch.Tensor, *, pad: bool = True, scan: str
     lm = {k[5:]: v.double() for k, v in sd.items() if k.startswith("rwkv.")}
     x = x.double()
     t = x.shape[1]
-    n_pad = (CHUNK_LEN - t % CHUNK_LEN) % CHUNK_LEN if pad else 0
+    if isinstance(pad, bool):
+        n_pad = (CHUNK_LEN - t % CHUNK_LEN) % CHUNK_LEN if pad else 0
+    else:  # an explicit pad count (not official: to state what a cached-state decoder computes)
+        n_pad = int(pad)
     if n_pad:
         x = torch.cat([lm["emb.weight"][STOP_TOKEN].expand(1, n_pad, -1), x], dim=1)
     n_layer = 1 + max(int(k.split(".")[1]) for k in lm if k.startswith("blocks."))
@@ -319,8 +326,14 @@ def official_lm_logits(sd: dict, x: torch.Tensor, *, pad: bool = True, scan: str
         if i == 0:
             x = _layer_norm(x, lm[p + "ln0.weight"], lm[p + "ln0.bias"])
         x = x.clone()
+        # Not official (v7.00 has no scan): block 0's value is a per-token activation, so it moves with its token.
+        v_first = None if v_first is None else v_first.clone()
         for s, length in spans:
             x[:, n_pad + s : n_pad + s + length] = x[:, n_pad + s : n_pad + s + length][:, _order(i, length, scan)]
+            if v_first is not None:
+                v_first[:, n_pad + s : n_pad + s + length] = v_first[:, n_pad + s : n_pad + s + length][
+                    :, _order(i, length, scan)
+                ]
         dx, v_first = _time_mix(
             lm, p + "att.", _layer_norm(x, lm[p + "ln1.weight"], lm[p + "ln1.bias"]), v_first, i, head_size
         )
@@ -329,6 +342,7 @@ def official_lm_logits(sd: dict, x: torch.Tensor, *, pad: bool = True, scan: str
         for s, length in spans:
             inv = torch.argsort(_order(i, length, scan))
             x[:, n_pad + s : n_pad + s + length] = x[:, n_pad + s : n_pad + s + length][:, inv]
+            v_first[:, n_pad + s : n_pad + s + length] = v_first[:, n_pad + s : n_pad + s + length][:, inv]
     x = _layer_norm(x, lm["ln_out.weight"], lm["ln_out.bias"])
     return (x @ lm["head.weight"].T)[0, n_pad:]
 

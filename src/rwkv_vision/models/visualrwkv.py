@@ -1,4 +1,4 @@
-"""VisualRWKV: vision encoder + projector + prompt layout + scan policy + RWKV-6.
+"""VisualRWKV: vision encoder + projector + prompt layout + scan policy + an RWKV language model.
 
 Letter legend: b batch, t time (prompt ids, one placeholder per image), T time after each placeholder is
 replaced by its image tokens, n images, k tokens per image, w vision width, c channels, v vocabulary.
@@ -18,6 +18,17 @@ the prompt, so decoding costs O(1) per token).
 Parameter names: ``rwkv.*`` are the official names; ``proj.weight`` is the official key;
 the encoder is a timm ViT under ``encoder.vit.*`` (``official_state_dict`` maps it back to the
 ``vit.vision_model.*`` Hugging Face names of the released checkpoints).
+
+One class, several families (see docs/multimodal.md, "Families side by side"): the language model is an
+:class:`RWKV6` (v6.0, HD/UHD) or an :class:`RWKV7` (v7.00); the encoder a single
+:class:`~rwkv_vision.vision.VisionEncoder` (pixel_values ``[n, 3, H, W]``) or a
+:class:`~rwkv_vision.vision.MultiEncoder` (pixel_values a dict tower -> ``[n, 3, H_i, W_i]``). With RWKV-7 the
+blocks also pass block 0's value (``v_first``, one per position) along, permuted with the stream by the scan.
+
+``pad_to_multiple`` (v7.00 files: 16) reproduces the official v7.00 forward: a fresh sequence is left-padded
+with the embedding of ``pad_token_id`` (261, "\\n\\n") up to a multiple of it before block 0's ln0, the pads run
+through every block, and their positions are dropped from the logits (the state is the one after pads and
+sequence). A call that continues from a ``state`` is not padded (the official code never continues).
 """
 
 from __future__ import annotations
@@ -36,7 +47,16 @@ from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from ..pretrained.paths import resolve as resolve_shipped
 from ..processor import VisualRWKVProcessor
 from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
-from ..scan import BiDir, MultiDir, ScanPolicy, UniDir, get_scan_policy, scanned_call
+from ..scan import (
+    BiDir,
+    MultiDir,
+    ScanPolicy,
+    UniDir,
+    get_scan_policy,
+    permute_spans,
+    scanned_call,
+    unpermute_spans,
+)
 from ..sections import (
     encoder_from_config,
     encoder_to_config,
@@ -51,9 +71,10 @@ from ..state import RWKVState
 from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
 from ..vision.projector import LinearProjector
-from .config import VisualRWKVConfig
+from .config import RWKV7Config, VisualRWKVConfig
 from .output import IGNORE_INDEX, ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
 from .rwkv6 import RWKV6
+from .rwkv7 import RWKV7
 
 __all__ = ["VisualRWKV"]
 
@@ -68,6 +89,30 @@ _FORWARD_KEYWORDS = (
 )
 
 
+#: The pad of the official v7.00 forward: "\n\n" (its STOP_TOKEN_INDEX), up to a multiple of the kernel's chunk.
+V7_PAD_TOKEN = 261
+V7_PAD_MULTIPLE = 16
+
+
+def _is_multi(encoder: Any) -> bool:
+    from ..vision.multi_encoder import MultiEncoder
+
+    return isinstance(encoder, MultiEncoder)
+
+
+def _image_count(pixel_values: Any) -> int:
+    """n of ``[n, 3, H, W]`` or of a dict tower -> ``[n, 3, H_i, W_i]``."""
+    if isinstance(pixel_values, Mapping):
+        return next(iter(pixel_values.values())).shape[0] if pixel_values else 0
+    return pixel_values.shape[0]
+
+
+def _select_images(pixel_values: Any, start: int, stop: int) -> Any:
+    if isinstance(pixel_values, Mapping):
+        return {k: v[start:stop] for k, v in pixel_values.items()}
+    return pixel_values[start:stop]
+
+
 def _simplicity(policy: ScanPolicy) -> tuple[int, int]:
     return (policy.period, 0 if type(policy) in (UniDir, BiDir, MultiDir) else 1)
 
@@ -76,9 +121,9 @@ class VisualRWKV(nn.Module):
     """A visual language model: ``encoder`` -> ``proj`` -> (text + image embeddings) -> scanned ``rwkv``.
 
     Args (keyword only):
-        rwkv: the language model (:class:`RWKV6`).
-        encoder: a :class:`~rwkv_vision.vision.VisionEncoder` (its grid and CLS position define the image
-            spans).
+        rwkv: the language model (:class:`RWKV6` or :class:`RWKV7`).
+        encoder: a :class:`~rwkv_vision.vision.VisionEncoder` or a :class:`~rwkv_vision.vision.MultiEncoder`
+            (its grid and CLS position define the image spans).
         proj: maps ``[.., w] -> [.., c]``; default ``LinearProjector(w, c)`` (v6.0).
         scan: a :class:`~rwkv_vision.scan.ScanPolicy` (default :class:`BiDir`, the released weights).
         layout: a :class:`~rwkv_vision.prompt.PromptLayout` for :meth:`chat` (default :class:`Sandwich`);
@@ -87,6 +132,10 @@ class VisualRWKV(nn.Module):
             created on first use).
         preprocessor: PIL -> pixel_values for :meth:`chat` (default: CLIP preprocessing at the encoder's size).
         freeze_encoder: turn off gradients of the encoder (VisualRWKV keeps CLIP frozen).
+        pad_to_multiple: None (default) or m > 1: left-pad every fresh sequence with the embedding of
+            ``pad_token_id`` up to a multiple of m before the blocks, as the official v7.00 forward does
+            (its files load with 16); see the module notes.
+        pad_token_id: the id whose embedding pads (261, "\\n\\n", in v7.00).
     """
 
     #: :meth:`generate` without ``stop_tokens``/``eos_token_id`` stops at the tokenizer's stop tokens
@@ -105,12 +154,24 @@ class VisualRWKV(nn.Module):
         tokenizer: Any = None,
         preprocessor: ImagePreprocessor | None = None,
         freeze_encoder: bool = True,
+        pad_to_multiple: int | None = None,
+        pad_token_id: int = V7_PAD_TOKEN,
     ):
         super().__init__()
-        if not isinstance(rwkv, RWKV6):
-            raise TypeError(f"rwkv must be an RWKV6, got {type(rwkv).__name__}")
-        if not isinstance(encoder, VisionEncoder):
-            raise TypeError(f"encoder must be a VisionEncoder, got {type(encoder).__name__}")
+        if not isinstance(rwkv, (RWKV6, RWKV7)):
+            raise TypeError(f"rwkv must be an RWKV6 or an RWKV7, got {type(rwkv).__name__}")
+        if not (isinstance(encoder, VisionEncoder) or _is_multi(encoder)):
+            raise TypeError(f"encoder must be a VisionEncoder or a MultiEncoder, got {type(encoder).__name__}")
+        if pad_to_multiple is not None and (
+            not isinstance(pad_to_multiple, int) or isinstance(pad_to_multiple, bool) or pad_to_multiple < 1
+        ):
+            raise ValueError(f"pad_to_multiple must be None or an int >= 1, got {pad_to_multiple!r}")
+        if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
+            raise ValueError(f"pad_token_id must be a non-negative int, got {pad_token_id!r}")
+        if pad_to_multiple not in (None, 1) and pad_token_id >= rwkv.vocab_size:
+            raise ValueError(f"pad_token_id must be an id in [0, {rwkv.vocab_size}), got {pad_token_id!r}")
+        self.pad_to_multiple = None if pad_to_multiple in (None, 1) else pad_to_multiple
+        self.pad_token_id = pad_token_id
         self.rwkv = rwkv
         self.encoder = encoder
         if proj is None:
@@ -208,7 +269,12 @@ class VisualRWKV(nn.Module):
 
     def get_preprocessor(self) -> ImagePreprocessor:
         if self.preprocessor is None:
-            self.preprocessor = ImagePreprocessor(self.encoder.image_size[0])
+            if _is_multi(self.encoder):
+                from ..vision.multi_preprocess import MultiImagePreprocessor
+
+                self.preprocessor = MultiImagePreprocessor.for_encoder(self.encoder)
+            else:
+                self.preprocessor = ImagePreprocessor(self.encoder.image_size[0])
         return self.preprocessor
 
     @property
@@ -285,7 +351,14 @@ class VisualRWKV(nn.Module):
             projector=projector_to_config(self.proj),
             scan=scan_to_config(self.scan),
             layout=layout_to_config(self.layout),
+            padding=self.padding_config(),
         )
+
+    def padding_config(self) -> dict[str, Any] | None:
+        """The ``padding`` section: ``{"multiple": m, "token": id}`` with :attr:`pad_to_multiple` set, else None."""
+        if self.pad_to_multiple is None:
+            return None
+        return {"multiple": self.pad_to_multiple, "token": self.pad_token_id}
 
     def to_config(self) -> dict[str, Any]:
         """The ``config.json`` data that rebuilds this model (see :mod:`rwkv_vision.checkpoint.config_json`)."""
@@ -304,10 +377,14 @@ class VisualRWKV(nn.Module):
             from ..checkpoint.config_json import model_from_config
 
             return model_from_config(config, cls=cls, device=device, dtype=dtype, **kwargs)
-        rwkv = RWKV6(config.rwkv, device=device, dtype=dtype)
+        lm_cls = RWKV7 if isinstance(config.rwkv, RWKV7Config) else RWKV6
+        rwkv = lm_cls(config.rwkv, device=device, dtype=dtype)
         encoder = encoder_from_config(config.encoder, device=device, dtype=dtype)
         proj = projector_from_config(config.projector, device=device, dtype=dtype)
         kwargs.setdefault("freeze_encoder", bool(config.encoder.get("frozen", True)))
+        if config.padding is not None:
+            kwargs.setdefault("pad_to_multiple", config.padding["multiple"])
+            kwargs.setdefault("pad_token_id", config.padding["token"])
         return cls(
             rwkv=rwkv,
             encoder=encoder,
@@ -334,8 +411,9 @@ class VisualRWKV(nn.Module):
 
     # --- the model ---------------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [n, 3, H, W] -> image embeddings [n, k, c] in the LM's dtype."""
+    def encode_images(self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """pixel_values [n, 3, H, W] (a dict tower -> [n, 3, H_i, W_i] for a MultiEncoder) -> image embeddings
+        [n, k, c] in the LM's dtype."""
         feats = self.encoder(pixel_values)
         proj_param = next(self.proj.parameters(), None)
         if proj_param is not None:
@@ -381,22 +459,35 @@ class VisualRWKV(nn.Module):
                 )
             return self.rwkv.embed(input_ids), [[] for _ in range(input_ids.shape[0])]
         if pixel_values is not None:
-            if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-                got = (
-                    tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-                )
-                raise ValueError(f"pixel_values must be [n, 3, H, W] (one image per placeholder), got {got}")
-            if pixel_values.shape[0] != n:
-                raise ValueError(
-                    f"input_ids hold {n} image placeholders (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but "
-                    f"pixel_values has {pixel_values.shape[0]} images"
-                )
-            if n and not bool(torch.isfinite(pixel_values).all()):
-                raise ValueError("pixel_values must be finite: it holds NaN or infinite values")
+            self._check_pixel_values(pixel_values, n)
             image_embeds = self.encode_images(pixel_values) if n else []
         return expand_image_embeddings(
             input_ids, image_embeds, self.rwkv.embed, grids=self.encoder.grid, cls=self.encoder.cls
         )
+
+    def _check_pixel_values(self, pixel_values: Any, n: int) -> None:
+        if _is_multi(self.encoder):
+            names = self.encoder.names
+            if not isinstance(pixel_values, Mapping) or set(pixel_values) != set(names):
+                got = sorted(pixel_values) if isinstance(pixel_values, Mapping) else type(pixel_values).__name__
+                raise ValueError(
+                    f"pixel_values must be a dict with one [n, 3, H, W] tensor per tower {names}, got {got}"
+                )
+            tensors = [pixel_values[name] for name in names]
+        else:
+            tensors = [pixel_values]
+        for name, t in zip(getattr(self.encoder, "names", ["pixel_values"]), tensors):
+            where = "pixel_values" if len(tensors) == 1 else f"pixel_values[{name!r}]"
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{where} must be [n, 3, H, W] (one image per placeholder), got {got}")
+            if t.shape[0] != n:
+                raise ValueError(
+                    f"input_ids hold {n} image placeholders (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX}) but "
+                    f"{where} has {t.shape[0]} images"
+                )
+            if n and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{where} must be finite: it holds NaN or infinite values")
 
     def forward_embeds(
         self,
@@ -412,6 +503,8 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError("the sequence is empty (T = 0)")
+        if isinstance(self.rwkv, RWKV7):
+            return self._forward_embeds7(x, spans, state, logits_to_keep=logits_to_keep)
         self.rwkv._check_state(state, x.shape[0])
         spans = spans if spans and any(spans) else None
         layers = []
@@ -424,6 +517,50 @@ class VisualRWKV(nn.Module):
                     block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True
                 )
             layers.append(layer_state)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.rwkv.unembed(x), RWKVState(layers)
+
+    def pad_count(self, t: int) -> int:
+        """How many pads a fresh sequence of t positions gets: (-t) mod :attr:`pad_to_multiple` (0 without)."""
+        return (-t) % self.pad_to_multiple if self.pad_to_multiple else 0
+
+    def _forward_embeds7(
+        self,
+        x: torch.Tensor,
+        spans: Sequence[Sequence[ImageSpan]] | None,
+        state: RWKVState | None,
+        *,
+        logits_to_keep: int = 0,
+        pad: bool | None = None,
+    ) -> tuple[torch.Tensor, RWKVState]:
+        # RWKV-7: block 0's value v_first [b, T, c] travels with the stream, in the same (scanned) order.
+        if state is not None:
+            self.rwkv.check_state(state, x.shape[0])
+        spans = spans if spans and any(spans) else None
+        n_pad = self.pad_count(x.shape[1]) if (state is None if pad is None else pad) else 0
+        if n_pad:
+            pads = self.rwkv.emb.weight[self.pad_token_id].to(x.dtype).expand(x.shape[0], n_pad, x.shape[-1])
+            x = torch.cat([pads, x], dim=1)
+            if spans is not None:
+                spans = [[replace(span, start=span.start + n_pad) for span in row] for row in spans]
+        layers = []
+        v_first = None
+        for i, block in enumerate(self.rwkv.blocks):
+            layer_state = None if state is None else state[i]
+            if spans is None:
+                x, layer_state, v_first = block(x, layer_state, return_state=True, v_first=v_first, return_v_first=True)
+            else:
+                xp = permute_spans(x, spans, self.scan, i)
+                moved = xp is not x  # permute_spans returns x itself when nothing moves at this layer
+                vp = None if v_first is None or not moved else permute_spans(v_first, spans, self.scan, i)
+                if not moved:
+                    vp = v_first
+                xp, layer_state, vp = block(xp, layer_state, return_state=True, v_first=vp, return_v_first=True)
+                x = unpermute_spans(xp, spans, self.scan, i) if moved else xp
+                v_first = unpermute_spans(vp, spans, self.scan, i) if moved else vp
+            layers.append(layer_state)
+        x = x[:, n_pad:]
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.rwkv.unembed(x), RWKVState(layers)
@@ -537,9 +674,17 @@ class VisualRWKV(nn.Module):
         state: RWKVState | None = None,
         streamer=None,
         generator: torch.Generator | None = None,
+        official_rerun: bool = False,
+        ctx_len: int | None = None,
         **overrides: Any,
     ) -> GenerationOutput:
         """Prefill the prompt (images and scans included) once, then decode from the cached state.
+
+        ``official_rerun=True`` instead reproduces the official VisualRWKV ``generate`` exactly (one prompt,
+        greedy): every step re-runs the whole sequence from its embeddings (re-padded, with
+        :attr:`pad_to_multiple`, to the multiple that sequence needs), takes the argmax of the last position,
+        stops after emitting a stop token (it is in the output), else appends that token's embedding and keeps
+        the last ``ctx_len`` positions (None: all). O(t) per token; see :meth:`generate_official`.
 
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
         lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
@@ -557,11 +702,26 @@ class VisualRWKV(nn.Module):
             config,
             overrides,
             where="VisualRWKV.generate",
-            extra=("input_ids", "pixel_values", "config", "state", "streamer", "generator"),
+            extra=(
+                "input_ids",
+                "pixel_values",
+                "config",
+                "state",
+                "streamer",
+                "generator",
+                "official_rerun",
+                "ctx_len",
+            ),
         )
         if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
             if not config.stop_tokens:
                 config = replace(config, stop_tokens=self.default_stop_tokens())
+        if official_rerun:
+            if state is not None or streamer is not None:
+                raise ValueError("official_rerun=True starts from nothing and streams nothing: pass no state/streamer")
+            return self.generate_official(input_ids, pixel_values, config, ctx_len=ctx_len)
+        if ctx_len is not None:
+            raise ValueError("ctx_len applies to official_rerun=True only (cached decoding keeps every token)")
         if isinstance(input_ids, (list, tuple)):
             logits, state = self._prefill_ragged(input_ids, pixel_values, state)
             logits = logits[:, None]
@@ -578,6 +738,58 @@ class VisualRWKV(nn.Module):
             streamer=streamer,
             generator=generator,
         )
+
+    @torch.no_grad()
+    def generate_official(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Any = None,
+        config: GenerationConfig | None = None,
+        *,
+        ctx_len: int | None = None,
+        **overrides: Any,
+    ) -> GenerationOutput:
+        """The official ``VisualRWKV.generate``, re-running everything (v6.0, HD/UHD and v7.00 share it).
+
+        One prompt (``input_ids`` [1, t] or [t]), greedy only (the official code raises for sampling). The
+        prompt is embedded once (images included); each step then runs the whole embedded sequence as a
+        fresh one (so with :attr:`pad_to_multiple` the pad count follows the current length, as the official
+        re-padding does), picks the argmax of the last logits, stops after a stop token (kept in the output),
+        else appends the token's embedding and, with ``ctx_len``, keeps only the last ``ctx_len`` positions
+        (image positions cut off by that lose their scan order: the rest of the span reads as text).
+        """
+        config = make_config(config, overrides, where="VisualRWKV.generate_official", extra=())
+        if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
+            if not config.stop_tokens:
+                config = replace(config, stop_tokens=self.default_stop_tokens())
+        if config.do_sample:
+            raise ValueError("official generation is greedy only (the official generate raises for do_sample)")
+        if ctx_len is not None and (not isinstance(ctx_len, int) or isinstance(ctx_len, bool) or ctx_len < 1):
+            raise ValueError(f"ctx_len must be None or an int >= 1, got {ctx_len!r}")
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"official generation takes one prompt, input_ids [1, t]; got {got}")
+        x, spans = self.embed(input_ids, pixel_values)
+        row = list(spans[0]) if spans else []
+        stops = set(config.stop_tokens or ())
+        table = self.rwkv.emb.weight
+        tokens: list[int] = []
+        reason = "length"
+        for _ in range(config.max_new_tokens):
+            logits, _ = self.forward_embeds(x, [row] if row else None, logits_to_keep=1)
+            token = int(logits[0, -1].argmax())
+            tokens.append(token)
+            if token in stops:
+                reason = "stop"
+                break
+            x = torch.cat([x, table[token].to(x.dtype).view(1, 1, -1)], dim=1)
+            if ctx_len is not None and x.shape[1] > ctx_len:
+                cut = x.shape[1] - ctx_len
+                x = x[:, cut:]
+                row = [replace(span, start=span.start - cut) for span in row if span.start >= cut]
+        return GenerationOutput(tokens=[tokens], finish_reasons=[reason])
 
     @torch.no_grad()
     def _prefill_ragged(
@@ -600,14 +812,14 @@ class VisualRWKV(nn.Module):
                     f"pixel_values: {len(pixel_values)} image groups for {len(ids)} prompts; give one per row"
                 )
             per_row = list(pixel_values)
-        elif pixel_values is None or isinstance(pixel_values, torch.Tensor):
-            total = 0 if pixel_values is None else pixel_values.shape[0]
+        elif pixel_values is None or isinstance(pixel_values, (torch.Tensor, Mapping)):
+            total = 0 if pixel_values is None else _image_count(pixel_values)
             if total != sum(counts):
                 raise ValueError(
                     f"pixel_values holds {total} images but the prompts hold {sum(counts)} placeholders {counts}"
                 )
             starts = [sum(counts[:i]) for i in range(len(ids))]
-            per_row = [None if not c else pixel_values[a : a + c] for a, c in zip(starts, counts)]
+            per_row = [None if not c else _select_images(pixel_values, a, a + c) for a, c in zip(starts, counts)]
         else:
             raise TypeError(
                 f"pixel_values must be a tensor, a list of tensors or None, got {type(pixel_values).__name__}"
