@@ -7,12 +7,16 @@ import torch
 
 from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from rwkv_vision.prompt import (
+    LAYOUTS,
+    V7_IMAGE_TOKEN_ID,
     ImageFirst,
+    ImageFirstRun,
     ImageLast,
     Message,
     Sandwich,
     clean_text,
     expand_image_embeddings,
+    fill_image_runs,
     get_layout,
 )
 
@@ -185,3 +189,110 @@ def test_world_tokenizer_ids_per_turn():
     first = tok.encode("User: What color is the bus?\n")
     assert p.input_ids[len(first)] == IMAGE_TOKEN_INDEX
     assert tok.encode("\nWhat color is the bus?\nAnswer the question using a single word or phrase.\n\n")[-1] == 261
+
+
+# --- VisualRWKV v7.00 --------------------------------------------------------------------------------------
+
+
+def official_v7_ids(conversation, tokenizer, num_token_per_image, *, num_images, generation=True):
+    """The official v7.00 dataset.py / evaluate.py path, restated: image turns lose their <image> marks and
+    get them back as a "\\n"-joined prefix; text is stripped and blank-line runs collapse to "\\n"; each turn
+    becomes "Role: text\\n\\n" (the empty generation turn "Assistant:"); each turn is tokenised alone, split
+    at <image>, every image a run of 65535."""
+    import re
+
+    turns = []
+    for role, text in conversation:
+        n = text.count("<image>")
+        if n:
+            text = re.sub(r"\n(\s*\n)+", "\n", text.replace("<image>", "").strip())
+            if role == "human":
+                text = "\n".join(n * ["<image>"]) + "\n" + text
+            text = text.strip()
+        else:
+            text = re.sub(r"\n(\s*\n)+", "\n", text.strip())
+        name = {"human": "User", "gpt": "Assistant"}[role]
+        turns.append(f"{name}: {text}\n\n" if text else f"{name}:")
+    if generation:
+        turns.append("Assistant:")
+    ids = []
+    for turn in turns:
+        chunks = [tokenizer.encode(c) for c in turn.split("<image>")] if num_images else [tokenizer.encode(turn)]
+        ids.extend(chunks[0])
+        for c in chunks[1:]:
+            ids.extend([65535] * num_token_per_image)
+            ids.extend(c)
+    return ids
+
+
+def world():
+    from rwkv_vision.tokenizers import WorldTokenizer
+
+    return WorldTokenizer()
+
+
+def test_v7_layout_exact_official_ids():
+    tok = world()
+    layout = get_layout("visualrwkv7").with_grid(2, 2)
+    assert isinstance(layout, ImageFirstRun) and LAYOUTS.get("image_first_run") is ImageFirstRun
+    assert layout.image_tokens == 4 and layout.cls is None and V7_IMAGE_TOKEN_ID == 65535
+    p = layout.tokenize("<image>\nWhat is it?", tok)
+    img = [65535] * 4
+    # "User" ":" " " (the space alone: "User: " is tokenised on its own), the run, "\nWhat is it?\n\n",
+    # "Assistant:"
+    assert p.input_ids == [24281, 59, 33, *img, 11, 24326, 4600, 4601, 64, 261, 5585, 41693, 59]
+    assert p.expanded and p.expanded_length == len(p.input_ids)
+    assert p.spans == [ImageSpan(3, 2, 2, None)]
+    assert p.text == "User: <image>\nWhat is it?\n\nAssistant:"
+
+
+@pytest.mark.parametrize(
+    "conversation,num_images",
+    [
+        ([("human", "What is it?\n<image>")], 1),
+        ([("human", "<image>\n<image>\nCompare   them.\n\n\nBriefly.")], 2),
+        ([("human", "<image>\nQ1?"), ("gpt", "A1.\n \nMore."), ("human", "Q2?")], 1),
+        ([("human", "<image>")], 1),
+    ],
+)
+def test_v7_layout_matches_the_official_preprocess(conversation, num_images):
+    tok = world()
+    layout = ImageFirstRun(image_grid=(3, 2))
+    p = layout.tokenize([{"from": r, "value": t} for r, t in conversation], tok)
+    assert p.input_ids == official_v7_ids(conversation, tok, 6, num_images=num_images)
+    assert len(p.spans) == num_images
+    for span in p.spans:
+        assert p.input_ids[span.start : span.stop] == [65535] * 6
+        assert p.input_ids[span.start - 1] in (33, 11)  # after "User: " or the "\n" between images
+
+
+def test_v7_training_form_without_generation_prompt():
+    tok = world()
+    conv = [("human", "<image>\nQ?"), ("gpt", "Yes.")]
+    p = ImageFirstRun(image_grid=(1, 1)).tokenize(conv, tok, add_generation_prompt=False)
+    assert p.input_ids == official_v7_ids(conv, tok, 1, num_images=1, generation=False)
+    assert p.input_ids[-1] == 261  # "Yes.\n\n" ends with the stop token
+
+
+def test_fill_image_runs_overwrites_placeholders_in_order():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(65536, 5)
+    ids = torch.tensor([[7, 65535, 65535, 8, 65535, 65535], [65535, 65535, 1, 2, 3, 4]])
+    images = torch.randn(3, 2, 5)
+    out, spans = fill_image_runs(ids, images, emb, grid=(1, 2))
+    want = emb(ids).detach().clone()
+    want[0, 1:3], want[0, 4:6], want[1, 0:2] = images[0], images[1], images[2]
+    assert torch.equal(out, want)
+    assert spans == [[ImageSpan(1, 1, 2, None), ImageSpan(4, 1, 2, None)], [ImageSpan(0, 1, 2, None)]]
+    layout = ImageFirstRun(image_grid=(1, 2))
+    assert torch.equal(layout.expand(ids, list(images), emb)[0], out)
+    with pytest.raises(ValueError, match="need 8"):
+        fill_image_runs(ids, torch.randn(4, 2, 5), emb, grid=(1, 2))
+    with pytest.raises(ValueError, match="consecutive"):
+        fill_image_runs(torch.tensor([[65535, 1, 65535]]), torch.randn(1, 2, 5), emb, grid=(1, 2))
+    with pytest.raises(ValueError, match="width"):
+        fill_image_runs(ids, torch.randn(3, 2, 4), emb, grid=(1, 2))
+    with pytest.raises(ValueError, match="tokens per image"):
+        fill_image_runs(ids, torch.randn(3, 3, 5), emb, grid=(1, 2))
+    with pytest.raises(ValueError, match="image_token_id"):
+        ImageFirstRun(image_token_id=-200)

@@ -8,6 +8,9 @@ blank lines collapse to one ``"\\n"``. A layout places the ``<image>`` placehold
 * :class:`ImageLast` — ``"{question}\\n<image>"``
 * :class:`Sandwich` — ``"{question'}\\n<image>\\n{question}"``, where ``question'`` is the question
   without ``<image>`` and without "Answer the question using a single word or phrase." (released weights).
+* :class:`ImageFirstRun` — VisualRWKV v7.00: ``"<image>\\n{question}"`` like :class:`ImageFirst`, but each
+  image is written as a *run* of ``image_tokens`` ids :data:`V7_IMAGE_TOKEN_ID` (65535, a vocabulary id) whose
+  embeddings are overwritten in order (:func:`fill_image_runs`).
 
 Each turn is tokenised separately, the image turn split at ``<image>``; every placeholder becomes one
 :data:`~rwkv_vision.image_tokens.IMAGE_TOKEN_INDEX` id, which :func:`expand_image_embeddings` replaces by the
@@ -17,7 +20,7 @@ policies consume those spans, and nothing else recomputes where images are. (``I
 ``ImageSpan`` are defined in :mod:`rwkv_vision.image_tokens` and re-exported here.)
 
 Layouts are registered by name in :data:`LAYOUTS` (``"image_first"``/``"first"``, ``"image_last"``/``"last"``,
-``"sandwich"``/``"middle"``), which :func:`get_layout`, ``config.json`` and the ``rwkv-vision`` command read.
+``"sandwich"``/``"middle"``, ``"image_first_run"``/``"visualrwkv7"``), which :func:`get_layout`, ``config.json`` and the ``rwkv-vision`` command read.
 Any tokenizer with ``encode``/``decode`` works (see :class:`rwkv_vision.tokenizers.Tokenizer`).
 
 Shape legend: b batch, t time (positions; ``t`` before expansion, ``T`` after), c channels.
@@ -48,6 +51,9 @@ __all__ = [
     "ImageFirst",
     "ImageLast",
     "Sandwich",
+    "ImageFirstRun",
+    "V7_IMAGE_TOKEN_ID",
+    "fill_image_runs",
     "LAYOUTS",
     "get_layout",
     "clean_text",
@@ -56,6 +62,9 @@ __all__ = [
 ]
 
 IMAGE_PLACEHOLDER: str = "<image>"
+#: VisualRWKV v7.00's image placeholder id (``IMAGE_TOKEN_INDEX = 65535`` in its dataset.py), repeated once
+#: per image token; it is the World vocabulary's last id, so it is embedded like text before being replaced.
+V7_IMAGE_TOKEN_ID: int = 65535
 SHORT_ANSWER_INSTRUCTION: str = "Answer the question using a single word or phrase."
 
 _ROLE_ALIASES = {
@@ -134,16 +143,19 @@ class PromptIds:
     """A tokenised prompt.
 
     Attributes:
-        input_ids: token ids with one :data:`IMAGE_TOKEN_INDEX` per image (length t).
+        input_ids: token ids with one :data:`IMAGE_TOKEN_INDEX` per image (length t), or, when ``expanded``,
+            a run of ``num_tokens`` placeholder ids per image (length T).
         spans: one :class:`ImageSpan` per image, in positions of the *expanded* sequence (length T).
         text: the rendered prompt with ``<image>`` placeholders.
         turns: the rendered turn strings, each tokenised on its own.
+        expanded: whether ``input_ids`` already hold one id per image token (:class:`ImageFirstRun`).
     """
 
     input_ids: list[int]
     spans: list[ImageSpan]
     text: str
     turns: list[str]
+    expanded: bool = False
 
     @property
     def num_images(self) -> int:
@@ -152,6 +164,8 @@ class PromptIds:
     @property
     def expanded_length(self) -> int:
         """T: the length of the sequence once every placeholder is replaced by its image tokens."""
+        if self.expanded:
+            return len(self.input_ids)
         return len(self.input_ids) + sum(s.num_tokens - 1 for s in self.spans)
 
     def to_tensor(self, *, device=None) -> torch.Tensor:
@@ -279,7 +293,7 @@ class PromptLayout:
             for j, piece in enumerate(pieces):
                 if j > 0:
                     spans.append(ImageSpan(expanded, rows, cols, self.cls))
-                    ids.append(IMAGE_TOKEN_INDEX)
+                    ids.extend(self._placeholder_ids())
                     expanded += self.image_tokens
                 if piece:
                     piece_ids = [int(i) for i in tokenizer.encode(piece)]
@@ -287,7 +301,13 @@ class PromptLayout:
                         raise ValueError(f"tokenizer returned a negative id for {piece!r}")
                     ids.extend(piece_ids)
                     expanded += len(piece_ids)
-        return PromptIds(input_ids=ids, spans=spans, text="".join(turns), turns=turns)
+        return PromptIds(
+            input_ids=ids, spans=spans, text="".join(turns), turns=turns, expanded=len(self._placeholder_ids()) > 1
+        )
+
+    def _placeholder_ids(self) -> list[int]:
+        """The ids one ``<image>`` becomes in ``input_ids``."""
+        return [IMAGE_TOKEN_INDEX]
 
     def expand(
         self,
@@ -337,6 +357,114 @@ class Sandwich(PromptLayout):
         head = question.replace(self.instruction, "").strip() if self.instruction else question
         parts = [p for p in [head] if p] + [IMAGE_PLACEHOLDER] * num_images + [p for p in [question] if p]
         return "\n".join(parts)
+
+
+@LAYOUTS.register("image_first_run", aliases=("visualrwkv7",))
+@dataclasses.dataclass(frozen=True)
+class ImageFirstRun(ImageFirst):
+    """VisualRWKV v7.00's prompt: ``"User: <image>\\n{question}\\n\\nAssistant:"``, each image a run of
+    ``image_tokens`` ids ``image_token_id``.
+
+    As the official ``preprocess`` does: each turn is tokenised on its own and the user turn is split at
+    every ``<image>``, so ``"User: "`` is tokenised alone (its trailing space is the lone id 33 before the
+    run) and the text after the image starts with ``"\\n"``; several images are ``"<image>\\n<image>\\n..."``.
+    The stop string is ``"\\n\\n"`` (id 261). ``input_ids`` come out expanded (``PromptIds.expanded``).
+
+    Args (besides :class:`PromptLayout`'s): ``image_grid`` defaults to (32, 32) (1024 tokens, no pooling),
+    ``cls`` to None; ``image_token_id`` is the placeholder id (65535).
+    """
+
+    image_grid: tuple[int, int] = (32, 32)
+    cls: ClsPosition = None
+    image_token_id: int = V7_IMAGE_TOKEN_ID
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        tid = self.image_token_id
+        if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
+            raise ValueError(f"image_token_id must be a non-negative int (a vocabulary id), got {tid!r}")
+
+    def _placeholder_ids(self) -> list[int]:
+        return [self.image_token_id] * self.image_tokens
+
+    def expand(
+        self,
+        input_ids: torch.Tensor,
+        image_embeds: torch.Tensor | Sequence[torch.Tensor],
+        embed_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, list[list[ImageSpan]]]:
+        """:func:`fill_image_runs` with this layout's placeholder id, grid and CLS position."""
+        return fill_image_runs(
+            input_ids, image_embeds, embed_fn, image_token_id=self.image_token_id, grid=self.image_grid, cls=self.cls
+        )
+
+
+def fill_image_runs(
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    image_embeds: torch.Tensor | Sequence[torch.Tensor],
+    embed_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    image_token_id: int = V7_IMAGE_TOKEN_ID,
+    grid: tuple[int, int] = (32, 32),
+    cls: ClsPosition = None,
+) -> tuple[torch.Tensor, list[list[ImageSpan]]]:
+    """VisualRWKV v7.00's image insertion: embed every id (the placeholders too), then overwrite the
+    placeholder positions, in order (row 0 first), with the images' embeddings.
+
+    Args:
+        input_ids: ``[b, t]`` ids holding one run of ``k = rows*cols (+1 with cls)`` ``image_token_id`` per image.
+        image_embeds: ``[n, k, c]`` or a list of ``n`` tensors ``[k, c]``, already projected to the LM width.
+        embed_fn: ids ``[b, t]`` -> ``[b, t, c]`` (e.g. ``model.emb``); ``image_token_id`` must be a valid id.
+        grid, cls: each image's token grid and CLS position (for the spans).
+    Returns:
+        ``(embeds [b, t, c], spans)``: the length does not change; ``spans[r]`` lists the images of row ``r``.
+
+    The official code truncates (with a warning) when the counts disagree; here that is an error, as is a run
+    that is not ``k`` consecutive positions of one row.
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor [b, t], got {input_ids.dtype} {tuple(input_ids.shape)}")
+    rows, cols = grid
+    k = rows * cols + (cls is not None)
+    if isinstance(image_embeds, torch.Tensor):
+        if image_embeds.dim() != 3:
+            raise ValueError(f"image_embeds must be [n, k, c] or a list of [k, c], got {tuple(image_embeds.shape)}")
+        images = image_embeds
+    else:
+        images = list(image_embeds)
+        for j, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.dim() != 2:
+                raise ValueError(f"image_embeds[{j}] must be a [k, c] tensor, got {getattr(im, 'shape', im)!r}")
+        images = torch.stack(images) if images else None
+    n = 0 if images is None else images.shape[0]
+    if images is not None and images.shape[1] != k:
+        raise ValueError(f"image_embeds have {images.shape[1]} tokens per image; a {rows}x{cols} grid needs {k}")
+    is_image = input_ids == image_token_id
+    found = int(is_image.sum())
+    if found != n * k:
+        raise ValueError(
+            f"input_ids hold {found} image placeholder ids ({image_token_id}) but {n} image(s) of {k} tokens "
+            f"need {n * k}"
+        )
+    spans: list[list[ImageSpan]] = [[] for _ in range(input_ids.shape[0])]
+    positions = is_image.nonzero().tolist()  # row-major, as the official flattened view
+    for j in range(n):
+        run = positions[j * k : (j + 1) * k]
+        r, start = run[0]
+        if any(p != [r, start + i] for i, p in enumerate(run)):
+            raise ValueError(f"image {j}: its {k} placeholder ids are not one run of consecutive positions in one row")
+        spans[r].append(ImageSpan(start, rows, cols, cls))
+    text = embed_fn(input_ids)
+    if text.dim() != 3 or text.shape[:2] != input_ids.shape:
+        raise ValueError(f"embed_fn must map [b, t] ids to [b, t, c], got {tuple(text.shape)}")
+    if n == 0:
+        return text, spans
+    if images.shape[-1] != text.shape[-1]:
+        raise ValueError(f"image_embeds have width {images.shape[-1]}, text embeddings have {text.shape[-1]}")
+    flat = images.reshape(n * k, -1).to(device=text.device, dtype=text.dtype)
+    return text.masked_scatter(is_image.unsqueeze(-1), flat), spans
 
 
 def get_layout(layout: PromptLayout | str | None, **kwargs: Any) -> PromptLayout:
