@@ -497,17 +497,35 @@ def scanned_call(
     order; its output stream is put back in row-major order, so the next layer (with its own order) and
     everything outside the blocks see a fixed layout. ``block(x, *args, **kwargs)`` may return a tensor or
     a tuple whose first element is the new stream (``(x, state, ...)``); the rest is passed through.
+
+    RWKV-7 blocks: a ``v_first=`` [b, t, c] keyword (layer 0's value, aligned with the stream) is permuted like
+    ``x``, and with ``return_v_first=True`` the returned v_first (the last element) is put back in row-major
+    order, so block 0's value reaches every later layer in that layer's own patch order.
     """
     if not callable(block):
         raise TypeError(f"block must be callable, got {type(block).__name__}")
     xp = permute_spans(x, spans, policy, layer_index, offset=offset)
+    # RWKV-7's value residual is a [b, t, c] activation aligned with the stream: it moves with it.
+    v_first = kwargs.get("v_first")
+    if isinstance(v_first, torch.Tensor) and xp is not x:
+        kwargs["v_first"] = permute_spans(v_first, spans, policy, layer_index, offset=offset)
     out = block(xp, *args, **kwargs)
     if xp is x:  # nothing moved at this layer
         return out
     if isinstance(out, torch.Tensor):
         return unpermute_spans(out, spans, policy, layer_index, offset=offset)
     if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-        return (unpermute_spans(out[0], spans, policy, layer_index, offset=offset), *out[1:])
+        rest = out[1:]
+        if kwargs.get("return_v_first") and rest and isinstance(rest[-1], torch.Tensor):
+            v_out = rest[-1]
+            # A later block hands back the v_first it was given: return the caller's, not a round trip.
+            v_out = (
+                v_first
+                if v_out is kwargs.get("v_first")
+                else unpermute_spans(v_out, spans, policy, layer_index, offset=offset)
+            )
+            rest = (*rest[:-1], v_out)
+        return (unpermute_spans(out[0], spans, policy, layer_index, offset=offset), *rest)
     raise TypeError(
         "a scanned block must return a [b, t, c] tensor or a tuple whose first element is one, "
         f"got {type(out).__name__}"
