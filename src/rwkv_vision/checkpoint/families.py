@@ -269,3 +269,125 @@ def split_parts(state_dict: Mapping[str, Any], family: Family | str) -> dict[str
                     parts[name][key[len(TOWER_PREFIX[name]) :]] = value
                     break
     return parts
+
+
+# --- building a model from a v7.00 file -------------------------------------------------------------------------
+
+#: Tower widths (dino, siglip, sam) -> the registered encoder built for them: the released stack and its
+#: test-size twin. Other sizes need ``encoder=``.
+_V7_ENCODERS = {(1024, 1152, 1024): "visualrwkv7-sam-dino-siglip", (32, 48, 64): "tiny-sam-dino-siglip"}
+
+
+def _v7_encoder(state_dict: Mapping[str, Any], pool: int | None):
+    from ..vision.encoders import ENCODERS
+
+    widths = tower_widths(state_dict)
+    key = tuple(widths.get(name) for name in TOWERS)
+    if key not in _V7_ENCODERS:
+        raise StateDictError(
+            [],
+            [],
+            [],
+            hint=f"v7.00 towers of widths {dict(zip(TOWERS, key))} match no known encoder "
+            f"({ {v: dict(zip(TOWERS, k)) for k, v in _V7_ENCODERS.items()} }); pass encoder= a MultiEncoder "
+            "of those towers",
+        )
+    return ENCODERS.get(_V7_ENCODERS[key])(pool=pool, device="meta")
+
+
+def _v7_projector(in_features: int, out_features: int):
+    from ..vision.projector import PROJECTORS
+
+    return PROJECTORS.get(V7_PROJECTOR)(in_features, out_features, device="meta")
+
+
+#: The registered projector of v7.00: ``ln_v(o_proj(x * sigmoid(gate(x))))``.
+V7_PROJECTOR = "context_gating"
+
+
+def visualrwkv7_from_official_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    cls: type | None = None,
+    encoder: Any = None,
+    num_token_per_image: int | None = None,
+    scan: Any = None,
+    layout: Any = None,
+    pad: bool = True,
+    device=None,
+    dtype=None,
+    **kwargs: Any,
+):
+    """A ``VisualRWKV`` from a released v7.00 flat state dict, strictly: the family's keys
+    (:func:`check_family`), then every language-model key (``rwkv7_from_official_state_dict``: sizes and LoRA
+    ranks from shapes), every tower key (``load_v7_vision_state_dict``) and every projector key.
+
+    Args:
+        encoder: a ``MultiEncoder`` to load the towers into (default: the registered encoder whose tower
+            widths the file has: the released DINOv2-L/SigLIP-so400m/SAM-B stack, or its test-size twin).
+        num_token_per_image: pool each image to this many tokens (a square; the official
+            ``AdaptiveAvgPool2d(sqrt(n))``); None keeps the towers' grid (1024 tokens, as the released
+            evaluation scripts do).
+        scan: default UniDir (v7.00 reads every image span in order).
+        layout: default the v7.00 prompt layout.
+        pad: left-pad fresh sequences with emb(261) to a multiple of 16, as the official forward does (default).
+        device, dtype: where and in what (default: the file's dtype, CPU).
+    """
+    from ..models.visualrwkv import V7_PAD_MULTIPLE, V7_PAD_TOKEN, VisualRWKV
+    from ..vision.convert_v7 import load_v7_vision_state_dict
+    from .official import rwkv7_from_official_state_dict
+
+    cls = VisualRWKV if cls is None else cls
+    check_family(state_dict, "v7.00")
+    parts = split_parts(state_dict, "v7.00")
+    rwkv = rwkv7_from_official_state_dict(parts["rwkv"])
+    pool = None
+    if num_token_per_image is not None:
+        side = int(round(num_token_per_image**0.5))
+        if not isinstance(num_token_per_image, int) or side * side != num_token_per_image or side < 1:
+            raise ValueError(f"num_token_per_image must be a square number of tokens, got {num_token_per_image!r}")
+        pool = side
+    if encoder is None:
+        encoder = _v7_encoder(state_dict, pool)
+        load_v7_vision_state_dict(encoder, state_dict, assign=True)
+    else:
+        load_v7_vision_state_dict(encoder, state_dict)
+    width, c = encoder.width, rwkv.n_embd
+    proj = _v7_projector(width, c)
+    from .diff import diff_state_dict
+
+    missing, unexpected, mismatched = diff_state_dict(proj.state_dict(), parts["proj"])
+    if missing or unexpected or mismatched:
+        raise StateDictError(
+            ["proj." + k for k in missing],
+            ["proj." + k for k in unexpected],
+            [("proj." + k, got, want) for k, got, want in mismatched],
+            hint="(the v7.00 projector: proj.gate [w, w], proj.o_proj [c, w], proj.ln_v [c])",
+        )
+    proj.load_state_dict(dict(parts["proj"]), strict=True, assign=True)
+    if scan is None:
+        scan = "unidir"
+    if layout is None:
+        layout = V7_LAYOUT
+    model = cls(
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=proj,
+        scan=scan,
+        layout=layout,
+        pad_to_multiple=V7_PAD_MULTIPLE if pad else None,
+        pad_token_id=V7_PAD_TOKEN,
+        **kwargs,
+    )
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"no values in the v7.00 file for {left[:8]} (tensors outside its state dict)")
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+#: The registered prompt layout of v7.00 (images first, "User: " tokenised alone).
+V7_LAYOUT = "visualrwkv7"

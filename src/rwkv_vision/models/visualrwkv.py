@@ -440,6 +440,9 @@ class VisualRWKV(nn.Module):
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         input_ids = input_ids.to(self.rwkv.emb.weight.device)
+        run_id = self.image_run_id
+        if run_id is not None and bool((input_ids == run_id).any()):
+            return self._embed_runs(input_ids, pixel_values, image_embeds, run_id)
         text = input_ids[input_ids != IMAGE_TOKEN_INDEX]
         if text.numel():
             # Checked here (one host sync) because an out-of-range id reaches the embedding, where on CUDA it
@@ -464,6 +467,54 @@ class VisualRWKV(nn.Module):
         return expand_image_embeddings(
             input_ids, image_embeds, self.rwkv.embed, grids=self.encoder.grid, cls=self.encoder.cls
         )
+
+    @property
+    def image_run_id(self) -> int | None:
+        """The placeholder id of a layout whose prompts hold one id per image token (v7.00: a run of k ids
+        65535 per image, as the official ``tokenize_with_image_token`` makes), or None for layouts with one
+        :data:`IMAGE_TOKEN_INDEX` per image. With it, every such id in ``input_ids`` is an image position."""
+        if hasattr(self.layout, "expand") and isinstance(getattr(self.layout, "image_token_id", None), int):
+            return self.layout.image_token_id
+        return None
+
+    def count_images(self, input_ids: torch.Tensor) -> int:
+        """n: the images ``input_ids`` hold (placeholders, or runs of :attr:`image_run_id`)."""
+        run_id = self.image_run_id
+        if run_id is not None and bool((input_ids == run_id).any()):
+            return int((input_ids == run_id).sum()) // max(self.encoder.num_tokens, 1)
+        return int((input_ids == IMAGE_TOKEN_INDEX).sum())
+
+    def _embed_runs(self, input_ids, pixel_values, image_embeds, run_id: int):
+        # The official v7.00 insertion: the ids keep their length; image positions are overwritten in order.
+        if bool((input_ids == IMAGE_TOKEN_INDEX).any()):
+            raise ValueError(
+                f"input_ids mix IMAGE_TOKEN_INDEX ({IMAGE_TOKEN_INDEX}) with runs of the layout's image id {run_id}"
+            )
+        k = self.encoder.num_tokens
+        found = int((input_ids == run_id).sum())
+        if found % k:
+            raise ValueError(f"input_ids hold {found} image ids ({run_id}), not a multiple of {k} tokens per image")
+        n = found // k
+        text = input_ids[input_ids != run_id]
+        if text.numel():
+            low, high = (int(v) for v in torch.stack(torch.aminmax(text)).tolist())
+            if low < 0 or high >= self.rwkv.vocab_size:
+                raise ValueError(
+                    f"input_ids must be in [0, vocab_size = {self.rwkv.vocab_size}) or be runs of {k} image ids "
+                    f"({run_id}), got text ids in [{low}, {high}]"
+                )
+        if pixel_values is None and image_embeds is None:
+            raise ValueError(f"input_ids hold {n} image(s) ({found} ids {run_id}) but no pixel_values were given")
+        if pixel_values is not None:
+            self._check_pixel_values(pixel_values, n)
+            image_embeds = self.encode_images(pixel_values)
+
+        def embed_fn(ids: torch.Tensor) -> torch.Tensor:
+            # Image rows are overwritten, so a vocabulary without the placeholder row (a small test model)
+            # embeds id 0 there: the result is the same.
+            return self.rwkv.embed(ids.masked_fill(ids == run_id, 0) if run_id >= self.rwkv.vocab_size else ids)
+
+        return self.layout.expand(input_ids, image_embeds, embed_fn)
 
     def _check_pixel_values(self, pixel_values: Any, n: int) -> None:
         if _is_multi(self.encoder):
@@ -617,6 +668,8 @@ class VisualRWKV(nn.Module):
                 mask = self.expand_labels(input_ids, attention_mask.to(x.device).long(), spans, fill=1)
         if labels is not None:
             labels = self.expand_labels(input_ids, labels, spans)
+            if self.image_run_id is not None:  # runs: the ids are already expanded; image ids are never targets
+                labels = labels.masked_fill(input_ids == self.image_run_id, IGNORE_INDEX)
             if mask is not None:
                 labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
             loss = next_token_loss(logits, labels)
@@ -805,7 +858,7 @@ class VisualRWKV(nn.Module):
             if row.dim() != 1 or row.numel() == 0:
                 raise ValueError(f"input_ids[{i}] must be a non-empty 1-D list of ids, got shape {tuple(row.shape)}")
             ids.append(row.to(device))
-        counts = [int((row == IMAGE_TOKEN_INDEX).sum()) for row in ids]
+        counts = [self.count_images(row) for row in ids]
         if isinstance(pixel_values, (list, tuple)):
             if len(pixel_values) != len(ids):
                 raise ValueError(

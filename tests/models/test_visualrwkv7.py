@@ -1,0 +1,213 @@
+"""VisualRWKV with an RWKV-7 language model, loaded from a tiny random checkpoint in the official v7.00 layout,
+against the float64 re-statement of the official v7.00 code (tests/reference/visualrwkv7_ref.py).
+
+What is checked: the logits with images (padding on and off, float64 and float32), the official re-run-everything
+greedy generation (stop token included, ctx_len truncation), the default cached-state generation against full
+forwards (and how it differs from the official one), batches and sampling, and scan policies on RWKV-7.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rwkv_vision.checkpoint.families import detect_family, visualrwkv7_from_official_state_dict
+from rwkv_vision.errors import StateDictError
+from rwkv_vision.models.rwkv7 import RWKV7
+from rwkv_vision.scan import BiDir, UniDir
+from rwkv_vision.vision import encoder_to_v7_state_dict, tiny_visualrwkv7_encoder
+
+from reference.visualrwkv7_ref import (
+    IMAGE_TOKEN,
+    official_embeddings,
+    official_generate,
+    official_lm_logits,
+    official_logits,
+    random_v700_checkpoint,
+    relative_rms_error,
+)
+
+K = 16  # tokens per image of the tiny towers (4 x 4)
+# "User: " alone, one image run, "\nWhat is it?\n\n" and "Assistant:" in a 300-id toy vocabulary (ids < 300; the
+# sequence is 9 + 16 = 25 long, so the official forward pads 7).
+PROMPT = [24, 59, 33] + [IMAGE_TOKEN] * K + [11, 42, 261, 100, 7, 59]
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    torch.manual_seed(0)
+    towers = encoder_to_v7_state_dict(tiny_visualrwkv7_encoder())
+    towers = {k: v + 0.02 * torch.randn_like(v) for k, v in towers.items()}  # no zero (or one) tensor left
+    return random_v700_checkpoint(
+        tower_sd=towers, vision_width=144, n_layer=3, n_embd=32, head_size=8, vocab_size=300, seed=1
+    )
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def pixels(model):
+    g = torch.Generator().manual_seed(3)
+    sizes = model.encoder.image_sizes
+    return {name: torch.randn(1, 3, *size, generator=g, dtype=torch.float64) for name, size in sizes.items()}
+
+
+@pytest.fixture(scope="module")
+def features(model, pixels):
+    """The towers' concatenated patch features [1, 16, 144] (the towers are tested on their own)."""
+    with torch.no_grad():
+        return model.encoder(pixels)
+
+
+def ids(prompt=PROMPT):
+    return torch.tensor([prompt])
+
+
+def test_loads_as_v700_with_sizes_from_shapes(checkpoint, model):
+    assert detect_family(checkpoint).name == "v7.00"
+    assert isinstance(model.rwkv, RWKV7) and model.rwkv.n_layer == 3 and model.rwkv.n_embd == 32
+    assert model.encoder.names == ["dino", "siglip", "sam"] and model.encoder.width == 144
+    assert model.pad_to_multiple == 16 and model.pad_token_id == 261
+    assert isinstance(model.scan, UniDir) and model.image_run_id == IMAGE_TOKEN
+
+
+def test_strict_loading_names_the_keys(checkpoint):
+    broken = dict(checkpoint)
+    del broken["rwkv.blocks.1.att.a1"]
+    with pytest.raises(StateDictError, match="rwkv.blocks.1.att.a1|blocks.1.att.a1"):
+        visualrwkv7_from_official_state_dict(broken)
+    broken = dict(checkpoint)
+    broken["vit.dino_featurizer.blocks.9.norm1.weight"] = torch.zeros(32)
+    with pytest.raises(StateDictError, match="vit.dino_featurizer.blocks.9.norm1.weight"):
+        visualrwkv7_from_official_state_dict(broken)
+
+
+def test_logits_with_images_equal_the_official_forward(checkpoint, model, pixels, features):
+    with torch.no_grad():
+        got = model(ids(), pixels).logits[0]
+    ref = official_logits(checkpoint, PROMPT, features)
+    assert got.shape == ref.shape == (len(PROMPT), 300)
+    assert relative_rms_error(got, ref) < 1e-10
+    # The padding is no detail: without it the logits are far off.
+    assert relative_rms_error(official_logits(checkpoint, PROMPT, features, pad=False), ref) > 1e-2
+
+
+def test_float32_model_is_close(checkpoint, pixels, features):
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = model(ids(), {k: v.float() for k, v in pixels.items()}).logits[0]
+    assert relative_rms_error(got, official_logits(checkpoint, PROMPT, features)) < 1e-4
+
+
+def test_padding_is_an_option(checkpoint, pixels, features):
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, pad=False).eval()
+    assert model.pad_to_multiple is None
+    with torch.no_grad():
+        got = model(ids(), pixels).logits[0]
+    assert relative_rms_error(got, official_logits(checkpoint, PROMPT, features, pad=False)) < 1e-10
+    # A sequence already a multiple of 16 long gets no pad either way.
+    prompt = PROMPT[:-9] + PROMPT[-9:][:7] + [5] * 9  # 32 ids
+    with torch.no_grad():
+        a = model(ids(prompt), pixels).logits[0]
+    ref = official_logits(checkpoint, prompt, features)
+    assert relative_rms_error(a, ref) < 1e-10
+
+
+def test_official_rerun_generation_equals_the_official_generate(checkpoint, model, pixels, features):
+    want = official_generate(checkpoint, PROMPT, features, max_new_tokens=8, ctx_len=2048)
+    out = model.generate(ids(), pixels, official_rerun=True, ctx_len=2048, max_new_tokens=8, stop_tokens=(261,))
+    assert out.tokens == [want]
+    # ctx_len shorter than the prompt: the official code keeps the last ctx_len embeddings, image rows included.
+    want = official_generate(checkpoint, PROMPT, features, max_new_tokens=6, ctx_len=20)
+    out = model.generate_official(ids(), pixels, ctx_len=20, max_new_tokens=6, stop_tokens=(261,))
+    assert out.tokens == [want]
+
+
+def test_official_rerun_includes_the_stop_token(checkpoint, model, pixels, features):
+    free = official_generate(checkpoint, PROMPT, features, max_new_tokens=6, ctx_len=2048, stop_token=-1)
+    stop = free[3]
+    want = official_generate(checkpoint, PROMPT, features, max_new_tokens=6, ctx_len=2048, stop_token=stop)
+    out = model.generate(ids(), pixels, official_rerun=True, max_new_tokens=6, stop_tokens=(stop,))
+    assert out.tokens == [want] and out.tokens[0][-1] == stop and out.finish_reasons == ["stop"]
+
+
+def test_official_rerun_refuses_what_the_official_code_cannot_do(model, pixels):
+    with pytest.raises(ValueError, match="greedy only"):
+        model.generate(ids(), pixels, official_rerun=True, do_sample=True, max_new_tokens=2)
+    with pytest.raises(ValueError, match="one prompt"):
+        model.generate_official(torch.cat([ids(), ids()]), {k: torch.cat([v, v]) for k, v in pixels.items()})
+    with pytest.raises(ValueError, match="ctx_len applies to official_rerun"):
+        model.generate(ids(), pixels, ctx_len=10, max_new_tokens=2)
+
+
+def test_cached_generation_equals_full_forwards_with_the_prompt_padding(checkpoint, model, pixels, features):
+    """The default generation prefills the padded prompt once and decodes from its state: token j's logits
+    are those of one forward over prompt + generated tokens with the PROMPT's pad count (7), where the
+    official generate re-pads each step ((-length) mod 16 pads)."""
+    n = 6
+    out = model.generate(ids(), pixels, max_new_tokens=n, stop_tokens=())
+    x = official_embeddings(checkpoint, PROMPT, features)
+    n_pad = model.pad_count(len(PROMPT))
+    assert n_pad == 7
+    emb = checkpoint["rwkv.emb.weight"].double()
+    want = []
+    for _ in range(n):
+        token = int(official_lm_logits(checkpoint, x, pad=n_pad)[-1].argmax())
+        want.append(token)
+        x = torch.cat([x, emb[token].view(1, 1, -1)], dim=1)
+    assert out.tokens == [want]
+    # One continuation step, logits compared: prefill state + one token == one forward with the prompt's pads.
+    with torch.no_grad():
+        prefill = model(ids(), pixels)
+        step = model(torch.tensor([[want[0]]]), state=prefill.state).logits[0, -1]
+    x = torch.cat([official_embeddings(checkpoint, PROMPT, features), emb[want[0]].view(1, 1, -1)], dim=1)
+    assert relative_rms_error(step, official_lm_logits(checkpoint, x, pad=n_pad)[-1]) < 1e-10
+    # ... which is not the official re-padded forward (26 positions get 6 pads, not 7).
+    assert relative_rms_error(step, official_lm_logits(checkpoint, x)[-1]) > 1e-3
+
+
+def test_cached_generation_batches_and_samples(model, pixels):
+    other = [24, 59, 33] + [IMAGE_TOKEN] * K + [11, 5, 6, 59]
+    g = torch.Generator().manual_seed(4)
+    second = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in pixels.items()}
+    both = {k: torch.cat([pixels[k], second[k]]) for k in pixels}
+    batch = model.generate([PROMPT, other], both, max_new_tokens=5, stop_tokens=())
+    one = model.generate(ids(), pixels, max_new_tokens=5, stop_tokens=())
+    two = model.generate(ids(other), second, max_new_tokens=5, stop_tokens=())
+    assert batch.tokens == one.tokens + two.tokens
+    a = model.generate(ids(), pixels, max_new_tokens=5, do_sample=True, generator=torch.Generator().manual_seed(1))
+    b = model.generate(ids(), pixels, max_new_tokens=5, do_sample=True, generator=torch.Generator().manual_seed(1))
+    assert a.tokens == b.tokens and len(a.tokens[0]) >= 1
+
+
+def test_scan_policies_on_rwkv7(checkpoint, pixels, features):
+    """Not in the official v7.00 code: BiDir reverses the image span in odd layers; block 0's value (v_first)
+    moves with its token. Equal to the reference; a policy that moves nothing equals UniDir."""
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, scan=BiDir()).eval()
+    with torch.no_grad():
+        got = model(ids(), pixels).logits[0]
+    ref = official_logits(checkpoint, PROMPT, features, scan="bidir", num_token_per_image=K)
+    assert relative_rms_error(got, ref) < 1e-10
+    assert relative_rms_error(got, official_logits(checkpoint, PROMPT, features)) > 1e-3
+    # Cached decoding after a scanned prefill equals the scanned forward over the longer sequence.
+    out = model.generate(ids(), pixels, max_new_tokens=1, stop_tokens=())
+    with torch.no_grad():
+        prefill = model(ids(), pixels)
+        step = model(torch.tensor([[out.tokens[0][0]]]), state=prefill.state).logits[0, -1]
+    emb = checkpoint["rwkv.emb.weight"].double()
+    x = torch.cat([official_embeddings(checkpoint, PROMPT, features), emb[out.tokens[0][0]].view(1, 1, -1)], 1)
+    ref = official_lm_logits(checkpoint, x, pad=model.pad_count(len(PROMPT)), scan="bidir", spans=[(3, K)])
+    assert relative_rms_error(step, ref[-1]) < 1e-10
+
+
+def test_labels_never_target_image_positions(model, pixels):
+    labels = ids().clone()
+    out = model(ids(), pixels, labels=labels)
+    logits = out.logits[0, :-1]
+    targets = labels[0, 1:].clone()
+    targets[targets == IMAGE_TOKEN] = -100
+    want = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    assert torch.allclose(out.loss.double(), want, rtol=1e-5)
