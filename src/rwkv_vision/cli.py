@@ -1,16 +1,19 @@
 """Command line: ``rwkv-vision {chat,convert,info,demo,selftest} ...`` (or ``python -m rwkv_vision.cli``).
 
-    chat     answer a question about an image, streaming the answer to stdout
+    chat     answer a question about an image, streaming the answer to stdout (or, with a text-only RWKV-7 /
+             RWKV-6 language model, answer a question)
     convert  rewrite a checkpoint (e.g. a released .pth) as a save_pretrained directory (config.json +
              model.safetensors), or as one official-names .safetensors file
     info     what a checkpoint holds (sizes, encoder, projector, scan, layout, dtype, parameter count) as JSON;
-             reads no tensor data
+             reads no tensor data. For a language model: its architecture (rwkv7 = x070, rwkv6 = x060) and sizes
     demo     the shipped toy model answering questions about generated images, offline
     selftest check every compiled kernel on this machine's devices against the float64 reference
 
 A checkpoint (``--model`` / ``SOURCE``) is anything ``VisualRWKV.from_pretrained`` takes: a save_pretrained
 directory, a .pth or .safetensors file, a Hub repo id (with ``--filename`` for one file), or a short name
-such as ``visualrwkv-6.0-1b6`` or a shipped model's name (``shapes-vqa-tiny``). Errors are printed as one line on stderr with exit status 1 (``--debug``
+such as ``visualrwkv-6.0-1b6`` or a shipped model's name (``shapes-vqa-tiny``). A local language-model
+checkpoint (an official RWKV-7 "x070" or RWKV-6 "x060" ``.pth``/``.safetensors`` with bare ``emb.``/``blocks.``
+keys, or a directory written by ``RWKV7.save_pretrained``) is recognised by its keys and handled as a text model. Errors are printed as one line on stderr with exit status 1 (``--debug``
 anywhere on the line shows the traceback); a closed stdout (``| head``) ends the command quietly.
 """
 
@@ -55,10 +58,57 @@ def _load(args, **kwargs):
     )
 
 
+def _language_model_path(source, filename=None):
+    """The local path of a text-only language-model checkpoint (RWKV7/RWKV6), or None for anything else."""
+    from pathlib import Path
+
+    from .checkpoint.lm import is_language_model_checkpoint
+
+    if not isinstance(source, str) or not source:
+        return None
+    path = Path(source) / filename if filename else Path(source)
+    return path if path.exists() and is_language_model_checkpoint(path) else None
+
+
+def _chat_text(args, path) -> int:
+    """A text-only chat turn with a language model: the World chat format, stopping at a blank line."""
+    if args.image is not None:
+        raise ValueError(f"IMAGE: {path} is a text-only language model; ask without an image")
+    from .checkpoint.lm import load_language_model
+    from .generation import CHAT_STOP_TOKENS, TextStreamer
+
+    model = load_language_model(path, dtype=parse_dtype(args.dtype), device=args.device)
+    if model.tokenizer is None:
+        raise ValueError(f"--model: {path} has a {model.vocab_size}-token vocabulary, not the World tokenizer's 65536")
+    prompt = f"User: {args.question.strip()}\n\nAssistant:"
+    ids = model.tokenizer.encode(prompt)
+    stop = set(CHAT_STOP_TOKENS)
+    shown = []
+
+    def on_text(row: int, text: str) -> None:
+        shown.append(text)
+        if not args.no_stream:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    streamer = TextStreamer(model.tokenizer, on_text=on_text)
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, stop_tokens=tuple(stop), streamer=streamer)
+    if args.no_stream:
+        tokens = [t for t in out.tokens[0] if t not in stop]
+        print(model.tokenizer.decode(tokens).strip())
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
+
+
 def _chat(args) -> int:
     image_path, question = args.image, args.question
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    lm_path = _language_model_path(args.model, args.filename)
+    if lm_path is not None:
+        return _chat_text(args, lm_path)
     image = None
     if image_path is not None:
         from .errors import ImageError
@@ -103,6 +153,15 @@ def _chat(args) -> int:
 
 
 def _convert(args) -> int:
+    lm_path = _language_model_path(args.source, args.filename)
+    if lm_path is not None:
+        if args.scan or args.layout:
+            raise ValueError(f"--scan/--layout: {lm_path} is a text-only language model (no images to scan)")
+        from .checkpoint.lm import load_language_model, save_language_model
+
+        model = load_language_model(lm_path)
+        print(f"wrote {save_language_model(model, args.output, dtype=parse_dtype(args.dtype))}")
+        return 0
     kwargs = {k: v for k, v in (("scan", args.scan), ("layout", args.layout)) if v}
     model = _load(args, **kwargs)
     from .checkpoint.pretrained import checkpoint_metadata
@@ -115,6 +174,12 @@ def _convert(args) -> int:
 
 
 def _info(args) -> int:
+    lm_path = _language_model_path(args.source, args.filename)
+    if lm_path is not None:
+        from .checkpoint.lm import describe_language_model
+
+        print(json.dumps(describe_language_model(lm_path), indent=2))
+        return 0
     from .checkpoint.pretrained import describe_checkpoint
 
     print(json.dumps(describe_checkpoint(_resolve_name(args.source), args.filename, args.revision), indent=2))
