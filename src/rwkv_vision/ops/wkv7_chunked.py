@@ -38,17 +38,19 @@ __all__ = ["wkv7_chunked", "DEFAULT_CHUNK"]
 DEFAULT_CHUNK = 16
 
 
-def _lower_triangular(diagonals: list[torch.Tensor], L: int, *, like: torch.Tensor) -> torch.Tensor:
-    """[..., L, L] with diagonals[d - 1] ([..., L - d]) on sub-diagonal d and zeros on and above the diagonal."""
+def _lower_triangular(diagonals: list[torch.Tensor], L: int, c: int, *, like: torch.Tensor) -> torch.Tensor:
+    """[..., L, L, c] with diagonals[d - 1] ([..., L - d, c]) on sub-diagonal d, zeros on and above the diagonal."""
     batch = like.shape[:-2]
     if L == 1:
-        return like.new_zeros(*batch, 1, 1)
-    padded = torch.stack([F.pad(x, (0, d)) for d, x in enumerate(diagonals, 1)], dim=-2)  # [..., L - 1, L]
+        return like.new_zeros(*batch, 1, 1, c)
+    # Row p of the result holds, at column q < p, element q of diagonal p - q: lay the diagonals out as
+    # [..., L - 1 (d), L (q), c], zero-padded along q, then gather all L x L entries at once.
+    padded = torch.stack([F.pad(x, (0, 0, 0, d)) for d, x in enumerate(diagonals, 1)], dim=-3)
     steps = torch.arange(L, device=like.device)
     d = steps.view(L, 1) - steps.view(1, L)  # [L(row), L(col)]: the sub-diagonal of each entry
-    index = (d.clamp(min=1) - 1) * L + steps.view(1, L)  # entry (row, col) is element col of diagonal row - col
-    flat = padded.flatten(-2)[..., index.flatten()].view(*batch, L, L)
-    return flat * (d > 0)
+    index = (d.clamp(min=1) - 1) * L + steps.view(1, L)
+    flat = padded.flatten(-3, -2)[..., index.flatten(), :].view(*batch, L, L, c)
+    return flat * (d > 0).unsqueeze(-1)
 
 
 def _one_sequence(r, w, k, v, a, b, state, L):
@@ -75,20 +77,21 @@ def _one_sequence(r, w, k, v, a, b, state, L):
     # Pairs (row p, column q < p) of the chunk, one sub-diagonal d = p - q at a time. Their exponent
     # E_d[q] = w_{q+1} + ... + w_{p-1} (<= 0) is built up diagonal by diagonal: E_1 = 0 and
     # E_{d+1}[q] = E_d[q + 1] + w_{q+1}. Rows are a_p (for the solve) and r_p exp(w_p) (for y); columns
-    # are b_q and k_q: four dot products per pair, as one [2, n] x [n, 2] matmul.
-    rows = torch.stack((ac, r_dec), dim=-2)  # [.., L, 2, n]
-    cols = torch.stack((bc, kc), dim=-1)  # [.., L, n, 2]
+    # are b_q and k_q: four dot products per pair, one broadcast product summed over n (a batch of tiny
+    # matmuls is much slower, backward above all).
+    rows = torch.stack((ac, r_dec), dim=-2).unsqueeze(-2)  # [.., L, 2, 1, n]
+    cols = torch.stack((bc, kc), dim=-2).unsqueeze(-3)  # [.., L, 1, 2, n]
     diagonals = []
     E = None
     for d in range(1, L):
-        row, col = rows[..., d:, :, :], cols[..., : L - d, :, :]
+        row, col = rows[..., d:, :, :, :], cols[..., : L - d, :, :, :]
         if d > 1:
             E = wc[..., 1 : L - d + 1, :] if E is None else E[..., 1:, :] + wc[..., 1 : L - d + 1, :]
-            row = row * torch.exp(E).unsqueeze(-2)
-        diagonals.append(row @ col)  # [.., L - d, 2, 2]
-    parts = [[_lower_triangular([x[..., i, j] for x in diagonals], L, like=rc) for j in range(2)] for i in range(2)]
-    T_ab, T_ak = parts[0]  # [.., L, L] strictly lower: a_p exp(A_{p-1} - A_q) . b_q and . k_q
-    R_b, R_k = parts[1]  # strictly lower: r_p exp(A_p - A_q) . b_q and . k_q
+            row = row * torch.exp(E)[..., None, None, :]
+        diagonals.append((row * col).sum(-1))  # [.., L - d, 2, 2]
+    pairs = _lower_triangular([x.flatten(-2) for x in diagonals], L, 4, like=rc)  # [.., L, L, 4]
+    # Strictly lower: a_p exp(A_{p-1} - A_q) . b_q and . k_q (the solve), r_p exp(A_p - A_q) . b_q and . k_q (y).
+    T_ab, T_ak, R_b, R_k = pairs.unbind(-1)
     # The diagonal of the output's pair terms: step t reads its own update with no decay in between.
     R_b = R_b + torch.diag_embed((rc * bc).sum(-1))
     R_k = R_k + torch.diag_embed((rc * kc).sum(-1))
@@ -109,10 +112,12 @@ def _one_sequence(r, w, k, v, a, b, state, L):
     H = B_end @ U_0 + (kc * decay_to_end).transpose(-1, -2) @ vc  # [.., n, n]
     G = torch.exp(A_last).unsqueeze(-1)  # [.., n, 1]
 
+    # unbind, not indexing, per chunk: the backward of m selections would zero-fill m full-size gradients.
+    per_chunk = zip(*(x.unbind(dim=2) for x in (Y_0, Q, G, B_end, W_x, H)))
     ys = []
-    for c in range(m):
-        ys.append(Y_0[:, :, c] + Q[:, :, c] @ state)
-        state = G[:, :, c] * state + B_end[:, :, c] @ (W_x[:, :, c] @ state) + H[:, :, c]
+    for y_0, q, g, b_end, w_x, h_c in per_chunk:
+        ys.append(y_0 + q @ state)
+        state = g * state + b_end @ (w_x @ state) + h_c
     y = torch.stack(ys, dim=2).reshape(bb, h, m * L, n)[:, :, :t]
     return y, state
 
