@@ -211,3 +211,47 @@ def test_labels_never_target_image_positions(model, pixels):
     targets[targets == IMAGE_TOKEN] = -100
     want = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
     assert torch.allclose(out.loss.double(), want, rtol=1e-5)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_from_pretrained_pth_safetensors_and_directory_round_trip(tmp_path, checkpoint, model, pixels):
+    from rwkv_vision import VisualRWKV
+    from rwkv_vision.checkpoint.families import check_family
+    from rwkv_vision.checkpoint.pretrained import describe_checkpoint
+
+    torch.save(checkpoint, tmp_path / "v7.pth")  # a released file is a pickled flat dict
+    loaded = VisualRWKV.from_pretrained(tmp_path / "v7.pth", dtype=torch.float64)
+    assert _same_weights(loaded, model) and loaded.pad_to_multiple == 16
+    assert describe_checkpoint(tmp_path / "v7.pth")["family"] == "v7.00"
+    # Back to the released layout, as one .safetensors file: the same keys and tensors.
+    flat = model.official_state_dict()
+    assert set(flat) == set(checkpoint) and check_family(flat, "v7.00").name == "v7.00"
+    assert all(torch.equal(flat[k].double(), checkpoint[k].double()) for k in flat)
+    model.save_pretrained(tmp_path / "v7.safetensors")
+    again = VisualRWKV.from_pretrained(tmp_path / "v7.safetensors")
+    assert _same_weights(again, model)
+    # A save_pretrained directory: config.json (architecture rwkv7, padding, towers, projector, layout,
+    # per-tower preprocessing) round-trips to the same model and the same logits.
+    model.save_pretrained(tmp_path / "dir")
+    back = VisualRWKV.from_pretrained(tmp_path / "dir")
+    assert back.config == model.config and _same_weights(back, model)
+    assert back.config.to_dict()["padding"] == {"multiple": 16, "token": 261}
+    assert describe_checkpoint(tmp_path / "dir")["family"] == "v7.00"
+    with torch.no_grad():
+        assert torch.equal(back(ids(), pixels).logits, model(ids(), pixels).logits)
+    assert back.image_preprocessor == model.image_preprocessor
+
+
+def test_hd_files_are_recognised_and_refused_by_name(tmp_path):
+    from rwkv_vision import VisualRWKV
+    from rwkv_vision.errors import CheckpointError
+
+    from reference.visualrwkv7_ref import tiny_family_checkpoint
+
+    torch.save(tiny_family_checkpoint("uhd"), tmp_path / "uhd.pth")
+    with pytest.raises(CheckpointError, match="VisualRWKV uhd checkpoint .VisualRWKV-v0613"):
+        VisualRWKV.from_pretrained(tmp_path / "uhd.pth")

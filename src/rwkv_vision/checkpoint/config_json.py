@@ -28,6 +28,10 @@ error (a newer writer's field must not be silently dropped)::
                       file: the tokenizer file name in the directory
     dtype             dtype of the language model's parameters as saved ("bfloat16", "float32", ...)
     metadata          optional: free-form JSON (e.g. how the model was trained); kept, never interpreted
+    architecture      optional: "rwkv6" (the default when absent) or "rwkv7"; with "rwkv7" the rwkv section holds
+                      RWKV7 keyword arguments (n_layer, n_embd, head_size, dim_ffn, d_w, d_a, d_v, d_g, vocab_size)
+    padding           optional: {"multiple": m, "token": id}: fresh sequences are left-padded with the embedding
+                      of id up to a multiple of m (the official v7.00 forward: 16, 261); absent: no padding
 
 Shape legend: n images, k tokens per image, w vision width, c channels (LM width).
 """
@@ -43,7 +47,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..models.config import RWKV6Config
+from ..models.config import RWKV6Config, RWKV7Config, VisualRWKVConfig
 from ..sections import (
     TOKENIZER_NAME,
     check_section,
@@ -89,6 +93,9 @@ __all__ = [
     "load_config",
 ]
 
+#: The language-model config of each ``architecture`` value (absent: "rwkv6", every file before RWKV-7).
+_LM_CONFIGS = {"rwkv6": RWKV6Config, "rwkv7": RWKV7Config}
+
 FORMAT = "rwkv_vision.VisualRWKV"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -110,6 +117,7 @@ def model_to_config(model, *, metadata: Mapping[str, Any] | None = None) -> tupl
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        **({"architecture": "rwkv7"} if isinstance(model.rwkv.config, RWKV7Config) else {}),
         "rwkv": model.rwkv.config.to_dict(),
         "encoder": encoder_to_config(model.encoder),
         "projector": projector_to_config(model.proj),
@@ -119,6 +127,8 @@ def model_to_config(model, *, metadata: Mapping[str, Any] | None = None) -> tupl
         "tokenizer": tok_entry,
         "dtype": dtype_name(model.rwkv.emb.weight.dtype),
     }
+    if model.padding_config() is not None:
+        config["padding"] = model.padding_config()
     if metadata is not None:
         if not isinstance(metadata, Mapping):
             raise TypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
@@ -153,12 +163,20 @@ def validate_config(config: Any, *, source: str = "config.json") -> None:
             f"{source}: format_version {version!r} is not supported (this rwkv_vision reads version "
             f"{FORMAT_VERSION}{'; upgrade rwkv_vision' if isinstance(version, int) and version > FORMAT_VERSION else ''})"
         )
-    problems = check_section("config", config, required=_TOP, optional=("metadata",))
-    if "rwkv" in config:
-        try:  # the language model's section is its RWKV6Config: one set of checks for code and files
-            RWKV6Config.from_dict(config["rwkv"], source="rwkv")
+    problems = check_section("config", config, required=_TOP, optional=("metadata", "architecture", "padding"))
+    architecture = config.get("architecture", "rwkv6")
+    if architecture not in _LM_CONFIGS:
+        problems.append(f"architecture must be one of {sorted(_LM_CONFIGS)}, got {architecture!r}")
+    elif "rwkv" in config:
+        try:  # the language model's section is its RWKV6Config/RWKV7Config: one set of checks for code and files
+            _LM_CONFIGS[architecture].from_dict(config["rwkv"], source="rwkv")
         except ConfigError as e:
             problems.append(str(e))
+    if "padding" in config:
+        try:
+            VisualRWKVConfig(RWKV6Config(1, 64), {}, {}, {}, {}, padding=config["padding"])
+        except ConfigError as e:
+            problems.append(str(e).replace("VisualRWKVConfig.", ""))
     if "dtype" in config:
         try:
             parse_dtype(config["dtype"])
@@ -185,12 +203,14 @@ def model_from_config(
     ``overrides`` (``scan=``, ``layout=``, ``preprocessor=``, ``freeze_encoder=``) replace the config's choices.
     """
     from ..models.rwkv6 import RWKV6
+    from ..models.rwkv7 import RWKV7
     from ..models.visualrwkv import VisualRWKV
 
     validate_config(config, source=source)
     cls = VisualRWKV if cls is None else cls
+    lm_cls = RWKV7 if config.get("architecture", "rwkv6") == "rwkv7" else RWKV6
     try:
-        rwkv_config = RWKV6Config.from_dict(config["rwkv"])
+        rwkv_config = _LM_CONFIGS[config.get("architecture", "rwkv6")].from_dict(config["rwkv"])
         # Cheap checks first: sections that are wrong fail before the language model is built.
         scan = overrides.pop("scan", None) or scan_from_config(config["scan"])
         layout = overrides.pop("layout", None) or layout_from_config(config["layout"])
@@ -205,7 +225,7 @@ def model_from_config(
         # Random weights: built in the order language model, encoder, projector, so that the initialisation
         # is stable; on the meta device (a load) the cheaper encoder goes first, so a bad section fails fast.
         meta = device is not None and torch.device(device).type == "meta"
-        rwkv = None if meta else RWKV6(rwkv_config, device=device, dtype=dtype)
+        rwkv = None if meta else lm_cls(rwkv_config, device=device, dtype=dtype)
         encoder = encoder_from_config(config["encoder"], device=device, dtype=dtype)
         if isinstance(proj_data, Mapping) and proj_data.get("in_features") != encoder.width:
             raise CheckpointError(
@@ -213,7 +233,7 @@ def model_from_config(
             )
         proj = projector_from_config(proj_data, device=device, dtype=dtype)
         if rwkv is None:
-            rwkv = RWKV6(rwkv_config, device=device, dtype=dtype)
+            rwkv = lm_cls(rwkv_config, device=device, dtype=dtype)
     except (CheckpointError, ConfigError) as e:
         raise CheckpointError(f"{source}: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, ArithmeticError, AssertionError, RuntimeError) as e:
@@ -224,6 +244,9 @@ def model_from_config(
         text = text if len(text) <= 200 else text[:197] + "..."
         raise CheckpointError(f"{source}: cannot build the model it describes ({type(e).__name__}: {text})") from None
     overrides.setdefault("freeze_encoder", bool(config["encoder"]["frozen"]))
+    if "padding" in config:
+        overrides.setdefault("pad_to_multiple", config["padding"]["multiple"])
+        overrides.setdefault("pad_token_id", config["padding"]["token"])
     try:
         return cls(
             rwkv=rwkv,

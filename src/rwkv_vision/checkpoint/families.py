@@ -379,8 +379,9 @@ def visualrwkv7_from_official_state_dict(
         pad_token_id=V7_PAD_TOKEN,
         **kwargs,
     )
+    from_meta = any(getattr(v, "is_meta", False) for v in state_dict.values())  # describe(): shapes only
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
+    if left and not from_meta:
         from ..errors import CheckpointError
 
         raise CheckpointError(f"no values in the v7.00 file for {left[:8]} (tensors outside its state dict)")
@@ -391,3 +392,30 @@ def visualrwkv7_from_official_state_dict(
 
 #: The registered prompt layout of v7.00 (images first, "User: " tokenised alone).
 V7_LAYOUT = "visualrwkv7"
+
+
+def visualrwkv7_official_state_dict(model: Any) -> dict[str, Any]:
+    """A v7.00-layout model's parameters under the released names: ``rwkv.*`` (x070), the towers as
+    ``vit.{name}_featurizer.*`` and the projector as ``proj.*``; the inverse of
+    :func:`visualrwkv7_from_official_state_dict` (check_family accepts the result)."""
+    from ..models.rwkv7 import RWKV7
+    from ..vision.convert_v7 import encoder_to_v7_state_dict
+    from ..vision.multi_encoder import MultiEncoder
+    from ..vision.projector import PROJECTORS
+
+    proj_cls = PROJECTORS.get(V7_PROJECTOR)
+    if not (
+        isinstance(model.rwkv, RWKV7) and isinstance(model.encoder, MultiEncoder) and isinstance(model.proj, proj_cls)
+    ):
+        raise ValueError(
+            "official_state_dict: the v7.00 layout needs an RWKV7 language model, a MultiEncoder and the "
+            f"{V7_PROJECTOR!r} projector, got {type(model.rwkv).__name__}, {type(model.encoder).__name__}, "
+            f"{type(model.proj).__name__}"
+        )
+    # Block 0 of the official x070 time mix has no value-residual LoRA (v0/v1/v2 are created for layer_id != 0
+    # only, and block 0 never reads them), so the released files do not hold them.
+    unused = {f"blocks.0.att.{name}" for name in ("v0", "v1", "v2")}
+    sd = {RWKV + k: v for k, v in model.rwkv.state_dict().items() if k not in unused}
+    sd.update(encoder_to_v7_state_dict(model.encoder))
+    sd.update({"proj." + k: v for k, v in model.proj.state_dict().items()})
+    return sd

@@ -158,7 +158,7 @@ def from_pretrained(
                 "load the directory that contains both"
             )
         try:
-            model = visualrwkv_from_official_state_dict(sd, cls=cls, **kwargs)
+            model = load_released_state_dict(sd, cls=cls, source=path, **kwargs)
         except StateDictError as e:
             hint = f"{e.hint} (in {path})" if e.hint else f"in {path}"
             raise StateDictError(e.missing, e.unexpected, e.mismatched, hint=hint) from None
@@ -169,6 +169,38 @@ def from_pretrained(
         if model.tokenizer is None and model.rwkv.vocab_size == WORLD_VOCAB_SIZE:
             model.tokenizer = WorldTokenizer()  # the released models' tokenizer (its vocabulary is bundled)
     return model.eval()
+
+
+def released_family_loader(state_dict: Mapping[str, Any]) -> str:
+    """Which loader a released flat state dict goes to, from its keys alone: ``"v7.00"`` (HD towers and an
+    x070 language model), ``"hd/uhd"`` (HD towers, x060) or ``"v6.0"`` (everything else, whose strict loader
+    then names every key that does not fit)."""
+    from .families import TOWER_PREFIX
+
+    towers = any(k.startswith(tuple(TOWER_PREFIX.values())) for k in state_dict)
+    if not towers:
+        return "v6.0"
+    x070 = any(k.startswith("rwkv.blocks.") and k.endswith((".att.r_k", ".att.w0", ".att.k_k")) for k in state_dict)
+    return "v7.00" if x070 else "hd/uhd"
+
+
+def load_released_state_dict(state_dict: Mapping[str, Any], *, cls=None, source: Any = "state_dict", **kwargs: Any):
+    """A ``VisualRWKV`` from a released flat state dict of any family it can load: v6.0
+    (``official.visualrwkv_from_official_state_dict``) or v7.00 (``families.visualrwkv7_from_official_state_dict``);
+    an HD / UHD file (recognised by :func:`~rwkv_vision.checkpoint.families.detect_family`) is refused with a
+    ``CheckpointError`` naming its family."""
+    from .families import FAMILIES, detect_family, visualrwkv7_from_official_state_dict
+
+    kind = released_family_loader(state_dict)
+    if kind == "v7.00":
+        return visualrwkv7_from_official_state_dict(state_dict, cls=cls, **kwargs)
+    if kind == "hd/uhd":
+        family = FAMILIES[detect_family(state_dict).name]  # a StateDictError naming the misfits otherwise
+        raise CheckpointError(
+            f"{source}: a VisualRWKV {family.name} checkpoint ({family.files}: {family.description}); "
+            "recognised, but this version of rwkv_vision loads only the v6.0 and v7.00 families"
+        )
+    return visualrwkv_from_official_state_dict(state_dict, cls=VisualRWKV if cls is None else cls, **kwargs)
 
 
 # --- saving -----------------------------------------------------------------------------------------------
@@ -226,7 +258,10 @@ def save_pretrained(
     dtype = parse_dtype(dtype)
     path = Path(path)
     if path.suffix == ".safetensors":
-        header = {"format": "pt", "layout": "visualrwkv-v6.0-official"}
+        from ..models.rwkv7 import RWKV7
+
+        family = "v7.00" if isinstance(model.rwkv, RWKV7) else "v6.0"
+        header = {"format": "pt", "layout": f"visualrwkv-{family}-official"}
         if metadata is not None:
             header[METADATA_KEY] = _metadata_text(metadata)
         sd = _safetensors_ready(model.official_state_dict(), dtype)
@@ -304,6 +339,19 @@ def checkpoint_metadata(name_or_path: str | os.PathLike, filename: str | None = 
 # --- describing -------------------------------------------------------------------------------------------
 
 
+def _directory_family(config: Mapping[str, Any], specs: Mapping[str, Any]) -> str | None:
+    """The released family a save_pretrained directory has the layout of (its parts, not its key names), or
+    None: v7.00 (RWKV-7, the three towers, the context-gating projector), v6.0 (RWKV-6, one ViT, linear)."""
+    projector = config.get("projector", {}).get("type")
+    encoder = config.get("encoder", {})
+    towers = [t.get("name") for t in encoder.get("towers", [])] if isinstance(encoder.get("towers"), list) else []
+    if config.get("architecture") == "rwkv7" and projector == "context_gating" and towers == ["dino", "siglip", "sam"]:
+        return "v7.00"
+    if config.get("architecture", "rwkv6") == "rwkv6" and projector == "linear" and encoder.get("kind") == "timm_vit":
+        return "v6.0"
+    return None
+
+
 def describe_checkpoint(
     name_or_path: str | os.PathLike,
     filename: str | None = None,
@@ -331,18 +379,26 @@ def describe_checkpoint(
             raise CheckpointError(
                 f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory"
             )
-        model = visualrwkv_from_official_state_dict(specs)  # meta tensors: sizes only
+        model = load_released_state_dict(specs, source=path)  # meta tensors: sizes only
         config, _ = model_to_config(model)
         config["dtype"] = str(specs[OFFICIAL_PREFIXES["rwkv"] + "emb.weight"].dtype).removeprefix("torch.")
         fmt = "official .safetensors" if path.suffix == ".safetensors" else f"official {path.suffix}"
-        parts = {"rwkv": OFFICIAL_PREFIXES["rwkv"], "encoder": OFFICIAL_PREFIXES["vit"], "projector": "proj."}
+        vit = OFFICIAL_PREFIXES["vit"] if released_family_loader(specs) == "v6.0" else "vit."
+        parts = {"rwkv": OFFICIAL_PREFIXES["rwkv"], "encoder": vit, "projector": "proj."}
     by_part = {
         name: sum(t.numel() for k, t in specs.items() if k.startswith(p) and not k.endswith("position_ids"))
         for name, p in parts.items()
     }
+    from .families import detect_family
+
+    try:
+        family = detect_family(specs).name if not path.is_dir() else _directory_family(config, specs)
+    except StateDictError:
+        family = None
     info = {
         "path": str(path),
         "format": fmt,
+        "family": family,
         **{k: v for k, v in config.items() if k not in ("format", "format_version")},
     }
     if path.is_dir():

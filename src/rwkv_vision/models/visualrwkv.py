@@ -403,8 +403,14 @@ class VisualRWKV(nn.Module):
         return visualrwkv_from_official_state_dict(state_dict, cls=cls, **kwargs)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters under the released checkpoint's names (``rwkv.*``, ``vit.vision_model.*``,
-        ``proj.weight``); only for the v6.0 linear projector."""
+        """The parameters under the released checkpoint's names: v6.0 (``rwkv.*``, ``vit.vision_model.*``,
+        ``proj.weight``; a CLIP encoder and the linear projector) or v7.00 (``rwkv.*`` x070,
+        ``vit.{dino,siglip,sam}_featurizer.*``, ``proj.{gate,o_proj,ln_v}.*``; an RWKV-7 model with a
+        MultiEncoder and the context-gating projector)."""
+        if isinstance(self.rwkv, RWKV7) or _is_multi(self.encoder):
+            from ..checkpoint.families import visualrwkv7_official_state_dict
+
+            return visualrwkv7_official_state_dict(self)
         from ..checkpoint.official import visualrwkv_official_state_dict
 
         return visualrwkv_official_state_dict(self)
