@@ -20,12 +20,18 @@ from rwkv_vision.checkpoint.config_json import (
     tokenizer_to_config,
 )
 from rwkv_vision.cli import build_parser
-from rwkv_vision.prompt import LAYOUTS, ImageFirst, ImageLast, Sandwich, get_layout
+from rwkv_vision.prompt import LAYOUTS, ImageFirst, ImageFirstRun, ImageLast, Sandwich, get_layout
 from rwkv_vision.registry import Registry, UnknownNameError
 from rwkv_vision.scan import SCANS, BiDir, Custom, MultiDir, ScanPolicy, Snake, UniDir, Zigzag, get_scan_policy
 from rwkv_vision.tokenizers import TOKENIZERS, WordTokenizer, WorldTokenizer
 from rwkv_vision.vision import ENCODERS, PROJECTORS, create_encoder, list_encoders, register_encoder, tiny_clip
-from rwkv_vision.vision.projector import GatedMLPProjector, LinearProjector, MLPProjector, create_projector
+from rwkv_vision.vision.projector import (
+    ContextGatingProjector,
+    GatedMLPProjector,
+    LinearProjector,
+    MLPProjector,
+    create_projector,
+)
 
 # --- the generic registry ---------------------------------------------------------------------------------
 
@@ -109,12 +115,16 @@ def test_the_library_components_are_registered():
         "first": ImageFirst,
         "last": ImageLast,
         "middle": Sandwich,
+        "image_first_run": ImageFirstRun,
+        "visualrwkv7": ImageFirstRun,
     }
     assert dict(PROJECTORS) == {
         "linear": LinearProjector,
         "mlp": MLPProjector,
         "gated_mlp": GatedMLPProjector,
         "mlp2x_gelu": MLPProjector,
+        "context_gating": ContextGatingProjector,
+        "mlp_with_context_gating": ContextGatingProjector,
     }
     assert dict(TOKENIZERS) == {"world": WorldTokenizer, "word": WordTokenizer}
     assert {"clip-vit-l14-336", "tiny-clip"} <= set(ENCODERS.names()) and ENCODERS.get("tiny-clip") is tiny_clip
@@ -224,13 +234,16 @@ def test_config_sections_keep_their_format():
         user_role="U", assistant_role="A"
     )
     with pytest.raises(
-        CheckpointError, match=r"layout.name must be one of \['image_first', 'image_last', 'sandwich'\]"
+        CheckpointError,
+        match=r"layout.name must be one of \['image_first', 'image_first_run', 'image_last', 'sandwich'\]",
     ):
         layout_from_config({"name": "first", "user_role": "U", "assistant_role": "A"})  # aliases are not written
     data = projector_to_config(MLPProjector(4, 6, hidden_features=5))
     assert data == {"type": "mlp", "in_features": 4, "out_features": 6, "hidden_features": 5, "bias": True}
     assert isinstance(projector_from_config(data), MLPProjector)
-    with pytest.raises(CheckpointError, match=r"projector.type must be one of \['gated_mlp', 'linear', 'mlp'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"projector.type must be one of \['context_gating', 'gated_mlp', 'linear', 'mlp'\]"
+    ):
         projector_from_config(dict(data, type="mlp2x_gelu"))
     word = WordTokenizer()
     assert tokenizer_to_config(word, vocab_size=1) == ({"type": "word", "file": "tokenizer.json"}, word)

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .prompt import LAYOUTS, PromptLayout, Sandwich
+from .prompt import LAYOUTS, ImageFirstRun, PromptLayout, Sandwich
 from .scan import SCANS, Custom, ScanPolicy, Snake, Zigzag
 from .tokenizers import TOKENIZERS
+from .vision.multi_preprocess import MultiImagePreprocessor, SquareResize
 from .vision.preprocess import ImagePreprocessor
-from .vision.projector import PROJECTORS, GatedMLPProjector, LinearProjector, MLPProjector
+from .vision.projector import PROJECTORS, ContextGatingProjector, GatedMLPProjector, LinearProjector, MLPProjector
 
 #: The file name of a tokenizer saved beside config.json.
 TOKENIZER_NAME = "tokenizer.json"
@@ -44,6 +45,8 @@ VIT_LIMITS = dict(
 )
 #: Upper bound on projector widths (the language model's n_embd is at most 65536).
 MAX_FEATURES = 1 << 20
+#: The most towers a multi-tower encoder described by a file may have.
+MAX_TOWERS = 8
 
 __all__ = [
     "TOKENIZER_NAME",
@@ -176,6 +179,8 @@ def layout_to_config(layout: PromptLayout) -> dict[str, Any]:
     out: dict[str, Any] = {"name": kind, "user_role": layout.user_role, "assistant_role": layout.assistant_role}
     if isinstance(layout, Sandwich):
         out["instruction"] = layout.instruction
+    if isinstance(layout, ImageFirstRun):
+        out["image_token_id"] = layout.image_token_id
     return out
 
 
@@ -184,16 +189,24 @@ def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
     name = data.get("name") if isinstance(data, Mapping) else None
     if not isinstance(name, str) or name not in LAYOUTS.names():
         raise CheckpointError(f"layout.name must be one of {LAYOUTS.names()}, got {name!r}")
-    extra = ("instruction",) if name == "sandwich" else ()
-    problems = check_section("layout", data, required=("name", "user_role", "assistant_role", *extra), optional=())
+    cls = LAYOUTS.get(name)
+    extra = ("instruction",) if issubclass(cls, Sandwich) else ()
+    ints = ("image_token_id",) if issubclass(cls, ImageFirstRun) else ()
+    problems = check_section("layout", data, required=("name", "user_role", "assistant_role", *extra), optional=ints)
     problems += [
         f"layout.{k} must be a string"
         for k in ("user_role", "assistant_role", *extra)
         if k in data and not isinstance(data[k], str)
     ]
+    problems += [
+        f"layout.{k} must be an int in 0..{MAX_FEATURES}, got {_brief(data[k])}"
+        for k in ints
+        if k in data
+        and not (isinstance(data[k], int) and not isinstance(data[k], bool) and 0 <= data[k] <= MAX_FEATURES)
+    ]
     if problems:
         raise CheckpointError("; ".join(problems))
-    return LAYOUTS.get(name)(**{k: data[k] for k in ("user_role", "assistant_role", *extra)})
+    return cls(**{k: data[k] for k in ("user_role", "assistant_role", *extra, *ints) if k in data})
 
 
 # --- projectors -------------------------------------------------------------------------------------------
@@ -202,8 +215,16 @@ def layout_from_config(data: Mapping[str, Any]) -> PromptLayout:
 def projector_to_config(proj: nn.Module) -> dict[str, Any]:
     """``{"type", "in_features", "out_features", "bias"[, "hidden_features"]}`` (w -> c)."""
     kind = PROJECTORS.name_of(proj)
-    if kind is None or not isinstance(proj, (LinearProjector, MLPProjector, GatedMLPProjector)):
+    if kind is None or not isinstance(proj, (LinearProjector, MLPProjector, GatedMLPProjector, ContextGatingProjector)):
         raise ValueError(f"proj: a {type(proj).__name__} has no config.json form; use one of {PROJECTORS.names()}")
+    if isinstance(proj, ContextGatingProjector):
+        return {
+            "type": kind,
+            "in_features": proj.in_features,
+            "out_features": proj.out_features,
+            "bias": proj.gate.bias is not None,
+            "eps": proj.ln_v.eps,
+        }
     if isinstance(proj, LinearProjector):
         return {
             "type": kind,
@@ -226,8 +247,15 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
     kind = data.get("type") if isinstance(data, Mapping) else None
     if not isinstance(kind, str) or kind not in PROJECTORS.names():
         raise CheckpointError(f"projector.type must be one of {PROJECTORS.names()}, got {kind!r}")
-    sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" else ())
-    problems = check_section("projector", data, required=("type", *sizes, "bias"), optional=())
+    gating = PROJECTORS.get(kind) is ContextGatingProjector
+    sizes = ("in_features", "out_features") + (("hidden_features",) if kind != "linear" and not gating else ())
+    floats = ("eps",) if gating else ()
+    problems = check_section("projector", data, required=("type", *sizes, "bias", *floats), optional=())
+    problems += [
+        f"projector.{k} must be a number in (0, 1), got {_brief(data[k])}"
+        for k in floats
+        if k in data and not (isinstance(data[k], (int, float)) and not isinstance(data[k], bool) and 0 < data[k] < 1)
+    ]
     problems += [
         f"projector.{k} must be an int in 1..{MAX_FEATURES}, got {data[k]!r}"
         for k in sizes
@@ -237,7 +265,7 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
         problems.append(f"projector.bias must be true or false, got {data['bias']!r}")
     if problems:
         raise CheckpointError("; ".join(problems))
-    kwargs = {k: data[k] for k in sizes[2:]}
+    kwargs = {k: data[k] for k in (*sizes[2:], *floats)}
     return PROJECTORS.get(kind)(
         data["in_features"], data["out_features"], bias=data["bias"], device=device, dtype=dtype, **kwargs
     )
@@ -248,9 +276,20 @@ def projector_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -
 _PRE_FIELDS = ("size", "crop_size", "mean", "std", "resample", "alpha")
 
 
-def preprocessor_to_config(pre: ImagePreprocessor) -> dict[str, Any]:
+def preprocessor_to_config(pre: ImagePreprocessor | MultiImagePreprocessor) -> dict[str, Any]:
+    """An :class:`ImagePreprocessor` (``size``, ``crop_size``, ...) or a :class:`MultiImagePreprocessor`
+    (``{"towers": {name: {"size", "mean", "std", "resample"}}, "alpha"}``) as JSON data."""
+    if isinstance(pre, MultiImagePreprocessor):
+        towers = {
+            name: {"size": list(t.size), "mean": list(t.mean), "std": list(t.std), "resample": t.resample}
+            for name, t in pre.transforms.items()
+        }
+        return {"towers": towers, "alpha": pre.alpha}
     if not isinstance(pre, ImagePreprocessor):
-        raise ValueError(f"preprocessor: a {type(pre).__name__} has no config.json form; use an ImagePreprocessor")
+        raise ValueError(
+            f"preprocessor: a {type(pre).__name__} has no config.json form; use an ImagePreprocessor or a "
+            "MultiImagePreprocessor"
+        )
     return {
         "size": pre.size,
         "crop_size": pre.crop_size,
@@ -261,7 +300,41 @@ def preprocessor_to_config(pre: ImagePreprocessor) -> dict[str, Any]:
     }
 
 
-def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor:
+def _multi_preprocessor_from_config(data: Mapping[str, Any]) -> MultiImagePreprocessor:
+    problems = check_section("preprocessor", data, required=("towers", "alpha"), optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    towers = data["towers"]
+    if not isinstance(towers, Mapping) or not 1 <= len(towers) <= MAX_TOWERS:
+        raise CheckpointError(f"preprocessor.towers must be an object of 1..{MAX_TOWERS} towers, got {_brief(towers)}")
+    out = {}
+    for name, t in towers.items():
+        where = f"preprocessor.towers[{_brief(name, 40)}]"
+        problems = check_section(where, t, required=("size", "mean", "std", "resample"), optional=())
+        if problems:
+            raise CheckpointError("; ".join(problems))
+        for k in ("size", "mean", "std"):
+            v = t[k]
+            if (
+                not isinstance(v, list)
+                or len(v) > 3
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            ):
+                raise CheckpointError(f"{where}.{k} must be a list of numbers, got {_brief(v)}")
+        try:
+            out[name] = SquareResize(tuple(t["size"]), mean=t["mean"], std=t["std"], resample=t["resample"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from None
+    try:
+        return MultiImagePreprocessor(out, alpha=data["alpha"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"preprocessor: {e}") from None
+
+
+def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor | MultiImagePreprocessor:
+    """The preprocessor :func:`preprocessor_to_config` described."""
+    if isinstance(data, Mapping) and "towers" in data:
+        return _multi_preprocessor_from_config(data)
     problems = check_section("preprocessor", data, required=_PRE_FIELDS, optional=())
     if problems:
         raise CheckpointError("; ".join(problems))
@@ -471,11 +544,17 @@ def _fingerprint(vit: nn.Module) -> list:
 
 
 def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
-    """A :class:`VisionEncoder` as JSON data; raises if rebuilding from that data would give another model."""
+    """A :class:`VisionEncoder` or a :class:`MultiEncoder` as JSON data; raises if rebuilding from that data
+    would give another model."""
     from .vision.encoders import VisionEncoder
+    from .vision.multi_encoder import MultiEncoder
 
+    if isinstance(encoder, MultiEncoder):
+        return _multi_encoder_to_config(encoder)
     if not isinstance(encoder, VisionEncoder):
-        raise ValueError(f"encoder: a {type(encoder).__name__} has no config.json form; use a VisionEncoder")
+        raise ValueError(
+            f"encoder: a {type(encoder).__name__} has no config.json form; use a VisionEncoder or a MultiEncoder"
+        )
     vit = encoder.vit
     arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
     ours = _vit_options(vit)
@@ -582,13 +661,15 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
 
     from .vision.encoders import VisionEncoder, timm_vit
 
+    if isinstance(data, Mapping) and data.get("kind") == "multi":
+        return _multi_encoder_from_config(data, device=device, dtype=dtype)
     problems = check_section(
         "encoder", data, required=("kind", "timm_model", "timm_kwargs", "layer", "cls", "frozen"), optional=()
     )
     if problems:
         raise CheckpointError("; ".join(problems))
     if data["kind"] != "timm_vit":
-        raise CheckpointError(f"encoder.kind must be 'timm_vit', got {data['kind']!r}")
+        raise CheckpointError(f"encoder.kind must be 'timm_vit' or 'multi', got {data['kind']!r}")
     kwargs = data["timm_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise CheckpointError(f"encoder.timm_kwargs must be an object, got {type(kwargs).__name__}")
@@ -622,3 +703,222 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
     if data["frozen"]:
         enc.requires_grad_(False)
     return enc
+
+
+# --- multi-tower encoders ---------------------------------------------------------------------------------
+
+
+def _sam_options(model: nn.Module) -> dict[str, Any]:
+    """The timm ``VisionTransformerSAM`` arguments readable off a built model."""
+    blk = model.blocks[0]
+    hidden = blk.mlp.fc1.out_features
+    return dict(
+        img_size=list(model.patch_embed.img_size),
+        patch_size=list(model.patch_embed.patch_size),
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=blk.attn.num_heads,
+        # timm builds int(embed_dim * mlp_ratio) hidden units: half a unit over keeps the rebuild exact
+        mlp_ratio=(hidden + 0.5) / model.embed_dim,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        use_abs_pos=model.pos_embed is not None,
+        use_rel_pos=bool(blk.attn.use_rel_pos),
+        window_size=max(b.window_size for b in model.blocks),
+        global_attn_indexes=[i for i, b in enumerate(model.blocks) if b.window_size == 0],
+        neck_chans=model.num_features,
+    )
+
+
+def _tower_to_config(name: str, tower: nn.Module) -> dict[str, Any]:
+    import timm
+
+    from .vision.towers import SamTower, ViTTower, blocks_norm_eps
+
+    if not isinstance(tower, (ViTTower, SamTower)):
+        raise ValueError(f"encoder.towers[{name!r}]: a {type(tower).__name__} has no config.json form")
+    model = tower.model
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if arch is None or arch not in timm.list_models():
+        raise ValueError(
+            f"encoder.towers[{name!r}] has no timm model name; build it with timm_tower(name, **kwargs) so it can "
+            "be described in config.json"
+        )
+    read = _sam_options if isinstance(tower, SamTower) else _vit_options
+    ours = read(model)
+    if isinstance(tower, ViTTower):
+        ours["reg_tokens"] = model.num_reg_tokens
+        fc1 = getattr(model.blocks[0].mlp, "fc1", None)
+        if isinstance(fc1, nn.Linear):
+            ours["mlp_ratio"] = (fc1.out_features + 0.5) / model.embed_dim
+    with torch.device("meta"):
+        base_model = timm.create_model(arch, pretrained=False, num_classes=0)
+    base = read(base_model)
+    if isinstance(tower, ViTTower):
+        base["reg_tokens"] = base_model.num_reg_tokens
+        fc1 = getattr(base_model.blocks[0].mlp, "fc1", None)
+        if isinstance(fc1, nn.Linear):
+            hidden = int(model.embed_dim * fc1.out_features / base_model.embed_dim)
+            base["mlp_ratio"] = ours["mlp_ratio"] if hidden == model.blocks[0].mlp.fc1.out_features else None
+    else:
+        hidden = int(model.embed_dim * base_model.blocks[0].mlp.fc1.out_features / base_model.embed_dim)
+        base["mlp_ratio"] = ours["mlp_ratio"] if hidden == model.blocks[0].mlp.fc1.out_features else None
+    kwargs = {k: v for k, v in ours.items() if k in _ALWAYS or base.get(k, object()) != v}
+    if kwargs.get("init_values") is None:
+        kwargs.pop("init_values", None)
+    out: dict[str, Any] = {"name": name, "type": "sam" if isinstance(tower, SamTower) else "vit"}
+    out.update(timm_model=arch, timm_kwargs=kwargs, norm_eps=blocks_norm_eps(model))
+    if isinstance(tower, SamTower):
+        out["factor"] = tower.factor
+    else:
+        out["layer"] = tower.layer
+    return out
+
+
+def _multi_encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
+    data = {
+        "kind": "multi",
+        "towers": [_tower_to_config(name, tower) for name, tower in encoder.towers.items()],
+        "pool": None if encoder.pool is None else list(encoder.pool),
+        "frozen": not any(p.requires_grad for p in encoder.parameters()),
+    }
+    rebuilt = encoder_from_config(data, device="meta")
+    for name, tower in encoder.towers.items():
+        a, b = _fingerprint(rebuilt.towers[name].model), _fingerprint(tower.model)
+        if a != b:
+            where = next(
+                (f"{x} vs {y}" for part_a, part_b in zip(a, b) for x, y in zip(part_a, part_b) if x != y),
+                "different module counts",
+            )
+            raise ValueError(
+                f"encoder.towers[{name!r}]: rebuilding it from {data['towers']} does not give this model (first "
+                f"difference: {where}); build towers with timm_tower(name, **kwargs)"
+            )
+    return data
+
+
+def _check_sam_kwargs(kwargs: Mapping[str, Any], where: str) -> None:
+    """Sizes of a SAM tower's timm arguments from a file, bounded before anything is built."""
+    lim = VIT_LIMITS
+    allowed = {
+        "img_size": None,
+        "patch_size": None,
+        "embed_dim": lim["embed_dim"],
+        "depth": lim["depth"],
+        "num_heads": lim["num_heads"],
+        "mlp_ratio": None,
+        "qkv_bias": None,
+        "use_abs_pos": None,
+        "use_rel_pos": None,
+        "window_size": lim["img_size"],
+        "global_attn_indexes": None,
+        "neck_chans": lim["embed_dim"],
+    }
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise CheckpointError(f"{where}.timm_kwargs: unknown SAM argument(s) {unknown} (expected {sorted(allowed)})")
+    for k, top in allowed.items():
+        if top is not None and k in kwargs and not (_is_pos_int(kwargs[k]) and kwargs[k] <= top):
+            if k == "window_size" and kwargs[k] == 0:
+                continue
+            raise CheckpointError(f"{where}.timm_kwargs.{k} must be an int in 1..{top}, got {_brief(kwargs[k])}")
+    for k in ("qkv_bias", "use_abs_pos", "use_rel_pos"):
+        if k in kwargs and not isinstance(kwargs[k], bool):
+            raise CheckpointError(f"{where}.timm_kwargs.{k} must be true or false, got {_brief(kwargs[k])}")
+    img = _size_pair("img_size", kwargs.get("img_size", 1024))
+    patch = _size_pair("patch_size", kwargs.get("patch_size", 16))
+    if max(img) > lim["img_size"] or max(patch) > lim["patch_size"]:
+        raise CheckpointError(f"{where}.timm_kwargs: img_size {list(img)} / patch_size {list(patch)} too large")
+    if patch[0] > img[0] or patch[1] > img[1] or (img[0] // patch[0]) * (img[1] // patch[1]) > lim["patches"]:
+        raise CheckpointError(f"{where}.timm_kwargs: img_size / patch_size must give 1..{lim['patches']} patches")
+    ratio = kwargs.get("mlp_ratio", 4.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= lim["mlp_ratio"]:
+        raise CheckpointError(f"{where}.timm_kwargs.mlp_ratio must be in (0, {lim['mlp_ratio']}], got {_brief(ratio)}")
+    depth = kwargs.get("depth", lim["depth"])
+    gi = kwargs.get("global_attn_indexes", [])
+    if (
+        not isinstance(gi, list)
+        or len(gi) > depth
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in gi)
+    ):
+        raise CheckpointError(
+            f"{where}.timm_kwargs.global_attn_indexes must be a list of block indices below {depth}, got {_brief(gi)}"
+        )
+    width, heads = kwargs.get("embed_dim", 768), kwargs.get("num_heads", 12)
+    if width % heads:
+        raise CheckpointError(f"{where}.timm_kwargs: embed_dim {width} must be a multiple of num_heads {heads}")
+
+
+def _tower_from_config(t: Any, j: int, *, device=None) -> tuple[str, nn.Module]:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .vision.towers import timm_tower
+
+    where = f"encoder.towers[{j}]"
+    kind = t.get("type") if isinstance(t, Mapping) else None
+    if kind not in ("vit", "sam"):
+        raise CheckpointError(f"{where}.type must be 'vit' or 'sam', got {_brief(kind)}")
+    own = ("layer",) if kind == "vit" else ("factor",)
+    problems = check_section(
+        where, t, required=("name", "type", "timm_model", "timm_kwargs", "norm_eps", *own), optional=()
+    )
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    name = t["name"]
+    if not isinstance(name, str) or not name.isidentifier() or len(name) > 64:
+        raise CheckpointError(f"{where}.name must be an identifier, got {_brief(name)}")
+    import timm
+
+    if not isinstance(t["timm_model"], str) or t["timm_model"] not in timm.list_models():
+        raise CheckpointError(f"{where}.timm_model must be a timm model name, got {_brief(t['timm_model'])}")
+    kwargs = t["timm_kwargs"]
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"{where}.timm_kwargs must be an object, got {type(kwargs).__name__}")
+    eps = t["norm_eps"]
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+        raise CheckpointError(f"{where}.norm_eps must be a number in (0, 1) or null, got {_brief(eps)}")
+    if kind == "vit":
+        allowed = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self", "device", "dtype"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise CheckpointError(f"{where}.timm_kwargs: unknown timm VisionTransformer argument(s) {unknown}")
+        _check_vit_kwargs(kwargs, layer=t["layer"])
+        extra = {"layer": t["layer"]}
+    else:
+        _check_sam_kwargs(kwargs, where)
+        factor = t["factor"]
+        if not _is_pos_int(factor) or factor > 64:
+            raise CheckpointError(f"{where}.factor must be an int in 1..64, got {_brief(factor)}")
+        extra = {"factor": factor}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    try:
+        tower = timm_tower(t["timm_model"], norm_eps=eps, device=device, **extra, **kwargs)
+    except Exception as e:  # noqa: BLE001 - timm's asserts, ZeroDivisionError, ... all mean a bad section
+        raise CheckpointError(f"{where}: cannot build the tower ({type(e).__name__}: {_brief(e, 200)})") from None
+    return name, tower
+
+
+def _multi_encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -> nn.Module:
+    from .vision.multi_encoder import MultiEncoder
+
+    problems = check_section("encoder", data, required=("kind", "towers", "pool", "frozen"), optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    towers = data["towers"]
+    if not isinstance(towers, list) or not 1 <= len(towers) <= MAX_TOWERS:
+        raise CheckpointError(f"encoder.towers must be a list of 1..{MAX_TOWERS} towers, got {_brief(towers)}")
+    pool = data["pool"]
+    if pool is not None and not (isinstance(pool, list) and len(pool) == 2 and all(_is_pos_int(v) for v in pool)):
+        raise CheckpointError(f"encoder.pool must be null or [rows, cols] of positive ints, got {_brief(pool)}")
+    if not isinstance(data["frozen"], bool):
+        raise CheckpointError(f"encoder.frozen must be true or false, got {_brief(data['frozen'])}")
+    built = {}
+    for j, t in enumerate(towers):
+        name, tower = _tower_from_config(t, j, device=device)
+        if name in built:
+            raise CheckpointError(f"encoder.towers[{j}].name {name!r} is used twice")
+        built[name] = tower
+    try:
+        enc = MultiEncoder(built, pool=None if pool is None else tuple(pool), frozen=data["frozen"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"encoder: {e}") from None
+    return enc.to(dtype=dtype) if dtype is not None else enc
