@@ -104,3 +104,20 @@ def test_wkv6_benchmark_rows_choose_their_kernel_by_argument(monkeypatch):
         assert (name in systems) == (backend in built)
         assert (f"{name} (not built)" in systems) == (backend not in built)
     assert "fla (not installed)" in systems or "fla chunk_rwkv6" in systems
+
+
+def test_rwkv7_benchmark_runs_in_tiny_mode_against_the_rwkv_package():
+    # benchmarks/rwkv7.py: ours and the PyPI rwkv package on one random x070 model; their logits agree.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "rwkv7.py"), "--tiny", "--threads", "1", "--warmup", "0", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| rwkv")]
+    assert rows[0].startswith("| rwkv_vision RWKV7 |") and rows[1].startswith("| rwkv 0.8"), proc.stdout
+    assert float(rows[1].split("|")[-2]) < 1e-4  # the package's logits equal ours
