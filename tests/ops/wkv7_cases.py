@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
+import pytest
 import torch
 
 from rwkv_vision.ops import wkv7_ref
+
+#: The module of the dispatcher (``rwkv_vision.ops.wkv7`` is the function).
+dispatch7 = sys.modules["rwkv_vision.ops.wkv7"]
+HAS_KERNEL = dispatch7.kernel_ops7() is not None
+#: With RWKV_VISION_REQUIRE_EXTENSION=1 a missing kernel is a failure, not a skip: the kernel tests run
+#: and fail on "no kernel applies".
+KERNEL_REQUIRED = os.environ.get("RWKV_VISION_REQUIRE_EXTENSION") == "1"
+kernel = pytest.mark.skipif(
+    not (HAS_KERNEL or KERNEL_REQUIRED), reason="no compiled wkv7 kernel in this build (ops/wkv7_kernel.py)"
+)
+#: The backends a test of "every backend" runs: the compiled one where present (or required).
+BACKENDS = (["kernel"] if HAS_KERNEL or KERNEL_REQUIRED else []) + ["auto", "chunked", "reference"]
 
 NAMES = ("r", "w", "k", "v", "a", "b", "initial_state")
 #: The log-decays an RWKV-7 layer produces: w = -exp(-0.5) sigmoid(d), so exp(-e^-0.5) <= decay < 1.

@@ -18,19 +18,8 @@ import torch
 from .backends import WKV7_BACKENDS, wkv7_default_backend
 from .wkv6 import _FLOAT_DTYPES, _autodiff_mode, _check_log_decay
 from .wkv7_chunked import wkv7_chunked
+from .wkv7_kernel import WKV7_CUDA_HEAD_SIZES, WKV7_KERNEL_DEVICES, kernel_ops7
 from .wkv7_ref import wkv7_ref
-
-try:  # the compiled wkv7 ops arrive with ops/wkv7_kernel.py; until then there is no kernel
-    from .wkv7_kernel import WKV7_CUDA_HEAD_SIZES, WKV7_KERNEL_DEVICES, kernel_ops7
-except ModuleNotFoundError as error:
-    if error.name != f"{__package__}.wkv7_kernel":
-        raise
-    WKV7_CUDA_HEAD_SIZES: tuple[int, ...] = ()
-    WKV7_KERNEL_DEVICES: frozenset[str] = frozenset()
-
-    def kernel_ops7():
-        return None
-
 
 __all__ = ["wkv7", "wkv7_ref", "wkv7_chunked", "WKV7_BACKENDS"]
 
