@@ -35,9 +35,15 @@ PROMPT = [24, 59, 33] + [IMAGE_TOKEN] * K + [11, 42, 261, 100, 7, 59]
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    torch.manual_seed(0)
-    towers = encoder_to_v7_state_dict(tiny_visualrwkv7_encoder())
-    towers = {k: v + 0.02 * torch.randn_like(v) for k, v in towers.items()}  # no zero (or one) tensor left
+    # The towers' keys and shapes from a meta-device encoder (building it on the CPU costs seconds of init);
+    # random values, scaled as an initialised ViT's, none zero.
+    g = torch.Generator().manual_seed(0)
+    towers = {}
+    for key, spec in encoder_to_v7_state_dict(tiny_visualrwkv7_encoder(device="meta")).items():
+        fan_in = spec.shape[1:].numel() if spec.dim() > 1 else 1
+        towers[key] = torch.randn(spec.shape, generator=g) * (fan_in**-0.5 if spec.dim() > 1 else 0.1)
+        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight", ".1.weight", ".3.weight", "gamma")):
+            towers[key] = towers[key] + 1.0
     return random_v700_checkpoint(
         tower_sd=towers, vision_width=144, n_layer=3, n_embd=32, head_size=8, vocab_size=300, seed=1
     )
