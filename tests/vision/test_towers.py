@@ -8,6 +8,8 @@ from functools import partial
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rwkv_vision.errors import StateDictError
 from rwkv_vision.vision import (
@@ -210,6 +212,11 @@ def test_multi_encoder_frozen_by_default_and_bad_inputs():
         timm_tower("not_a_model")
 
 
+def test_tagged_timm_names_as_the_official_code_writes_them():
+    t = timm_tower("vit_large_patch14_reg4_dinov2.lvd142m", img_size=28, depth=2, embed_dim=16, num_heads=1)
+    assert t.model.pretrained_cfg["architecture"] == "vit_large_patch14_reg4_dinov2" and t.grid == (2, 2)
+
+
 def test_registered_and_full_size_structure_on_meta():
     assert "visualrwkv7-sam-dino-siglip" in ENCODERS and "tiny-sam-dino-siglip" in ENCODERS
     enc = create_encoder("visualrwkv7-sam-dino-siglip", device="meta")
@@ -289,3 +296,32 @@ def test_v7_converter_round_trip_and_strict_errors():
     assert torch.equal(meta(px), src(px))
     with pytest.raises(TypeError, match="MultiEncoder"):
         load_v7_vision_state_dict(torch.nn.Linear(2, 2), file)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 4),
+    f=st.integers(1, 3),
+)
+def test_space_to_depth_is_the_official_permutation_for_any_shape(b, c, rows, cols, f):
+    x = torch.randn(b, c, rows * f, cols * f, dtype=torch.float64)
+    y = space_to_depth(x, f)
+    want = x.view(b, c, rows, f, cols, f).permute(0, 2, 4, 1, 3, 5).reshape(b, rows, cols, c * f * f)
+    assert torch.equal(y.permute(0, 2, 3, 1), want)  # channel k*f*f + dy*f + dx at each block
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 5), r=st.integers(1, 5), s=st.integers(1, 5))
+def test_pool_grid_equals_adaptive_pooling_with_gradients(rows, cols, r, s):
+    r, s = min(r, rows), min(s, cols)
+    x = torch.randn(2, rows * cols, 3, dtype=torch.float64, requires_grad=True)
+    y = pool_grid(x, (rows, cols), (r, s))
+    ref = torch.nn.AdaptiveAvgPool2d((r, s))(x.transpose(1, 2).reshape(2, 3, rows, cols)).flatten(2).transpose(1, 2)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-14)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gr,) = torch.autograd.grad(ref, x, g)
+    assert torch.allclose(gx, gr, rtol=0, atol=1e-14)

@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 #: Vision encoder builders by name (exact names), each ``builder(layer=, cls=, device=, dtype=, ...) ->
-#: VisionEncoder``; :func:`create_encoder` also accepts any timm ViT name.
+#: VisionEncoder`` — or, for multi-tower stacks (``"visualrwkv7-sam-dino-siglip"``, registered in
+#: :mod:`rwkv_vision.vision.multi_encoder`), ``builder(pool=, frozen=, device=, dtype=) -> MultiEncoder``;
+#: :func:`create_encoder` also accepts any timm ViT name.
 ENCODERS: Registry[Callable[..., VisionEncoder]] = Registry("vision encoder", normalize=None)
 
 # timm's plain "vit_large_patch14_clip_336" uses exact GELU (for the LAION towers); OpenAI CLIP needs
@@ -213,7 +215,8 @@ def list_encoders() -> list[str]:
 
 
 def create_encoder(name: str, **kwargs: Any) -> VisionEncoder:
-    """A registered encoder (``"clip-vit-l14-336"``, ``"tiny-clip"``, ...) or, failing that, a timm ViT name."""
+    """A registered encoder (``"clip-vit-l14-336"``, ``"tiny-clip"``, ``"visualrwkv7-sam-dino-siglip"``, ...) or,
+    failing that, a timm ViT name."""
     if name in ENCODERS:
         return ENCODERS.get(name)(**kwargs)
     if isinstance(name, str):

@@ -228,7 +228,8 @@ def timm_tower(
     from timm.models.vision_transformer import VisionTransformer
     from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-    if not isinstance(name, str) or name not in timm.list_models():
+    # a pretrained tag ("vit_large_patch14_reg4_dinov2.lvd142m", as the official code names it) is allowed
+    if not isinstance(name, str) or not timm.is_model(name.split(".", 1)[0]):
         raise ValueError(f"name must be a timm model name, got {name!r}")
     timm_kwargs.setdefault("num_classes", 0)
     with torch.device(device) if device is not None else contextlib.nullcontext():
