@@ -4,7 +4,13 @@ Like a transformers LLaVA processor, :class:`VisualRWKVProcessor` holds the thre
 weights — the ``tokenizer``, the ``image_processor`` (:class:`~rwkv_vision.vision.ImagePreprocessor`) and the
 prompt ``layout`` (a :class:`~rwkv_vision.prompt.PromptLayout` set to the encoder's patch grid) — and turns
 ``(images, question or conversation)`` into ``input_ids [1, t]`` (one
-:data:`~rwkv_vision.image_tokens.IMAGE_TOKEN_INDEX` per image) and ``pixel_values [n, 3, H, W]``::
+:data:`~rwkv_vision.image_tokens.IMAGE_TOKEN_INDEX` per image) and ``pixel_values [n, 3, H, W]``.
+
+For VisualRWKV v7.00 the same processor holds the v7.00 layout (:class:`~rwkv_vision.prompt.ImageFirstRun`)
+and a :class:`~rwkv_vision.vision.multi_preprocess.MultiImagePreprocessor`: ``input_ids`` are then the
+official ids (images first, ``"User: "`` tokenised alone, each image a run of k ids 65535) and
+``pixel_values`` a dict tower -> ``[n, 3, H_i, W_i]`` (DINOv2 and SigLIP resized to 448 with their own
+mean/std, SAM to 1024 with DINOv2's), which :meth:`VisualRWKV.forward` and ``generate`` take as they are::
 
     processor = model.processor                       # or VisualRWKVProcessor(tokenizer, preprocessor, layout)
     inputs = processor(image, "What color is the shape in the top left?")
@@ -51,8 +57,10 @@ class ProcessorOutput:
     """What :class:`VisualRWKVProcessor` returns.
 
     Attributes:
-        input_ids: ``[1, t]`` int64, one ``IMAGE_TOKEN_INDEX`` per image.
-        pixel_values: ``[n, 3, H, W]``, or None without images.
+        input_ids: ``[1, t]`` int64, one ``IMAGE_TOKEN_INDEX`` per image (a run of k placeholder ids per image
+            with a run layout such as v7.00's).
+        pixel_values: ``[n, 3, H, W]`` (a dict tower -> ``[n, 3, H_i, W_i]`` with a multi-tower
+            preprocessor), or None without images.
         prompt: the :class:`~rwkv_vision.prompt.PromptIds` (rendered text, turns, image spans).
 
     Unpacks as ``input_ids, pixel_values = processor(...)``, and as keyword arguments:
@@ -60,7 +68,7 @@ class ProcessorOutput:
     """
 
     input_ids: torch.Tensor
-    pixel_values: torch.Tensor | None
+    pixel_values: torch.Tensor | dict[str, torch.Tensor] | None
     prompt: PromptIds
 
     @property

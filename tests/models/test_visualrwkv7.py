@@ -261,3 +261,81 @@ def test_hd_files_are_recognised_and_refused_by_name(tmp_path):
     torch.save(tiny_family_checkpoint("uhd"), tmp_path / "uhd.pth")
     with pytest.raises(CheckpointError, match="VisualRWKV uhd checkpoint .VisualRWKV-v0613"):
         VisualRWKV.from_pretrained(tmp_path / "uhd.pth")
+
+
+@pytest.fixture(scope="module")
+def world_checkpoint(checkpoint):
+    """The same towers and projector with a language model of the World vocabulary (65536 ids)."""
+    from reference.visualrwkv7_ref import random_x070_state_dict
+
+    lm = random_x070_state_dict(n_layer=2, n_embd=32, head_size=8, vocab_size=65536, seed=5)
+    return {k: v for k, v in checkpoint.items() if not k.startswith("rwkv.")} | {"rwkv." + k: v for k, v in lm.items()}
+
+
+def _picture():
+    from PIL import Image
+
+    return Image.fromarray((torch.rand(40, 52, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy())
+
+
+def test_processor_and_chat_build_the_official_prompt(world_checkpoint):
+    """With the World vocabulary: the processor's ids are the official evaluate.py ids (images first, "User: "
+    tokenised alone, a run of 65535 per image), its pixel_values one tensor per tower; chat(official_rerun=True)
+    answers what the official generate answers, decoded and cut at the first blank line as evaluate.py does."""
+    from rwkv_vision.chat import chat
+    from rwkv_vision.tokenizers import WorldTokenizer
+
+    from reference.visualrwkv7_ref import official_prompt_ids
+
+    sd = world_checkpoint
+    model = visualrwkv7_from_official_state_dict(sd, tokenizer=WorldTokenizer()).eval()
+    tok = model.get_tokenizer()
+    image = _picture()
+    question = "What is in the picture?"
+    inputs = model.processor(image, question)
+    want_ids = official_prompt_ids(tok, question, 1, K)
+    assert inputs.input_ids.tolist() == [want_ids]
+    assert want_ids[:3] == tok.encode("User: ") == [24281, 59, 33] and want_ids[-3:] == [5585, 41693, 59]
+    assert set(inputs.pixel_values) == {"dino", "siglip", "sam"}
+    assert inputs.pixel_values["sam"].shape == (1, 3, 128, 128)
+    with torch.no_grad():
+        feats = model.encoder(inputs.pixel_values)
+    tokens = official_generate(sd, want_ids, feats.double(), max_new_tokens=6, ctx_len=2048)
+    want = tok.decode(tokens).split("\n\n")[0].strip()
+    assert chat(model, model.processor, image, question, max_new_tokens=6, official_rerun=True) == want
+    assert model.chat(image, question, max_new_tokens=6, official_rerun=True) == want
+    # The default (cached) chat answers from the prompt's state: the same prompt, the documented decoding.
+    out = model.generate(inputs.input_ids, inputs.pixel_values, max_new_tokens=6)
+    assert model.chat(image, question, max_new_tokens=6) == tok.decode(out.tokens[0]).split("\n\n")[0].strip()
+
+
+def test_cli_info_names_the_family(tmp_path, checkpoint, capsys):
+    import json
+
+    from rwkv_vision.cli import main
+
+    from reference.visualrwkv7_ref import tiny_family_checkpoint
+
+    torch.save(checkpoint, tmp_path / "v7.pth")
+    torch.save(tiny_family_checkpoint("hd"), tmp_path / "hd.pth")
+    assert main(["info", str(tmp_path / "v7.pth")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "v7.00" and info["architecture"] == "rwkv7" and info["padding"]["multiple"] == 16
+    assert main(["info", str(tmp_path / "hd.pth")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "hd" and info["files"] == "VisualRWKV-v0612-*"
+
+
+def test_cli_chat_with_a_v7_file(tmp_path, world_checkpoint, capsys):
+    from rwkv_vision import VisualRWKV
+    from rwkv_vision.cli import main
+
+    torch.save(world_checkpoint, tmp_path / "v7.pth")
+    _picture().save(tmp_path / "image.png")
+    model = VisualRWKV.from_pretrained(tmp_path / "v7.pth")
+    want = model.chat(_picture(), "What is it?", max_new_tokens=5)
+    args = [str(tmp_path / "image.png"), "What is it?", "--model", str(tmp_path / "v7.pth"), "--max-new-tokens", "5"]
+    assert main(["chat", *args, "--no-stream"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    assert main(["chat", *args]) == 0
+    assert capsys.readouterr().out == want + "\n"

@@ -379,8 +379,15 @@ def describe_checkpoint(
             raise CheckpointError(
                 f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory"
             )
-        model = load_released_state_dict(specs, source=path)  # meta tensors: sizes only
-        config, _ = model_to_config(model)
+        if released_family_loader(specs) == "hd/uhd":
+            # Recognised but not loadable here: describe the family and the tensors, not a model config.
+            from .families import FAMILIES, detect_family
+
+            family = FAMILIES[detect_family(specs).name]
+            config = {"description": family.description, "files": family.files}
+        else:
+            model = load_released_state_dict(specs, source=path)  # meta tensors: sizes only
+            config, _ = model_to_config(model)
         config["dtype"] = str(specs[OFFICIAL_PREFIXES["rwkv"] + "emb.weight"].dtype).removeprefix("torch.")
         fmt = "official .safetensors" if path.suffix == ".safetensors" else f"official {path.suffix}"
         vit = OFFICIAL_PREFIXES["vit"] if released_family_loader(specs) == "v6.0" else "vit."
