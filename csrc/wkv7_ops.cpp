@@ -133,7 +133,7 @@ STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CPU, m) {
   m.impl("wkv7_step", TORCH_BOX(&rwkv_vision::wkv7_step_cpu));
 }
 
-#if defined(RWKV_VISION_WITH_CUDA) && defined(RWKV_VISION_WKV7_CUDA)
+#ifdef RWKV_VISION_WITH_CUDA
 STABLE_TORCH_LIBRARY_IMPL(rwkv_vision, CUDA, m) {
   m.impl("wkv7_forward", TORCH_BOX(&rwkv_vision::wkv7_forward_cuda));
   m.impl("wkv7_backward", TORCH_BOX(&rwkv_vision::wkv7_backward_cuda));
