@@ -266,6 +266,14 @@ def test_v7_layout_matches_the_official_preprocess(conversation, num_images):
         assert p.input_ids[span.start - 1] in (33, 11)  # after "User: " or the "\n" between images
 
 
+def test_v7_empty_assistant_turn_is_the_generation_stub():
+    tok = world()
+    conv = [("human", "<image>\nQ?"), ("gpt", "")]  # evaluate.py's form
+    p = ImageFirstRun(image_grid=(1, 1)).tokenize([{"from": r, "value": t} for r, t in conv], tok)
+    assert p.input_ids == official_v7_ids(conv, tok, 1, num_images=1, generation=False)
+    assert p.text == "User: <image>\nQ?\n\nAssistant:"
+
+
 def test_v7_training_form_without_generation_prompt():
     tok = world()
     conv = [("human", "<image>\nQ?"), ("gpt", "Yes.")]

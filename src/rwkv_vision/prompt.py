@@ -387,6 +387,25 @@ class ImageFirstRun(ImageFirst):
     def _placeholder_ids(self) -> list[int]:
         return [self.image_token_id] * self.image_tokens
 
+    def format_turn(self, role: str, text: str) -> str:
+        """``"{Role}: {text}\\n\\n"``; an empty turn is the bare ``"{Role}:"``, as the official code writes
+        its generation turn (``("gpt", "")`` -> ``"Assistant:"``)."""
+        if not text:
+            name = self.user_role if _ROLE_ALIASES.get(role.lower(), role) == "user" else self.assistant_role
+            return f"{name}:"
+        return super().format_turn(role, text)
+
+    def render_turns(
+        self, conversation: Any, *, num_images: int | None = None, add_generation_prompt: bool = True
+    ) -> list[str]:
+        """As :meth:`PromptLayout.render_turns`; a conversation that already ends with an empty assistant turn
+        (the official evaluate.py form) gets no second ``"Assistant:"``."""
+        messages = normalize_conversation(conversation)
+        open_end = messages[-1].role == "assistant" and not clean_text(messages[-1].text)
+        return super().render_turns(
+            messages, num_images=num_images, add_generation_prompt=add_generation_prompt and not open_end
+        )
+
     def expand(
         self,
         input_ids: torch.Tensor,
