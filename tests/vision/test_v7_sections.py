@@ -74,7 +74,9 @@ def test_full_size_v7_encoder_round_trip_on_meta():
 def test_two_tower_encoder_with_other_timm_models():
     enc = MultiEncoder(
         {
-            "siglip2": timm_tower("vit_base_patch16_siglip_384", img_size=64, depth=2, embed_dim=32, num_heads=2),
+            "siglip2": timm_tower(
+                "vit_base_patch16_siglip_384.v2_webli", img_size=64, depth=2, embed_dim=32, num_heads=2
+            ),
             "sam": timm_tower(
                 "samvit_base_patch16",
                 img_size=128,

@@ -11,7 +11,7 @@ so400m/14 at 448 px (the same selection: 1024 x 1152) and SAM ViT-B at 1024 px (
 1024 x 1024), concatenated dino | siglip | sam: ``[b, 1024, 3200]`` per image. Other combinations (two of the
 three, SigLIP2, any timm ViT whose grid agrees) are built the same way::
 
-    enc = MultiEncoder({"siglip2": timm_tower("vit_base_patch16_siglip_384", img_size=448, layer=-2),
+    enc = MultiEncoder({"siglip2": timm_tower("vit_base_patch16_siglip_384.v2_webli", img_size=448, layer=-2),
                         "sam": timm_tower("samvit_base_patch16", img_size=896)})
 
 Towers are frozen by default (VisualRWKV never trains them); ``frozen=False`` leaves gradients on.
