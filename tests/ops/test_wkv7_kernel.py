@@ -16,73 +16,19 @@ import torch
 from rwkv_vision.ops.wkv7_kernel import WKV7_CUDA_HEAD_SIZES, WKV7_KERNEL_DEVICES, kernel_ops7
 from rwkv_vision.ops.wkv7_ref import wkv7_ref
 
+from .wkv7_kernel_cases import (
+    NAMES,
+    NOT_PACKED,
+    W_MIN,
+    assert_below,
+    errors_against_float64,
+    kernel,
+    make_inputs,
+    rel_rms,
+    run_with_grads,
+)
+
 pytestmark = pytest.mark.skipif(kernel_ops7() is None, reason="the compiled extension has no wkv7 ops")
-
-NAMES = ("r", "w", "k", "v", "a", "b", "initial_state")
-W_MIN = -math.exp(-0.5)  # an RWKV-7 layer's log-decays lie in [W_MIN, 0)
-NOT_PACKED = torch.empty(0, dtype=torch.int64)
-
-
-def make_inputs(b, t, h, n, *, dtype=torch.float32, seed=0, states=None, delta_rule=True):
-    """Random inputs, never zero. ``delta_rule``: a = -kk, b = kk * iclr as an RWKV-7 layer makes them (kk of
-    unit norm, iclr in (0, 1)); else a, b independent Gaussians (a bounded, not contracting, update)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    if delta_rule:
-        kk = torch.nn.functional.normalize(rnd(b, t, h, n), dim=-1)
-        a_, b_ = -kk, kk * (torch.rand(b, t, h, n, generator=g, dtype=torch.float64) * 0.98 + 0.01)
-    else:
-        a_, b_ = rnd(b, t, h, n, scale=0.3 / math.sqrt(n)), rnd(b, t, h, n, scale=0.3)
-    inputs = {
-        "r": rnd(b, t, h, n),
-        "w": W_MIN * (torch.rand(b, t, h, n, generator=g, dtype=torch.float64) * 0.999 + 0.001),
-        "k": rnd(b, t, h, n, scale=0.5),
-        "v": rnd(b, t, h, n),
-        "a": a_,
-        "b": b_,
-        "initial_state": rnd(b if states is None else states, h, n, n),
-    }
-    return {key: x.to(acc if key in ("w", "initial_state") else dtype) for key, x in inputs.items()}
-
-
-def kernel(r, w, k, v, a, b, initial_state, output_final_state=True, cu_seqlens=None):
-    """The op with wkv7_ref's signature."""
-    offsets = NOT_PACKED if cu_seqlens is None else cu_seqlens
-    return kernel_ops7().wkv7_forward(r, w, k, v, a, b, initial_state, offsets)
-
-
-def rel_rms(actual, expected):
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "non-finite values (an unwritten output is NaN-poisoned)"
-    return ((actual - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-
-
-def run_with_grads(fn, inputs, cu_seqlens=None, seed=1, state_loss=True):
-    leaves = {k: x.detach().clone().requires_grad_(True) for k, x in inputs.items()}
-    y, s = fn(*[leaves[k] for k in NAMES], True, cu_seqlens)
-    g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum(dtype=torch.float64)
-    if state_loss:
-        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=torch.float64).to(s.dtype)).sum(dtype=torch.float64)
-    grads = torch.autograd.grad(loss, [leaves[k] for k in NAMES])
-    return {"y": y.detach(), "final_state": s.detach(), **{f"d{k}": gr for k, gr in zip(NAMES, grads)}}
-
-
-def errors_against_float64(inputs, cu_seqlens=None, state_loss=True):
-    got = run_with_grads(kernel, inputs, cu_seqlens, state_loss=state_loss)
-    expected = run_with_grads(wkv7_ref, {k: x.double() for k, x in inputs.items()}, cu_seqlens, state_loss=state_loss)
-    for k in NAMES:
-        assert got[f"d{k}"].dtype == inputs[k].dtype, k
-    return {name: rel_rms(got[name], expected[name]) for name in got}
-
-
-def assert_below(errors, tol):
-    bad = {k: e for k, e in errors.items() if not e < tol}
-    assert not bad, f"relative RMS error above {tol}: {bad}"
 
 
 def test_the_build_has_the_cpu_kernel():
