@@ -460,3 +460,12 @@ def test_bad_cu_seqlens_is_named(offsets, states, b, error, match):
     args, offsets = _packed_args(offsets, states=states, b=b)
     with pytest.raises(error, match=match):
         wkv7(*args, False, offsets)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("w_value", [-1e-6, -50.0, -1e8, -float("inf")], ids=str)
+def test_every_backend_is_exact_at_extreme_decays(backend, w_value):
+    """Valid log-decays far outside a layer's range: values and every gradient near the float64 loop."""
+    inputs = make_inputs(1, 35, 2, 16, seed=5)
+    inputs["w"] = torch.full_like(inputs["w"], w_value)
+    assert_matches_reference(backend_fn(backend), inputs, 1e-5)
