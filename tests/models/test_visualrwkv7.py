@@ -317,13 +317,13 @@ def test_cli_info_names_the_family(tmp_path, checkpoint, capsys):
     from reference.visualrwkv7_ref import tiny_family_checkpoint
 
     torch.save(checkpoint, tmp_path / "v7.pth")
-    torch.save(tiny_family_checkpoint("hd"), tmp_path / "hd.pth")
+    torch.save(tiny_family_checkpoint("uhd"), tmp_path / "uhd.pth")
     assert main(["info", str(tmp_path / "v7.pth")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["family"] == "v7.00" and info["architecture"] == "rwkv7" and info["padding"]["multiple"] == 16
-    assert main(["info", str(tmp_path / "hd.pth")]) == 0
+    assert main(["info", str(tmp_path / "uhd.pth")]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["family"] == "hd" and info["files"] == "VisualRWKV-v0612-*"
+    assert info["family"] == "uhd" and info["files"] == "VisualRWKV-v0613-*"
 
 
 def test_cli_chat_with_a_v7_file(tmp_path, world_checkpoint, capsys):
@@ -339,3 +339,38 @@ def test_cli_chat_with_a_v7_file(tmp_path, world_checkpoint, capsys):
     assert capsys.readouterr().out == want + "\n"
     assert main(["chat", *args]) == 0
     assert capsys.readouterr().out == want + "\n"
+
+
+def test_hd_file_loads_and_matches_the_official_hd_forward(tmp_path, checkpoint):
+    """VisualRWKV-HD (v0612): an RWKV-6 language model with the same towers, proj -> gate -> o_proj, BiDir,
+    one placeholder per image, no padding. Logits and the official re-run generate against the reference."""
+    from rwkv_vision import VisualRWKV
+    from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX
+    from rwkv_vision.models.rwkv6 import RWKV6
+
+    from reference.rwkv6_ref import random_official_state_dict
+    from reference.visualrwkv7_ref import hd_embeddings, hd_generate, hd_lm_logits
+
+    lm = random_official_state_dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, vocab_size=300, seed=2)
+    g = torch.Generator().manual_seed(6)
+    sd = {k: v for k, v in checkpoint.items() if k.startswith("vit.")} | {"rwkv." + k: v for k, v in lm.items()}
+    sd["proj.proj.weight"] = torch.randn(32, 144, generator=g) / 12
+    sd["proj.gate.weight"] = torch.randn(32, 32, generator=g) / 32**0.5
+    sd["proj.o_proj.weight"] = torch.randn(32, 32, generator=g) / 32**0.5
+    assert detect_family(sd).name == "hd"
+    torch.save(sd, tmp_path / "hd.pth")
+    model = VisualRWKV.from_pretrained(tmp_path / "hd.pth", dtype=torch.float64)
+    assert isinstance(model.rwkv, RWKV6) and isinstance(model.scan, BiDir) and model.pad_to_multiple is None
+    prompt = [24, 59, 33, IMAGE_TOKEN_INDEX, 11, 42, 261, 100, 7, 59]
+    g = torch.Generator().manual_seed(7)
+    pixels = {
+        n: torch.randn(1, 3, *size, generator=g, dtype=torch.float64) for n, size in model.encoder.image_sizes.items()
+    }
+    with torch.no_grad():
+        feats = model.encoder(pixels)
+        got = model(torch.tensor([prompt]), pixels).logits[0]
+    x, span = hd_embeddings(sd, prompt, feats)
+    assert span == (3, K)
+    assert relative_rms_error(got, hd_lm_logits(sd, x, span)) < 1e-6  # RWKV-6 decays run in float32, as official
+    out = model.generate(torch.tensor([prompt]), pixels, official_rerun=True, max_new_tokens=5, stop_tokens=(261,))
+    assert out.tokens == [hd_generate(sd, prompt, feats, max_new_tokens=5)]

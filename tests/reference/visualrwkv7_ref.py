@@ -494,3 +494,59 @@ def tiny_family_checkpoint(family: str, *, n_embd=32, seed=0) -> dict[str, torch
     sd["proj.gate.weight"] = torch.randn(n_embd, n_embd, generator=g) * n_embd**-0.5
     sd["proj.o_proj.weight"] = torch.randn(n_embd, n_embd, generator=g) * n_embd**-0.5
     return sd
+
+
+# --- VisualRWKV-HD (v0612): RWKV-6, the same towers, proj -> gate -> o_proj, BiDir -------------------------
+
+
+def hd_embeddings(sd: dict, input_ids: list[int], features: torch.Tensor, *, image_token: int = -200):
+    """The official HD ``preparing_embedding`` for one prompt with one image: the text before the placeholder,
+    the projected features (``o_proj(x * sigmoid(gate(x)))``, ``x = proj(f)``), the text after. Returns
+    (x [1, T, c], (image start, image length))."""
+    emb = sd["rwkv.emb.weight"].double()
+    f = features.double()[0]
+    x = f @ sd["proj.proj.weight"].double().T
+    img = (x * torch.sigmoid(x @ sd["proj.gate.weight"].double().T)) @ sd["proj.o_proj.weight"].double().T
+    j = input_ids.index(image_token)
+    before, after = input_ids[:j], input_ids[j + 1 :]
+    parts = [emb[torch.tensor(before, dtype=torch.long)], img, emb[torch.tensor(after, dtype=torch.long)]]
+    return torch.cat(parts).unsqueeze(0), (j, img.shape[0])
+
+
+def hd_lm_logits(sd: dict, x: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """``bidirectional_forward``: x060 blocks; odd layers flip ``x[:, img_start:img_end]`` before the block and
+    back after it; ln_out, head. Returns [T, v] float64."""
+    from .rwkv6_ref import LN_EPS, _channel_mix, _layer_norm, _time_mix
+
+    lm = {k[5:]: v.double() for k, v in sd.items() if k.startswith("rwkv.")}
+    n_layer = 1 + max(int(k.split(".")[1]) for k in lm if k.startswith("blocks."))
+    head_size = lm["blocks.0.att.time_faaaa"].shape[1]
+    s, e = span[0], span[0] + span[1]
+    x = x.double()
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        if i == 0:
+            x = _layer_norm(x, lm[p + "ln0.weight"], lm[p + "ln0.bias"], LN_EPS)
+        x = x.clone()
+        if i % 2 == 1:
+            x[:, s:e] = x[:, s:e].flip(1)
+        x = x + _time_mix(lm, p + "att.", _layer_norm(x, lm[p + "ln1.weight"], lm[p + "ln1.bias"], LN_EPS), head_size)
+        x = x + _channel_mix(lm, p + "ffn.", _layer_norm(x, lm[p + "ln2.weight"], lm[p + "ln2.bias"], LN_EPS))
+        if i % 2 == 1:
+            x[:, s:e] = x[:, s:e].flip(1)
+    x = _layer_norm(x, lm["ln_out.weight"], lm["ln_out.bias"], LN_EPS)
+    return (x @ lm["head.weight"].T)[0]
+
+
+def hd_generate(sd: dict, input_ids: list[int], features, *, max_new_tokens: int, stop_token: int = STOP_TOKEN):
+    """The official HD ``generate`` (greedy, re-run everything; no truncation within ``ctx_len``)."""
+    x, span = hd_embeddings(sd, input_ids, features)
+    emb = sd["rwkv.emb.weight"].double()
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(hd_lm_logits(sd, x, span)[-1].argmax())
+        out.append(token)
+        if token == stop_token:
+            break
+        x = torch.cat([x, emb[token].view(1, 1, -1)], dim=1)
+    return out

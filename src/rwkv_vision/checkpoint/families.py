@@ -419,3 +419,63 @@ def visualrwkv7_official_state_dict(model: Any) -> dict[str, Any]:
     sd.update(encoder_to_v7_state_dict(model.encoder))
     sd.update({"proj." + k: v for k, v in model.proj.state_dict().items()})
     return sd
+
+
+def visualrwkv_hd_from_official_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    cls: type | None = None,
+    encoder: Any = None,
+    scan: Any = None,
+    layout: Any = None,
+    device=None,
+    dtype=None,
+    **kwargs: Any,
+):
+    """A ``VisualRWKV`` from a VisualRWKV-HD (v0612) flat state dict, strictly: an x060 RWKV-6 language model
+    (``rwkv6_from_official_state_dict``), the v7.00 towers (``vit.{dino,siglip,sam}_featurizer.*``, 1024 tokens
+    of 3200 per image) and the projector ``o_proj(x * sigmoid(gate(x)))`` with ``x = proj(features)``
+    (``GatedMLPProjector``, no biases, hidden width c).
+
+    As the official HD code: BiDir scan (odd layers read the image span reversed), images first with one
+    placeholder per image (``"image_first"``: ``"User: "`` tokenised alone, then the image, then
+    ``"\\n{question}"``), no padding (the RWKV-6 kernel has no chunk length). ``encoder``, ``scan``, ``layout``,
+    ``device``, ``dtype`` as in :func:`visualrwkv7_from_official_state_dict`.
+    """
+    from ..models.visualrwkv import VisualRWKV
+    from ..vision.convert_v7 import load_v7_vision_state_dict
+    from ..vision.projector import GatedMLPProjector
+    from .diff import diff_state_dict
+    from .official import rwkv6_from_official_state_dict
+
+    cls = VisualRWKV if cls is None else cls
+    check_family(state_dict, "hd")
+    parts = split_parts(state_dict, "hd")
+    rwkv = rwkv6_from_official_state_dict(parts["rwkv"])
+    if encoder is None:
+        encoder = _v7_encoder(state_dict, None)
+        load_v7_vision_state_dict(encoder, state_dict, assign=True)
+    else:
+        load_v7_vision_state_dict(encoder, state_dict)
+    c = rwkv.n_embd
+    proj = GatedMLPProjector(encoder.width, c, hidden_features=c, device="meta")
+    missing, unexpected, mismatched = diff_state_dict(proj.state_dict(), parts["proj"])
+    if missing or unexpected or mismatched:
+        raise StateDictError(
+            ["proj." + k for k in missing],
+            ["proj." + k for k in unexpected],
+            [("proj." + k, got, want) for k, got, want in mismatched],
+            hint="(the HD projector: proj.proj [c, w], proj.gate [c, c], proj.o_proj [c, c])",
+        )
+    proj.load_state_dict(dict(parts["proj"]), strict=True, assign=True)
+    model = cls(
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=proj,
+        scan="bidir" if scan is None else scan,
+        layout="image_first" if layout is None else layout,
+        **kwargs,
+    )
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model

@@ -186,9 +186,9 @@ def released_family_loader(state_dict: Mapping[str, Any]) -> str:
 
 def load_released_state_dict(state_dict: Mapping[str, Any], *, cls=None, source: Any = "state_dict", **kwargs: Any):
     """A ``VisualRWKV`` from a released flat state dict of any family it can load: v6.0
-    (``official.visualrwkv_from_official_state_dict``) or v7.00 (``families.visualrwkv7_from_official_state_dict``);
-    an HD / UHD file (recognised by :func:`~rwkv_vision.checkpoint.families.detect_family`) is refused with a
-    ``CheckpointError`` naming its family."""
+    (``official.visualrwkv_from_official_state_dict``), HD (``families.visualrwkv_hd_from_official_state_dict``)
+    or v7.00 (``families.visualrwkv7_from_official_state_dict``); a UHD file (recognised by
+    :func:`~rwkv_vision.checkpoint.families.detect_family`) is refused with a ``CheckpointError`` naming its family."""
     from .families import FAMILIES, detect_family, visualrwkv7_from_official_state_dict
 
     kind = released_family_loader(state_dict)
@@ -196,9 +196,13 @@ def load_released_state_dict(state_dict: Mapping[str, Any], *, cls=None, source:
         return visualrwkv7_from_official_state_dict(state_dict, cls=cls, **kwargs)
     if kind == "hd/uhd":
         family = FAMILIES[detect_family(state_dict).name]  # a StateDictError naming the misfits otherwise
+        if family.name == "hd":
+            from .families import visualrwkv_hd_from_official_state_dict
+
+            return visualrwkv_hd_from_official_state_dict(state_dict, cls=cls, **kwargs)
         raise CheckpointError(
             f"{source}: a VisualRWKV {family.name} checkpoint ({family.files}: {family.description}); "
-            "recognised, but this version of rwkv_vision loads only the v6.0 and v7.00 families"
+            "recognised, but this version of rwkv_vision loads only the v6.0, HD and v7.00 families"
         )
     return visualrwkv_from_official_state_dict(state_dict, cls=VisualRWKV if cls is None else cls, **kwargs)
 
@@ -362,6 +366,8 @@ def describe_checkpoint(
     """What a checkpoint holds, without reading its tensor data: the model config (sizes, encoder,
     projector, scan, layout, preprocessing, tokenizer, dtype) plus ``format``, ``path``, ``parameters``
     (total and per part), ``tensors`` and ``dtypes``. Released files report the defaults they load with."""
+    from .families import FAMILIES, detect_family
+
     path = resolve_checkpoint(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
     if path.is_dir():
         config = load_config(path)
@@ -379,10 +385,8 @@ def describe_checkpoint(
             raise CheckpointError(
                 f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory"
             )
-        if released_family_loader(specs) == "hd/uhd":
+        if released_family_loader(specs) == "hd/uhd" and detect_family(specs).name == "uhd":
             # Recognised but not loadable here: describe the family and the tensors, not a model config.
-            from .families import FAMILIES, detect_family
-
             family = FAMILIES[detect_family(specs).name]
             config = {"description": family.description, "files": family.files}
         else:
@@ -396,8 +400,6 @@ def describe_checkpoint(
         name: sum(t.numel() for k, t in specs.items() if k.startswith(p) and not k.endswith("position_ids"))
         for name, p in parts.items()
     }
-    from .families import detect_family
-
     try:
         family = detect_family(specs).name if not path.is_dir() else _directory_family(config, specs)
     except StateDictError:
