@@ -374,3 +374,33 @@ def test_hd_file_loads_and_matches_the_official_hd_forward(tmp_path, checkpoint)
     assert relative_rms_error(got, hd_lm_logits(sd, x, span)) < 1e-6  # RWKV-6 decays run in float32, as official
     out = model.generate(torch.tensor([prompt]), pixels, official_rerun=True, max_new_tokens=5, stop_tokens=(261,))
     assert out.tokens == [hd_generate(sd, prompt, feats, max_new_tokens=5)]
+
+
+def test_pooled_tokens_per_image_as_the_official_adaptive_pool(checkpoint, pixels, features):
+    """``num_token_per_image`` (evaluate.py's option, default 16 there, 1024 in the released scripts): the
+    concatenated features are average-pooled on the grid before the projector, as nn.AdaptiveAvgPool2d."""
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, num_token_per_image=4).eval()
+    assert model.image_tokens == 4
+    prompt = PROMPT[:3] + [IMAGE_TOKEN] * 4 + PROMPT[3 + K :]
+    with torch.no_grad():
+        got = model(ids(prompt), pixels).logits[0]
+    ref = official_logits(checkpoint, prompt, features, num_token_per_image=4)
+    assert relative_rms_error(got, ref) < 1e-10
+    with pytest.raises(ValueError, match="square number"):
+        visualrwkv7_from_official_state_dict(checkpoint, num_token_per_image=5)
+
+
+@pytest.mark.filterwarnings("ignore:scan policy MultiDir")  # 4 orders on 3 layers: the point is the decode
+@pytest.mark.parametrize("scan", ["bidir", "multidir", "snake", "zigzag"])
+def test_every_scan_policy_decodes_from_its_prefill(checkpoint, pixels, scan):
+    """Cached decoding after a scanned prefill equals one scanned forward over the longer sequence (no
+    padding, so both read the same positions)."""
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, scan=scan, pad=False).eval()
+    with torch.no_grad():
+        prefill = model(ids(), pixels)
+        step = model(torch.tensor([[5]]), state=prefill.state).logits[0, -1]
+        full = model(ids(PROMPT + [5]), pixels).logits[0, -1]
+        plain = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, pad=False).eval()
+        uni = plain(ids(PROMPT + [5]), pixels).logits[0, -1]
+    assert relative_rms_error(step, full) < 1e-10
+    assert relative_rms_error(full, uni) > 1e-4  # the policy changes the model's reading
