@@ -89,9 +89,16 @@ def test_vit_tower_selects_block_output_patch_tokens_without_norm(build, prefix,
 def test_default_layer_is_second_to_last_and_siglip_gelu_is_exact():
     dino, siglip = tiny_dino(), tiny_siglip()
     assert dino.layer == 1 and siglip.layer == 1
-    act = siglip.model.blocks[0].mlp.act
-    # timm's SigLIP (as the official code builds it) uses exact erf GELU, not the tanh approximation
-    assert isinstance(act, torch.nn.GELU) and act.approximate == "none"
+    # timm's SigLIP (as the official code builds it) uses exact erf GELU, not the tanh approximation; the v7
+    # builders pin it
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    exact = torch.nn.functional.gelu(x)
+    for enc in (tiny_visualrwkv7_encoder(), visualrwkv7_encoder(device="meta")):
+        for name in ("dino", "siglip"):
+            act = enc.towers[name].model.blocks[0].mlp.act
+            assert type(act) is torch.nn.GELU and act.approximate == "none"
+    assert torch.equal(siglip.model.blocks[0].mlp.act(x), exact)
+    assert not torch.allclose(torch.nn.functional.gelu(x, approximate="tanh"), exact, rtol=0, atol=1e-6)
 
 
 def test_space_to_depth_channel_order():

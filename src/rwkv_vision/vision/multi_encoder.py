@@ -167,11 +167,13 @@ def visualrwkv7_encoder(
     timm) and ``sam`` (SAM ViT-B, 1024 px, neck + 2 x 2 space-to-depth): ``[b, 1024, 3200]``, or
     ``[b, r*s, 3200]`` with ``pool=(r, s)``.
     """
-    kw = dict(device=device, dtype=dtype)
+    # exact (erf) GELU pinned: what timm built when the weights were trained (the original SigLIP used the
+    # tanh approximation), whatever a later timm's default becomes
+    kw = dict(device=device, dtype=dtype, act_layer=nn.GELU)
     towers = {
         "dino": timm_tower(DINOV2_L14_REG4, img_size=448, layer=-2, **kw),
         "siglip": timm_tower(SIGLIP_SO400M_14, img_size=448, layer=-2, **kw),
-        "sam": timm_tower(SAM_B16, img_size=1024, factor=2, **kw),
+        "sam": timm_tower(SAM_B16, img_size=1024, factor=2, device=device, dtype=dtype),
     }
     return MultiEncoder(towers, pool=pool, frozen=frozen)
 
@@ -191,9 +193,10 @@ def tiny_visualrwkv7_encoder(
     3 blocks (window 3 with padding, block 1 global), neck 16 channels, 8 x 8 -> 4 x 4.
     """
     kw = dict(device=device, dtype=dtype)
+    vit = dict(kw, act_layer=nn.GELU)
     towers = {
-        "dino": timm_tower(DINOV2_L14_REG4, img_size=56, depth=3, embed_dim=32, num_heads=2, layer=-2, **kw),
-        "siglip": timm_tower(SIGLIP_SO400M_14, img_size=56, depth=3, embed_dim=48, num_heads=2, layer=-2, **kw),
+        "dino": timm_tower(DINOV2_L14_REG4, img_size=56, depth=3, embed_dim=32, num_heads=2, layer=-2, **vit),
+        "siglip": timm_tower(SIGLIP_SO400M_14, img_size=56, depth=3, embed_dim=48, num_heads=2, layer=-2, **vit),
         "sam": timm_tower(
             SAM_B16,
             img_size=128,
