@@ -4,6 +4,9 @@ implementation, and bad input."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -317,6 +320,29 @@ def test_the_kernel_gets_packed_offsets_and_zero_states(monkeypatch):
     assert calls == [("kernel", torch.float32, (len(PACKED), 2, 8, 8), torch.int64, tuple(offsets.tolist()))]
     y_ref, s_ref = wkv7_ref(*[inputs[k] for k in NAMES], True, offsets)
     assert rel_rms(y, y_ref) < 1e-6 and rel_rms(s, s_ref) < 1e-6
+
+
+def test_without_extension_everything_but_the_kernel_runs():
+    code = (
+        "import torch, torch.nn.functional as F, rwkv_vision as rv\n"
+        "assert rv.ops.wkv7_kernel.kernel_ops7() is None\n"
+        "r = torch.randn(1, 3, 1, 4); kk = F.normalize(r, dim=-1)\n"
+        "args = (r, -r.abs(), r, r, -kk, kk / 2)\n"
+        "y, _ = rv.ops.wkv7(*args)\n"
+        "y_ref, _ = rv.ops.wkv7_ref(*args)\n"
+        "assert torch.allclose(y, y_ref, atol=1e-5)\n"
+        "rv.ops.wkv7_step(*(x[:, 0] for x in args), torch.zeros(1, 1, 4, 4))\n"
+        "try:\n"
+        "    rv.ops.wkv7(*args, backend='kernel')\n"
+        "except ValueError as e:\n"
+        "    assert 'no wkv7 ops' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('backend=kernel without extension must fail')\n"
+    )
+    env = dict(os.environ, RWKV_VISION_DISABLE_EXTENSION="1")
+    env.pop("RWKV_VISION_REQUIRE_EXTENSION", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
 
 
 def test_auto_falls_back_to_chunked_without_a_kernel(monkeypatch):
