@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import rwkv_vision.ops.wkv6_kernel as wkv6_kernel
+import rwkv_vision.ops.wkv7_kernel as wkv7_kernel
 from rwkv_vision import cli
 from rwkv_vision.ops import has_extension
 from rwkv_vision.selftest import TOLERANCES, run_selftest
@@ -36,7 +37,7 @@ def test_every_cpu_kernel_passes_with_its_error_and_tolerance():
     report = run_selftest(devices=["cpu"], head_sizes=[32, 40])
     assert report.passed and not report.failures
     kinds = {(c.kernel, c.dtype, c.head_size) for c in report.checks}
-    for kernel in ("wkv6 kernel", "wkv6_step"):
+    for kernel in ("wkv6 kernel", "wkv6_step", "wkv7 kernel", "wkv7_step"):
         for dtype in ("float32", "bfloat16", "float16", "float64"):
             for n in (32, 40):
                 assert (kernel, dtype, n) in kinds
@@ -56,19 +57,28 @@ def test_the_default_run_covers_the_cpu_and_every_cuda_device():
 
 
 @pytest.mark.parametrize(
-    "broken, kernel", [("wkv6_forward", "wkv6 kernel"), ("wkv6_backward", "wkv6 kernel"), ("wkv6_step", "wkv6_step")]
+    "broken, kernel",
+    [
+        ("wkv6_forward", "wkv6 kernel"),
+        ("wkv6_backward", "wkv6 kernel"),
+        ("wkv6_step", "wkv6_step"),
+        ("wkv7_forward", "wkv7 kernel"),
+        ("wkv7_backward", "wkv7 kernel"),
+        ("wkv7_step", "wkv7_step"),
+    ],
 )
 def test_a_broken_kernel_fails(monkeypatch, broken, kernel):
-    if broken == "wkv6_backward":  # the registered autograd calls torch.ops.rwkv_vision.wkv6_backward
-        monkeypatch.setattr(torch.ops.rwkv_vision, broken, _Broken(torch.ops.rwkv_vision, broken).wkv6_backward)
+    module = wkv7_kernel if broken.startswith("wkv7") else wkv6_kernel
+    if broken.endswith("_backward"):  # the registered autograd calls torch.ops.rwkv_vision.wkv*_backward
+        monkeypatch.setattr(torch.ops.rwkv_vision, broken, getattr(_Broken(torch.ops.rwkv_vision, broken), broken))
     else:
-        monkeypatch.setattr(wkv6_kernel, "_OPS", _Broken(wkv6_kernel._OPS, broken))
+        monkeypatch.setattr(module, "_OPS", _Broken(module._OPS, broken))
     report = run_selftest(devices=["cpu"], dtypes=["float32"], head_sizes=[32])
     assert not report.passed
     failed = report.failures
     assert [c.kernel for c in failed] == [kernel]
     assert failed[0].error > failed[0].tolerance
-    assert "FAIL" in report.table() and "FAILED: 1 of 2" in report.table()
+    assert "FAIL" in report.table() and "FAILED: 1 of 4" in report.table()
 
 
 def test_a_kernel_that_raises_is_a_failure(monkeypatch):
@@ -86,7 +96,8 @@ def test_a_kernel_that_raises_is_a_failure(monkeypatch):
 def test_cli_selftest_prints_the_table_and_exits_0(capsys):
     assert cli.main(["selftest", "--device", "cpu", "--dtype", "float32", "--head-size", "64"]) == 0
     out = capsys.readouterr().out
-    assert "wkv6 kernel" in out and "wkv6_step" in out and "pass" in out and "all 2 kernel checks pass" in out
+    assert "wkv6 kernel" in out and "wkv6_step" in out and "wkv7 kernel" in out and "wkv7_step" in out
+    assert "pass" in out and "all 4 kernel checks pass" in out
 
 
 def test_cli_selftest_exits_non_zero_on_a_mismatch(monkeypatch, capsys):

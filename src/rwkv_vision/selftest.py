@@ -2,12 +2,14 @@
 
 Letter legend: b batch, t time, h heads, n head size.
 
-Each compiled kernel (the ``wkv6`` forward and backward of every variant in the build, and the decoding
-step ``wkv6_step``) runs on each device that has kernels (the CPU, and every CUDA device present), for the
-dtypes and head sizes it supports, on random inputs with decays from 1e-9 to 0.9997 per step, a random
-initial state and a length (35) that crosses the CPU kernel's checkpoints and the 16-step chunks. Its
-output, final state and every gradient are compared with the float64 loop ``wkv6_ref`` (the step with a
-float64 step), as a relative RMS error against the tolerance the test suite holds the kernel to.
+Each compiled kernel (the ``wkv6`` forward and backward of every variant in the build, the decoding step
+``wkv6_step``, and the RWKV-7 ``wkv7`` forward and backward and ``wkv7_step``) runs on each device that has
+kernels (the CPU, and every CUDA device present), for the dtypes and head sizes it supports, on random inputs
+and a random initial state over a length (35) that crosses the kernels' checkpoints and the 16-step chunks:
+for wkv6 with decays from 1e-9 to 0.9997 per step; for wkv7 with the inputs an RWKV-7 layer makes (a = -kk,
+b = kk * iclr, decays in [e^-e^-0.5, 1)) as two packed sequences (``cu_seqlens`` [0, 17, 35]). Its output,
+final state and every gradient are compared with the float64 loop (``wkv6_ref``, ``wkv7_ref``; each step
+with a float64 step), as a relative RMS error against the tolerance the test suite holds the kernel to.
 
 The CUDA kernels have so far run only under the CPU emulator (docs/ops.md, "Kernel status"): on a GPU,
 run this before trusting them.
@@ -15,15 +17,17 @@ run this before trusting them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .ops import wkv6, wkv6_ref, wkv6_step
+from .ops import wkv6, wkv6_ref, wkv6_step, wkv7, wkv7_ref, wkv7_step
 from .ops.extension import backend_info
 from .ops.wkv6 import CUDA_HEAD_SIZES
 from .ops.wkv6_kernel import CUDA_VARIANTS, KERNEL_DEVICES, kernel_ops
+from .ops.wkv7_kernel import WKV7_CUDA_HEAD_SIZES, WKV7_KERNEL_DEVICES, kernel_ops7
 
 __all__ = ["KernelCheck", "SelftestReport", "run_selftest", "TOLERANCES"]
 
@@ -37,13 +41,15 @@ TOLERANCES = {"float32": 1e-5, "bfloat16": 5e-3, "float16": 5e-3, "float64": 1e-
 #: The chunked CUDA kernels multiply on TF32 tensor cores: 2e-3 even in float32.
 _TF32_TOLERANCE = 2e-3
 _B, _T, _H = 1, 35, 2
+#: The report's name of each check that is not a wkv6 variant.
+_KERNEL_NAMES = {"step": "wkv6_step", "wkv7": "wkv7 kernel", "wkv7_step": "wkv7_step"}
 
 
 @dataclass(frozen=True)
 class KernelCheck:
     """One kernel on one device, dtype and head size against the float64 reference."""
 
-    kernel: str  # "wkv6 kernel", "wkv6 cuda_recurrent", ..., "wkv6_step"
+    kernel: str  # "wkv6 kernel", "wkv6 cuda_recurrent", ..., "wkv6_step", "wkv7 kernel", "wkv7_step"
     device: str
     dtype: str
     head_size: int
@@ -176,6 +182,73 @@ def _check_step(device: str, dtype: str, n: int, seed: int) -> tuple[float, str]
     return _compare({"y": y, "state": dev_state}, {"y": y_ref, "state": state_ref})
 
 
+_NAMES7 = ("r", "w", "k", "v", "a", "b", "initial_state")
+#: Two packed sequences (a boundary inside the 35 steps), each with its own initial and final state.
+_CU_SEQLENS7 = (0, 17, 35)
+
+
+def _inputs7(n: int, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
+    """RWKV-7 layer-shaped inputs on the CPU: r, k, v, a, b in ``dtype``; w, the states float32 (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    kk = torch.nn.functional.normalize(rnd(1, _T, _H, n), dim=-1)
+    iclr = torch.rand(1, _T, _H, n, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    w = -math.exp(-0.5) * (torch.rand(1, _T, _H, n, generator=g, dtype=torch.float64) * 0.999 + 0.001)
+    inputs = {
+        "r": rnd(1, _T, _H, n),
+        "w": w,
+        "k": rnd(1, _T, _H, n, scale=0.5),
+        "v": rnd(1, _T, _H, n),
+        "a": -kk,
+        "b": kk * iclr,
+        "initial_state": rnd(len(_CU_SEQLENS7) - 1, _H, n, n),
+    }
+    return {k: x.to(acc if k in ("w", "initial_state") else dtype) for k, x in inputs.items()}
+
+
+def _wkv7_with_grads(fn, inputs, cu_seqlens, seed: int):
+    leaves = {k: x.detach().clone().requires_grad_(True) for k, x in inputs.items()}
+    y, s = fn(*[leaves[k] for k in _NAMES7], cu_seqlens)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device, y.dtype)
+    gs = torch.randn(s.shape, generator=g, dtype=torch.float64).to(s.device, s.dtype)
+    loss = (y * gy).sum(dtype=torch.float64) + (s * gs).sum(dtype=torch.float64)
+    grads = torch.autograd.grad(loss, [leaves[k] for k in _NAMES7])
+    out = {"y": y, "final_state": s}
+    out.update({f"d{k}": gr for k, gr in zip(_NAMES7, grads)})
+    return out
+
+
+def _check_wkv7(device: str, dtype: str, n: int, seed: int) -> tuple[float, str]:
+    inputs = _inputs7(n, _DTYPES[dtype], seed)
+    on_device = {k: x.to(device) for k, x in inputs.items()}
+    cu = torch.tensor(_CU_SEQLENS7)
+
+    def kernel(*args):
+        *xs, cu_seqlens = args
+        return wkv7(*xs, output_final_state=True, cu_seqlens=cu_seqlens, backend="kernel")
+
+    got = _wkv7_with_grads(kernel, on_device, cu.to(device), seed)
+    as64 = {k: x.double() for k, x in inputs.items()}
+    expected = _wkv7_with_grads(lambda *a: wkv7_ref(*a[:-1], True, a[-1]), as64, cu, seed)
+    return _compare(got, expected)
+
+
+def _check_step7(device: str, dtype: str, n: int, seed: int) -> tuple[float, str]:
+    inputs = _inputs7(n, _DTYPES[dtype], seed)
+    xs = [inputs[k][:, 0] for k in _NAMES7[:-1]]
+    state = inputs["initial_state"][:1]
+    dev_state = state.to(device, copy=True).contiguous()  # updated in place: never the reference's state
+    with torch.no_grad():
+        y = wkv7_step(*(x.to(device) for x in xs), dev_state, backend="kernel")
+    y_ref, state_ref = wkv7_ref(*(x[:, None].double() for x in xs), state.double(), True)
+    return _compare({"y": y, "state": dev_state}, {"y": y_ref[:, 0], "state": state_ref})
+
+
 def _cuda_devices() -> list[str]:
     if not torch.cuda.is_available():
         return []
@@ -254,9 +327,15 @@ def run_selftest(devices=None, dtypes=None, head_sizes=None) -> SelftestReport:
             if "cuda_chunked" in variants and torch.cuda.get_device_capability(device)[0] < 8:
                 variants.remove("cuda_chunked")
                 report.skipped.append(f"{device} cuda_chunked: needs compute capability 8.0 or newer")
-        for variant in [*variants, "step"]:
+        runs = [(variant, sizes) for variant in [*variants, "step"]]
+        if kind in WKV7_KERNEL_DEVICES and kernel_ops7() is not None:
+            sizes7 = sizes if kind == "cpu" else [x for x in sizes if x in WKV7_CUDA_HEAD_SIZES]
+            runs += [("wkv7", sizes7), ("wkv7_step", sizes7)]
+        else:
+            report.skipped.append(f"{device} wkv7: this build has no {kind.upper()} wkv7 kernel")
+        for variant, variant_sizes in runs:
             for dtype in device_dtypes:
-                for n in sizes:
+                for n in variant_sizes:
                     seed += 1
                     tolerance = TOLERANCES[dtype]
                     if variant == "cuda_chunked":
@@ -265,13 +344,17 @@ def run_selftest(devices=None, dtypes=None, head_sizes=None) -> SelftestReport:
                     try:
                         if variant == "step":
                             error, worst = _check_step(device, dtype, n, seed)
+                        elif variant == "wkv7":
+                            error, worst = _check_wkv7(device, dtype, n, seed)
+                        elif variant == "wkv7_step":
+                            error, worst = _check_step7(device, dtype, n, seed)
                         else:
                             error, worst = _check_wkv6(variant, device, dtype, n, seed)
                     except Exception as e:  # noqa: BLE001 - a kernel that raises is a failed check, reported
                         error, worst = float("inf"), f"raised {type(e).__name__}: {e}".splitlines()[0]
                     report.checks.append(
                         KernelCheck(
-                            kernel="wkv6_step" if variant == "step" else f"wkv6 {variant}",
+                            kernel=_KERNEL_NAMES.get(variant, f"wkv6 {variant}"),
                             device=device,
                             dtype=dtype,
                             head_size=n,
