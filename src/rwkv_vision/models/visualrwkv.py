@@ -396,11 +396,13 @@ class VisualRWKV(nn.Module):
 
     @classmethod
     def from_official_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> VisualRWKV:
-        """Build from a released flat checkpoint (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``); see
-        :func:`rwkv_vision.checkpoint.official.visualrwkv_from_official_state_dict`."""
-        from ..checkpoint.official import visualrwkv_from_official_state_dict
+        """Build from a released flat checkpoint of any loadable family, told apart by its keys: v6.0
+        (``rwkv.*``, ``vit.vision_model.*``, ``proj.weight``; see
+        :func:`rwkv_vision.checkpoint.official.visualrwkv_from_official_state_dict`), HD or v7.00 (``rwkv.*``,
+        ``vit.{dino,siglip,sam}_featurizer.*``, ``proj.*``; see :mod:`rwkv_vision.checkpoint.families`)."""
+        from ..checkpoint.pretrained import load_released_state_dict
 
-        return visualrwkv_from_official_state_dict(state_dict, cls=cls, **kwargs)
+        return load_released_state_dict(state_dict, cls=cls, **kwargs)
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters under the released checkpoint's names: v6.0 (``rwkv.*``, ``vit.vision_model.*``,
