@@ -220,6 +220,9 @@ def test_multi_encoder_frozen_by_default_and_bad_inputs():
         tiny_dino(layer=3)
     with pytest.raises(ValueError, match="timm model name"):
         timm_tower("not_a_model")
+    with pytest.raises(ValueError, match="norm_eps"):
+        tiny_sam(norm_eps=0)
+    assert tiny_dino(norm_eps=1e-3).model.blocks[1].norm2.eps == 1e-3
 
 
 def test_tagged_timm_names_as_the_official_code_writes_them():

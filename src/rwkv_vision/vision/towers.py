@@ -231,14 +231,16 @@ def timm_tower(
     # a pretrained tag ("vit_large_patch14_reg4_dinov2.lvd142m", as the official code names it) is allowed
     if not isinstance(name, str) or not timm.is_model(name.split(".", 1)[0]):
         raise ValueError(f"name must be a timm model name, got {name!r}")
+    if norm_eps is not None and (
+        isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not 0 < norm_eps < 1
+    ):
+        raise ValueError(f"norm_eps must be a number in (0, 1) or None, got {norm_eps!r}")
     timm_kwargs.setdefault("num_classes", 0)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
     if norm_eps is None and isinstance(model, VisionTransformerSAM):
         norm_eps = SAM_NORM_EPS
     if norm_eps is not None:
-        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not 0 < norm_eps < 1:
-            raise ValueError(f"norm_eps must be a number in (0, 1), got {norm_eps!r}")
         for m in model.blocks.modules():
             if isinstance(m, nn.LayerNorm):
                 m.eps = float(norm_eps)
