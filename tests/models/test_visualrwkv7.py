@@ -339,6 +339,11 @@ def test_cli_chat_with_a_v7_file(tmp_path, world_checkpoint, capsys):
     assert capsys.readouterr().out == want + "\n"
     assert main(["chat", *args]) == 0
     assert capsys.readouterr().out == want + "\n"
+    # convert: the released .pth to a save_pretrained directory, which answers the same
+    assert main(["convert", str(tmp_path / "v7.pth"), str(tmp_path / "converted")]) == 0
+    capsys.readouterr()
+    converted = VisualRWKV.from_pretrained(tmp_path / "converted")
+    assert converted.chat(_picture(), "What is it?", max_new_tokens=5) == want
 
 
 def test_hd_file_loads_and_matches_the_official_hd_forward(tmp_path, checkpoint):

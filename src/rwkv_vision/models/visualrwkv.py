@@ -639,8 +639,10 @@ class VisualRWKV(nn.Module):
         """Logits over the expanded sequence.
 
         Args:
-            input_ids: [b, t] ids with :data:`IMAGE_TOKEN_INDEX` once per image.
-            pixel_values: [n, 3, H, W], one image per placeholder in order (row 0 first); None for text.
+            input_ids: [b, t] ids with :data:`IMAGE_TOKEN_INDEX` once per image (or, with a run layout such as
+                v7.00's, a run of k ids :attr:`image_run_id` per image: the official ids).
+            pixel_values: [n, 3, H, W], one image per placeholder in order (row 0 first); for a MultiEncoder a
+                dict tower -> [n, 3, H_i, W_i]; None for text.
             state: the state after earlier tokens (None: a fresh sequence). Images must lie wholly in one call.
             image_embeds: instead of pixel_values, projected image embeddings [n, k, c].
             logits_to_keep: 0 for every position, k > 0 for the last k.
