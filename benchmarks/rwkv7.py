@@ -98,13 +98,16 @@ def main(argv=None) -> int:
     n_decode = args.decode_tokens or (4 if args.tiny else 64)
     config = get_config("rwkv7-0.1b").replace(**TINY) if args.tiny else get_config("rwkv7-0.1b")
 
-    from rwkv_vision.ops import backend_info
+    try:
+        from rwkv_vision.ops import wkv7_kernel
 
-    info = backend_info()
+        wkv7_path = "compiled CPU kernel" if wkv7_kernel.kernel_ops7() is not None else "chunked PyTorch"
+    except ImportError:
+        wkv7_path = "chunked PyTorch"
     print(f"# RWKV-7 {'tiny' if args.tiny else '0.1B shape'}: prefill {tokens} tokens, decode {n_decode} tokens")
     print(
         f"# {datetime.date.today()} | {_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads "
-        f"| rwkv_vision {getattr(rwkv_vision, '__version__', '?')} (extension: {info.get('extension')}) | float32"
+        f"| rwkv_vision {getattr(rwkv_vision, '__version__', '?')} (wkv7: {wkv7_path}) | float32"
     )
     model = _random_model(config)
     g = torch.Generator().manual_seed(1)
