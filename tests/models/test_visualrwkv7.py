@@ -409,3 +409,23 @@ def test_every_scan_policy_decodes_from_its_prefill(checkpoint, pixels, scan):
         uni = plain(ids(PROMPT + [5]), pixels).logits[0, -1]
     assert relative_rms_error(step, full) < 1e-10
     assert relative_rms_error(full, uni) > 1e-4  # the policy changes the model's reading
+
+
+def test_official_padding_decodes_from_states_with_the_official_tokens(checkpoint, model, pixels, features):
+    """generate(official_padding=True): m = 16 cached states per row (one per pad count), so every step has
+    the logits of the official re-padded forward at O(1) cost in the length: the official tokens, here over
+    10 steps (the pad count changes every step), for a batch of two prompts of different lengths."""
+    other = [24, 59, 33] + [IMAGE_TOKEN] * K + [11, 5, 6, 7, 8, 9, 59]
+    g = torch.Generator().manual_seed(4)
+    second = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in pixels.items()}
+    with torch.no_grad():
+        feats2 = model.encoder(second)
+    want = [
+        official_generate(checkpoint, PROMPT, features, max_new_tokens=10, ctx_len=2048, stop_token=-1),
+        official_generate(checkpoint, other, feats2, max_new_tokens=10, ctx_len=2048, stop_token=-1),
+    ]
+    both = {k: torch.cat([pixels[k], second[k]]) for k in pixels}
+    out = model.generate([PROMPT, other], both, official_padding=True, max_new_tokens=10, stop_tokens=())
+    assert out.tokens == want
+    cached = model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=())
+    assert cached.tokens[0][0] == want[0][0]

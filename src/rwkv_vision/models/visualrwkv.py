@@ -170,6 +170,8 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"pad_token_id must be a non-negative int, got {pad_token_id!r}")
         if pad_to_multiple not in (None, 1) and pad_token_id >= rwkv.vocab_size:
             raise ValueError(f"pad_token_id must be an id in [0, {rwkv.vocab_size}), got {pad_token_id!r}")
+        if pad_to_multiple not in (None, 1) and not isinstance(rwkv, RWKV7):
+            raise ValueError("pad_to_multiple: the padding of the official v7.00 forward applies to an RWKV7 only")
         self.pad_to_multiple = None if pad_to_multiple in (None, 1) else pad_to_multiple
         self.pad_token_id = pad_token_id
         self.rwkv = rwkv
@@ -738,6 +740,7 @@ class VisualRWKV(nn.Module):
         streamer=None,
         generator: torch.Generator | None = None,
         official_rerun: bool = False,
+        official_padding: bool = False,
         ctx_len: int | None = None,
         **overrides: Any,
     ) -> GenerationOutput:
@@ -748,6 +751,13 @@ class VisualRWKV(nn.Module):
         :attr:`pad_to_multiple`, to the multiple that sequence needs), takes the argmax of the last position,
         stops after emitting a stop token (it is in the output), else appends that token's embedding and keeps
         the last ``ctx_len`` positions (None: all). O(t) per token; see :meth:`generate_official`.
+
+        ``official_padding=True`` (models with :attr:`pad_to_multiple` m) decodes from cached states, yet every
+        token's logits are those of the official re-padded forward: the prompt is prefilled after each of the
+        m possible pad counts (m states per row) and step j reads the state whose pad count the official code
+        would use for that length, ``(-(t + j)) mod m``. The same tokens as ``official_rerun`` (no ``ctx_len``
+        truncation), at m times the cost of plain cached decoding per token, O(1) in the length; sampling,
+        batches and streaming work as usual.
 
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
         lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
@@ -773,6 +783,7 @@ class VisualRWKV(nn.Module):
                 "streamer",
                 "generator",
                 "official_rerun",
+                "official_padding",
                 "ctx_len",
             ),
         )
@@ -785,6 +796,10 @@ class VisualRWKV(nn.Module):
             return self.generate_official(input_ids, pixel_values, config, ctx_len=ctx_len)
         if ctx_len is not None:
             raise ValueError("ctx_len applies to official_rerun=True only (cached decoding keeps every token)")
+        if official_padding and self.pad_to_multiple:
+            if state is not None:
+                raise ValueError("official_padding=True starts from nothing: pass no state")
+            return self._generate_repadded(input_ids, pixel_values, config, streamer=streamer, generator=generator)
         if isinstance(input_ids, (list, tuple)):
             logits, state = self._prefill_ragged(input_ids, pixel_values, state)
             logits = logits[:, None]
@@ -853,6 +868,58 @@ class VisualRWKV(nn.Module):
                 x = x[:, cut:]
                 row = [replace(span, start=span.start - cut) for span in row if span.start >= cut]
         return GenerationOutput(tokens=[tokens], finish_reasons=[reason])
+
+    @torch.no_grad()
+    def _generate_repadded(self, input_ids, pixel_values, config, *, streamer=None, generator=None):
+        """Cached decoding with the official per-step re-padding (see :meth:`generate`, ``official_padding``)."""
+        from ..generation import decode_loop
+
+        m = self.pad_to_multiple
+        if isinstance(input_ids, torch.Tensor):
+            rows = list(input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids)
+        else:
+            rows = [torch.as_tensor(r, dtype=torch.long) for r in input_ids]
+        if isinstance(pixel_values, (list, tuple)):
+            per_row = list(pixel_values)
+        else:
+            counts = [self.count_images(r) for r in rows]
+            starts = [sum(counts[:i]) for i in range(len(rows))]
+            per_row = [None if not c else _select_images(pixel_values, a, a + c) for a, c in zip(starts, counts)]
+        if len(per_row) != len(rows):
+            raise ValueError(f"pixel_values: {len(per_row)} image groups for {len(rows)} prompts")
+        device = self.rwkv.emb.weight.device
+        pad = self.rwkv.emb.weight[self.pad_token_id].view(1, 1, -1)
+        lengths, first_logits, states = [], [], []
+        for row, pixels in zip(rows, per_row):
+            x, spans = self.embed(row.to(device).view(1, -1), pixels)
+            # The state after p pads, p = 0 .. m-1 (p = 0: nothing read yet), then the prompt from each of them.
+            after_pads, st = [self.rwkv.init_state(1, device=device)], None
+            for _ in range(m - 1):
+                _, st = self._forward_embeds7(pad.to(x.dtype), None, st, pad=False)
+                after_pads.append(st)
+            start = RWKVState.cat(after_pads)
+            logits, st = self.forward_embeds(x.expand(m, -1, -1), spans * m, start, logits_to_keep=1)
+            t = x.shape[1]
+            first_logits.append(logits[(-t) % m, -1])
+            lengths.append(t)
+            states.append(st)
+        state = [RWKVState.cat(states)]
+        lengths_t = torch.tensor(lengths, device=device)
+        fed = [0]
+        b = len(rows)
+
+        def step(picked: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+            ids = picked.to(device).repeat_interleave(m).view(-1, 1)
+            logits, new_state = self(input_ids=ids, state=state[0])
+            if not bool(running.all()):
+                new_state = new_state.where(running.to(device).repeat_interleave(m), state[0])
+            state[0] = new_state
+            fed[0] += 1
+            which = (-(lengths_t + fed[0])) % m  # the official pad count for each row's new length
+            return logits[:, -1].view(b, m, -1)[torch.arange(b, device=device), which]
+
+        tokens, reasons = decode_loop(torch.stack(first_logits), step, config, streamer=streamer, generator=generator)
+        return GenerationOutput(tokens=tokens, finish_reasons=reasons, pad_token_id=config.pad_token_id)
 
     @torch.no_grad()
     def _prefill_ragged(
