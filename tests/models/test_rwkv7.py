@@ -5,6 +5,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rwkv_vision import RWKV7, create_model
 from rwkv_vision.checkpoint.official import (
@@ -220,3 +222,56 @@ def test_bad_inputs_name_the_argument(model):
         model(_ids(2, 3), state=bad)
     with pytest.raises(TypeError, match="config"):
         RWKV7(RWKV7Config(n_layer=1, n_embd=16, head_size=16), n_layer=2)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    t=st.integers(1, 13),
+    cuts=st.lists(st.integers(1, 12), max_size=3),
+    b=st.integers(1, 2),
+)
+def test_any_split_of_any_length_equals_one_pass(model, t, cuts, b):
+    ids = _ids(b, t, seed=t)
+    full = model(ids)
+    bounds = sorted({0, t, *[c for c in cuts if c < t]})
+    state, parts = None, []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        out = model(ids[:, lo:hi], state=state)
+        parts.append(out.logits)
+        state = out.state
+    assert relative_rms_error(torch.cat(parts, 1), full.logits) < 1e-5
+
+
+def test_inputs_embeds_and_a_manual_block_loop_equal_input_ids(model):
+    ids = _ids(2, 7)
+    want = model(ids).logits
+    assert relative_rms_error(model(inputs_embeds=model.embed(ids)).logits, want) < 1e-6
+    x, v_first = model.embed(ids), None
+    for block in model.blocks:
+        x, _, v_first = block(x, return_state=True, v_first=v_first, return_v_first=True)
+    assert relative_rms_error(model.unembed(x), want) < 1e-6
+
+
+def test_half_precision_keeps_a_float32_state(official, model):
+    half = RWKV7.from_official_state_dict(official, dtype=torch.bfloat16)
+    ids = _ids(1, 8)
+    out = half(ids)
+    assert out.logits.dtype == torch.bfloat16 and out.state[0].wkv.dtype == torch.float32
+    assert out.state[0].att_shift.dtype == torch.bfloat16
+    assert relative_rms_error(out.logits, model(ids).logits) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    sd = random_official_x070_state_dict(n_layer=2, n_embd=128, head_size=64, vocab_size=50, seed=2)
+    cpu = RWKV7.from_official_state_dict(sd)
+    gpu = RWKV7.from_official_state_dict(sd, device="cuda", dtype=dtype)
+    ids = _ids(2, 12)
+    out = gpu(ids.cuda(), chunk_size=5)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05
+    assert relative_rms_error(out.logits.cpu(), cpu(ids).logits) < tolerance
+    state = gpu.init_state(2)
+    steps = torch.stack([gpu.step(ids[:, i].cuda(), state) for i in range(12)], 1)
+    assert relative_rms_error(steps.cpu(), cpu(ids).logits) < tolerance
