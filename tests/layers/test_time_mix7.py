@@ -80,6 +80,8 @@ def test_init_follows_the_official_training_code():
     ffn = ChannelMix7(c, layer_id=layer, n_layer=n_layer)
     assert ffn.x_k[0, 0, i].item() == pytest.approx(1 - (i / c) ** (ratio_1_to_0**4), rel=1e-6)
     assert torch.all(ffn.value.weight == 0)
+    k = ffn.key.weight  # [4c, c]: orthonormal columns, gain 1 (generate_init_weight's plain gain)
+    assert torch.allclose(k.T @ k, torch.eye(c), atol=1e-5)
 
 
 def test_decay_is_in_the_official_range():

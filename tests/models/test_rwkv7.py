@@ -198,6 +198,13 @@ def test_gradient_flows_through_a_carried_state(model):
     assert all(s.wkv.grad is not None and s.wkv.grad.abs().sum() > 0 for s in state)
 
 
+def test_embedding_and_head_init_follow_the_official_trainer():
+    model = RWKV7(n_layer=2, n_embd=32, head_size=8, vocab_size=200)
+    assert model.emb.weight.abs().max() <= 1e-4 and model.emb.weight.abs().max() > 0
+    head = model.head.weight  # orthogonal, gain 0.5 * sqrt(v / c) = 1.25
+    assert torch.allclose(head.T @ head, 1.25**2 * torch.eye(32), atol=1e-4)
+
+
 def test_registry_sizes_and_the_tiny_model_is_fast():
     assert isinstance(get_config("rwkv7-0.1b"), RWKV7Config)
     c = get_config("rwkv7-0.1b")

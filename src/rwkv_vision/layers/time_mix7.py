@@ -79,10 +79,12 @@ def log_decay7(x_w: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor, w2: torch.
     return torch.sigmoid(d).mul(-_DECAY_SCALE)
 
 
-def _orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """The official ortho_init: an orthogonal matrix, gain sqrt(rows / cols) when taller than wide, times scale."""
+def _orthogonal_(weight: torch.Tensor, scale: float, *, lora: bool = False) -> torch.Tensor:
+    """An orthogonal matrix times ``scale``. ``lora=True`` is the official ``ortho_init`` of the LoRA matrices,
+    which multiplies the gain by sqrt(rows / cols) when taller than wide; the Linear weights (and the head) get
+    the plain gain, as the official ``generate_init_weight`` gives them."""
     rows, cols = weight.shape
-    gain = math.sqrt(rows / cols) if rows > cols else 1.0
+    gain = math.sqrt(rows / cols) if lora and rows > cols else 1.0
     if weight.device.type == "meta":
         return weight
     # orthogonal_ wants a float32/float64 QR; build there and copy (bf16 parameters included).
@@ -179,7 +181,7 @@ class TimeMix7(nn.Module):
             first = torch.zeros(c, rank, **factory)
             second = torch.empty(rank, c, **factory)
             with torch.no_grad():
-                _orthogonal_(second, 0.1)
+                _orthogonal_(second, 0.1, lora=True)
             return nn.Parameter(first), nn.Parameter(second)
 
         self.w0 = vec(www + 0.5 + zigzag * 2.5)
