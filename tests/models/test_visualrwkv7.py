@@ -225,6 +225,8 @@ def _same_weights(a, b):
 
 
 def test_from_pretrained_pth_safetensors_and_directory_round_trip(tmp_path, checkpoint, model, pixels):
+    import json
+
     from rwkv_vision import VisualRWKV
     from rwkv_vision.checkpoint.families import check_family
     from rwkv_vision.checkpoint.pretrained import describe_checkpoint
@@ -244,8 +246,11 @@ def test_from_pretrained_pth_safetensors_and_directory_round_trip(tmp_path, chec
     # per-tower preprocessing) round-trips to the same model and the same logits.
     model.save_pretrained(tmp_path / "dir")
     back = VisualRWKV.from_pretrained(tmp_path / "dir")
-    assert back.config == model.config and _same_weights(back, model)
-    assert back.config.to_dict()["padding"] == {"multiple": 16, "token": 261}
+    assert _same_weights(back, model) and back.rwkv.config == model.rwkv.config
+    assert (back.pad_to_multiple, back.pad_token_id, back.layout, back.scan) == (16, 261, model.layout, model.scan)
+    assert back.encoder.names == model.encoder.names and back.encoder.widths == model.encoder.widths
+    saved = json.loads((tmp_path / "dir" / "config.json").read_text())
+    assert saved["architecture"] == "rwkv7" and saved["padding"] == {"multiple": 16, "token": 261}
     assert describe_checkpoint(tmp_path / "dir")["family"] == "v7.00"
     with torch.no_grad():
         assert torch.equal(back(ids(), pixels).logits, model(ids(), pixels).logits)
