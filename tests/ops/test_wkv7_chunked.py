@@ -30,7 +30,7 @@ def chunked(L):
 
 
 @pytest.mark.parametrize("with_state", [False, True])
-@pytest.mark.parametrize("t,L", [(1, 16), (7, 16), (16, 16), (33, 16), (65, 16), (65, 5), (100, 3), (47, 32)])
+@pytest.mark.parametrize("t,L", [(1, 16), (7, 16), (16, 16), (33, 16), (65, 16), (65, 4), (100, 2), (47, 32), (9, 1)])
 def test_float32_matches_float64_reference(t, L, with_state):
     inputs = make_inputs(2, t, 3, 16, with_state=with_state, seed=t + L)
     assert_matches_reference(chunked(L), inputs, 1e-5)
@@ -80,7 +80,7 @@ def test_segments_with_carried_state_equal_one_run():
     t=st.integers(1, 40),
     h=st.integers(1, 3),
     n=st.integers(1, 12),
-    L=st.integers(1, 20),
+    L=st.sampled_from([1, 2, 4, 8, 16, 32]),
     seed=st.integers(0, 1000),
 )
 def test_any_shape_and_chunk_length(b, t, h, n, L, seed):
@@ -94,8 +94,8 @@ def test_any_shape_and_chunk_length(b, t, h, n, L, seed):
 
 def test_bad_chunk_size():
     inputs = make_inputs(1, 4, 1, 4)
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+    for bad in (0, -1, 2.5, True, 3, 24):
+        with pytest.raises(ValueError, match=r"chunk_size must be a power of two \(1, 2, 4, ...\), got"):
             wkv7_chunked(*[inputs[k] for k in NAMES], chunk_size=bad)
 
 
@@ -106,7 +106,7 @@ EXTREME_W = [-1e-6, W_MIN, -5.0, -50.0, -1e8, -float("inf")]
 
 
 @pytest.mark.parametrize("w_value", EXTREME_W, ids=str)
-@pytest.mark.parametrize("t,L", [(1, 16), (17, 16), (37, 16), (23, 5)])
+@pytest.mark.parametrize("t,L", [(1, 16), (17, 16), (37, 16), (23, 4), (70, 64)])
 def test_every_decay_down_to_minus_inf_matches_float64(w_value, t, L):
     """Uniform log-decays over the sequence: outputs and every gradient stay within float32 error of the
     float64 loop; no overflow at -50 (e^-800 over a chunk), no NaN at -1e8 or -inf."""
@@ -139,7 +139,7 @@ def test_mixed_extreme_decays_match_float64():
 @settings(max_examples=20, deadline=None)
 @given(
     t=st.integers(1, 40),
-    L=st.integers(1, 20),
+    L=st.sampled_from([1, 2, 4, 8, 16, 32]),
     choices=st.lists(st.sampled_from(EXTREME_W), min_size=1, max_size=4),
     seed=st.integers(0, 1000),
 )
@@ -156,7 +156,7 @@ def test_torch_compile_fullgraph():
     inputs = make_inputs(2, 6, 2, 8, seed=7)
 
     def layer(r, w, k, v, a, b, s0):
-        y, s = wkv7_chunked(r * 2, w, k, v, a, b, s0, output_final_state=True, chunk_size=3)
+        y, s = wkv7_chunked(r * 2, w, k, v, a, b, s0, output_final_state=True, chunk_size=2)
         return y.sin(), s
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")

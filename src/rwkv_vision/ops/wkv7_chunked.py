@@ -20,11 +20,13 @@ that multiplies S0 waits for the previous chunk. So each chunk costs one small t
 few matmuls in parallel, and two [L, n] x [n, n] matmuls in the sequential loop over chunks.
 
 Decays: every factor is exp of a sum of w's (all <= 0) accumulated directly, never the difference of
-two cumulative sums, and the pairwise sums are formed one sub-diagonal at a time (as in ``wkv6_chunked``):
-the textbook factorisation (a exp(A)) (b exp(-A))^T overflows float32 once a chunk decays past e^-88
-and turns w = -inf into inf * 0 = NaN, and a difference of cumulative sums carries an error of
-|A| * eps in the exponent. So every valid log-decay, from -1e-6 to -inf, gives finite values and
-gradients within float32 rounding of the float64 loop.
+two cumulative sums. The textbook factorisation (a exp(A)) (b exp(-A))^T overflows float32 once a chunk
+decays past e^-88 and turns w = -inf into inf * 0 = NaN, and a difference of cumulative sums carries an
+error of |A| * eps in the exponent. Instead the pair coefficients exp(A_{p-1} - A_q) are factored through
+a step between q and p (``_pair_matrices``: the middle of the smallest power-of-two block holding both),
+so both factors are exp of a non-positive direct sum, and each block's crossing pairs are still one
+matmul. So every valid log-decay, from -1e-6 to -inf, gives finite values and gradients within float32
+rounding of the float64 loop.
 """
 
 from __future__ import annotations
@@ -34,29 +36,46 @@ import torch.nn.functional as F
 
 __all__ = ["wkv7_chunked", "DEFAULT_CHUNK"]
 
-#: L when none is given. Larger L means fewer sequential steps but L (L - 1) / 2 pair terms per chunk.
+#: L when none is given (a power of two). Larger L means fewer sequential steps but L x L pair matrices.
 DEFAULT_CHUNK = 16
 
 
-def _lower_triangular(diagonals: list[torch.Tensor], L: int, c: int, *, like: torch.Tensor) -> torch.Tensor:
-    """[..., L, L, c] with diagonals[d - 1] ([..., L - d, c]) on sub-diagonal d, zeros on and above the diagonal."""
-    batch = like.shape[:-2]
-    if L == 1:
-        return like.new_zeros(*batch, 1, 1, c)
-    # Row p of the result holds, at column q < p, element q of diagonal p - q: lay the diagonals out as
-    # [..., L - 1 (d), L (q), c], zero-padded along q, then gather all L x L entries at once.
-    padded = torch.stack([F.pad(x, (0, 0, 0, d)) for d, x in enumerate(diagonals, 1)], dim=-3)
-    steps = torch.arange(L, device=like.device)
-    d = steps.view(L, 1) - steps.view(1, L)  # [L(row), L(col)]: the sub-diagonal of each entry
-    index = (d.clamp(min=1) - 1) * L + steps.view(1, L)
-    flat = padded.flatten(-3, -2)[..., index.flatten(), :].view(*batch, L, L, c)
-    return flat * (d > 0).unsqueeze(-1)
+def _pair_matrices(rows: torch.Tensor, cols: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The chunk's pair coefficients: [..., L, L, 4] holding, at row p and column q < p (zero elsewhere),
+    the four dot products rows_p[i] . (cols_q[j] * exp(w_{q+1} + ... + w_{p-1})) for (i, j) in
+    (0, 0), (0, 1), (1, 0), (1, 1). rows, cols: [..., L, 2, n]; w: [..., L, n]; L a power of two.
+
+    Built bottom-up over blocks of 2, 4, ..., L steps. In a block of S steps, the pairs that cross its
+    middle c (q < c <= p) factor through c: the exponent is sum_{s=c}^{p-1} w_s + sum_{s=q+1}^{c-1} w_s,
+    two sums of non-positive numbers, so each factor is exp(<= 0) <= 1 and the block's crossing pairs are
+    one [S, n] x [n, S] matmul; the pairs inside each half come from the level below.
+    """
+    batch, L, n = w.shape[:-2], w.shape[-2], w.shape[-1]
+    pairs = w.new_zeros(*batch, L, 1, 1, 4)  # blocks of one step: no pair
+    size = 1
+    while size < L:
+        half, size = size, 2 * size
+        blocks = L // size
+        w_halves = w.reshape(*batch, blocks, 2, half, n)
+        # From the middle forward (exclusive: 0 at the middle) and from just before the middle back.
+        after = F.pad(w_halves[..., 1, :-1, :], (0, 0, 1, 0)).cumsum(dim=-2)
+        before = F.pad(w_halves[..., 0, 1:, :].flip(-2).cumsum(dim=-2).flip(-2), (0, 0, 0, 1))
+        row = rows.reshape(*batch, blocks, 2, half, 2, n)[..., 1, :, :, :] * torch.exp(after).unsqueeze(-2)
+        col = cols.reshape(*batch, blocks, 2, half, 2, n)[..., 0, :, :, :] * torch.exp(before).unsqueeze(-2)
+        # [.., blocks, half (p) x 2 (i), n] @ [.., blocks, n, half (q) x 2 (j)] -> [.., blocks, half, half, 4]
+        cross = row.flatten(-3, -2) @ col.flatten(-3, -2).transpose(-1, -2)
+        cross = cross.view(*batch, blocks, half, 2, half, 2).transpose(-3, -2).flatten(-2)
+        inner = pairs.reshape(*batch, blocks, 2, half, half, 4)
+        top = torch.cat((inner[..., 0, :, :, :], torch.zeros_like(cross)), dim=-2)
+        bottom = torch.cat((cross, inner[..., 1, :, :, :]), dim=-2)
+        pairs = torch.cat((top, bottom), dim=-3)  # [.., blocks, size, size, 4]
+    return pairs.reshape(*batch, L, L, 4)
 
 
 def _one_sequence(r, w, k, v, a, b, state, L):
     """y [bb, h, t, n] (accumulation dtype) and the final state, for unpacked [bb, h, t, n] inputs."""
     bb, h, t, n = r.shape
-    L = min(L, t)
+    L = min(L, 1 << (t - 1).bit_length())  # a power of two, no longer than t needs
     m = -(-t // L)
     pad = m * L - t
 
@@ -74,22 +93,8 @@ def _one_sequence(r, w, k, v, a, b, state, L):
     A_last = wc.sum(dim=-2)  # [.., n] the whole chunk's log-decay
     r_dec = rc * torch.exp(wc)  # r_t exp(w_t): pair (t, s < t) then needs exp(w_{s+1} + ... + w_{t-1}) only
 
-    # Pairs (row p, column q < p) of the chunk, one sub-diagonal d = p - q at a time. Their exponent
-    # E_d[q] = w_{q+1} + ... + w_{p-1} (<= 0) is built up diagonal by diagonal: E_1 = 0 and
-    # E_{d+1}[q] = E_d[q + 1] + w_{q+1}. Rows are a_p (for the solve) and r_p exp(w_p) (for y); columns
-    # are b_q and k_q: four dot products per pair, one broadcast product summed over n (a batch of tiny
-    # matmuls is much slower, backward above all).
-    rows = torch.stack((ac, r_dec), dim=-2).unsqueeze(-2)  # [.., L, 2, 1, n]
-    cols = torch.stack((bc, kc), dim=-2).unsqueeze(-3)  # [.., L, 1, 2, n]
-    diagonals = []
-    E = None
-    for d in range(1, L):
-        row, col = rows[..., d:, :, :, :], cols[..., : L - d, :, :, :]
-        if d > 1:
-            E = wc[..., 1 : L - d + 1, :] if E is None else E[..., 1:, :] + wc[..., 1 : L - d + 1, :]
-            row = row * torch.exp(E)[..., None, None, :]
-        diagonals.append((row * col).sum(-1))  # [.., L - d, 2, 2]
-    pairs = _lower_triangular([x.flatten(-2) for x in diagonals], L, 4, like=rc)  # [.., L, L, 4]
+    # Rows a_p (for the solve) and r_p exp(w_p) (for y), columns b_q and k_q, with the decay between them.
+    pairs = _pair_matrices(torch.stack((ac, r_dec), dim=-2), torch.stack((bc, kc), dim=-2), wc)  # [.., L, L, 4]
     # Strictly lower: a_p exp(A_{p-1} - A_q) . b_q and . k_q (the solve), r_p exp(A_p - A_q) . b_q and . k_q (y).
     T_ab, T_ak, R_b, R_k = pairs.unbind(-1)
     # The diagonal of the output's pair terms: step t reads its own update with no decay in between.
@@ -97,19 +102,21 @@ def _one_sequence(r, w, k, v, a, b, state, L):
     R_k = R_k + torch.diag_embed((rc * kc).sum(-1))
 
     # (I - T_ab) u = X S0 + T_ak v with X = a exp(A_{p-1}): solved for both right-hand sides at once.
+    # (Products that share an operand are one matmul each: fewer, larger matmuls are faster on the CPU.)
     eye = torch.eye(L, dtype=rc.dtype, device=rc.device)
     X = ac * torch.exp(A_prev)  # [.., L, n]
-    solved = torch.linalg.solve_triangular(
-        eye - T_ab, torch.cat((X, T_ak @ vc), dim=-1), upper=False, unitriangular=True
-    )
+    Tk_v, Rk_v = (torch.cat((T_ak, R_k), dim=-2) @ vc).split(L, dim=-2)  # T_ak v, R_k v: [.., L, n] each
+    solved = torch.linalg.solve_triangular(eye - T_ab, torch.cat((X, Tk_v), dim=-1), upper=False, unitriangular=True)
     W_x, U_0 = solved[..., :n], solved[..., n:]  # u = W_x S0 + U_0
 
     # y = r exp(A) S0 + R_b u + R_k v = Q S0 + Y_0;  S_end = exp(A_{L-1}) S0 + B~^T u + K~^T v.
-    Q = rc * torch.exp(A) + R_b @ W_x  # [.., L, n]
-    Y_0 = R_b @ U_0 + R_k @ vc  # [.., L, n]
+    Rb_Wx, Rb_U0 = (R_b @ solved).split(n, dim=-1)
+    Q = rc * torch.exp(A) + Rb_Wx  # [.., L, n]
+    Y_0 = Rb_U0 + Rk_v  # [.., L, n]
     decay_to_end = torch.exp(to_end)
-    B_end = (bc * decay_to_end).transpose(-1, -2)  # [.., n, L]
-    H = B_end @ U_0 + (kc * decay_to_end).transpose(-1, -2) @ vc  # [.., n, n]
+    B_end, K_end = bc * decay_to_end, kc * decay_to_end  # b_s, k_s decayed to the chunk end: [.., L, n]
+    H = torch.cat((B_end, K_end), dim=-2).transpose(-1, -2) @ torch.cat((U_0, vc), dim=-2)  # [.., n, n]
+    B_end = B_end.transpose(-1, -2)  # [.., n, L]
     G = torch.exp(A_last).unsqueeze(-1)  # [.., n, 1]
 
     # unbind, not indexing, per chunk: the backward of m selections would zero-fill m full-size gradients.
@@ -143,7 +150,7 @@ def wkv7_chunked(
         output_final_state: also return the state after the last step (of every sequence).
         cu_seqlens: optional [N + 1] integer offsets of N sequences packed along t (b = 1); each runs
             alone, its state restarting from its own initial state. An empty sequence passes its state on.
-        chunk_size: L, steps per chunk (>= 1; None: ``DEFAULT_CHUNK``).
+        chunk_size: L, steps per chunk, a power of two (None: ``DEFAULT_CHUNK``).
 
     Returns:
         y [b, t, h, n] in the dtype of r, and the final state [b, h, n, n] (or [N, h, n, n]) float32
@@ -153,8 +160,13 @@ def wkv7_chunked(
     """
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"wkv7_chunked: chunk_size must be a positive int, got {chunk_size!r}")
+    if (
+        not isinstance(chunk_size, int)
+        or isinstance(chunk_size, bool)
+        or chunk_size < 1
+        or chunk_size & (chunk_size - 1)
+    ):
+        raise ValueError(f"wkv7_chunked: chunk_size must be a power of two (1, 2, 4, ...), got {chunk_size!r}")
     out_dtype = r.dtype
     acc = torch.float64 if out_dtype == torch.float64 else torch.float32
     bsz, t, h, n = r.shape
