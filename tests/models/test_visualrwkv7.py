@@ -150,11 +150,11 @@ def test_official_rerun_refuses_what_the_official_code_cannot_do(model, pixels):
 
 
 def test_cached_generation_equals_full_forwards_with_the_prompt_padding(checkpoint, model, pixels, features):
-    """The default generation prefills the padded prompt once and decodes from its state: token j's logits
+    """official_padding=False prefills the padded prompt once and decodes from its state: token j's logits
     are those of one forward over prompt + generated tokens with the PROMPT's pad count (7), where the
     official generate re-pads each step ((-length) mod 16 pads)."""
     n = 6
-    out = model.generate(ids(), pixels, max_new_tokens=n, stop_tokens=())
+    out = model.generate(ids(), pixels, max_new_tokens=n, stop_tokens=(), official_padding=False)
     x = official_embeddings(checkpoint, PROMPT, features)
     n_pad = model.pad_count(len(PROMPT))
     assert n_pad == 7
@@ -175,18 +175,23 @@ def test_cached_generation_equals_full_forwards_with_the_prompt_padding(checkpoi
     assert relative_rms_error(step, official_lm_logits(checkpoint, x)[-1]) > 1e-3
 
 
-def test_cached_generation_batches_and_samples(model, pixels):
+@pytest.mark.parametrize("official_padding", [True, False])
+def test_cached_generation_batches_and_samples(model, pixels, official_padding):
     other = [24, 59, 33] + [IMAGE_TOKEN] * K + [11, 5, 6, 59]
     g = torch.Generator().manual_seed(4)
     second = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in pixels.items()}
     both = {k: torch.cat([pixels[k], second[k]]) for k in pixels}
-    batch = model.generate([PROMPT, other], both, max_new_tokens=5, stop_tokens=())
-    one = model.generate(ids(), pixels, max_new_tokens=5, stop_tokens=())
-    two = model.generate(ids(other), second, max_new_tokens=5, stop_tokens=())
+    kw = dict(max_new_tokens=5, official_padding=official_padding)
+    batch = model.generate([PROMPT, other], both, stop_tokens=(), **kw)
+    one = model.generate(ids(), pixels, stop_tokens=(), **kw)
+    two = model.generate(ids(other), second, stop_tokens=(), **kw)
     assert batch.tokens == one.tokens + two.tokens
-    a = model.generate(ids(), pixels, max_new_tokens=5, do_sample=True, generator=torch.Generator().manual_seed(1))
-    b = model.generate(ids(), pixels, max_new_tokens=5, do_sample=True, generator=torch.Generator().manual_seed(1))
+    a = model.generate(ids(), pixels, do_sample=True, generator=torch.Generator().manual_seed(1), **kw)
+    b = model.generate(ids(), pixels, do_sample=True, generator=torch.Generator().manual_seed(1), **kw)
     assert a.tokens == b.tokens and len(a.tokens[0]) >= 1
+    seen = []
+    streamed = model.generate(ids(), pixels, streamer=lambda row, tok: seen.append(tok), stop_tokens=(), **kw)
+    assert seen == streamed.tokens[0] == one.tokens[0]
 
 
 def test_scan_policies_on_rwkv7(checkpoint, pixels, features):
@@ -432,5 +437,7 @@ def test_official_padding_decodes_from_states_with_the_official_tokens(checkpoin
     both = {k: torch.cat([pixels[k], second[k]]) for k in pixels}
     out = model.generate([PROMPT, other], both, official_padding=True, max_new_tokens=10, stop_tokens=())
     assert out.tokens == want
-    cached = model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=())
+    # the default for a padded (v7.00) model
+    assert model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=()).tokens == [want[0]]
+    cached = model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=(), official_padding=False)
     assert cached.tokens[0][0] == want[0][0]

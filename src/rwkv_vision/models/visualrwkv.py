@@ -740,7 +740,7 @@ class VisualRWKV(nn.Module):
         streamer=None,
         generator: torch.Generator | None = None,
         official_rerun: bool = False,
-        official_padding: bool = False,
+        official_padding: bool | None = None,
         ctx_len: int | None = None,
         **overrides: Any,
     ) -> GenerationOutput:
@@ -752,12 +752,14 @@ class VisualRWKV(nn.Module):
         stops after emitting a stop token (it is in the output), else appends that token's embedding and keeps
         the last ``ctx_len`` positions (None: all). O(t) per token; see :meth:`generate_official`.
 
-        ``official_padding=True`` (models with :attr:`pad_to_multiple` m) decodes from cached states, yet every
-        token's logits are those of the official re-padded forward: the prompt is prefilled after each of the
-        m possible pad counts (m states per row) and step j reads the state whose pad count the official code
-        would use for that length, ``(-(t + j)) mod m``. The same tokens as ``official_rerun`` (no ``ctx_len``
-        truncation), at m times the cost of plain cached decoding per token, O(1) in the length; sampling,
-        batches and streaming work as usual.
+        ``official_padding`` (models with :attr:`pad_to_multiple` m, i.e. v7.00; the default for them when no
+        ``state`` is given) decodes from cached states, yet every token's logits are those of the official
+        re-padded forward: the prompt is prefilled after each of the m possible pad counts (m states per row,
+        one batched prefill) and step j reads the state whose pad count the official code would use for that
+        length, ``(-(t + j)) mod m``. The same tokens as ``official_rerun`` (without its ``ctx_len``
+        truncation) at m times the work of plain cached decoding per token, O(1) in the length; sampling,
+        batches and streaming work as usual. ``official_padding=False`` decodes from the one state of the
+        padded prompt (token j then sees the prompt's pad count, not the official one; cheapest).
 
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
         lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
@@ -796,9 +798,11 @@ class VisualRWKV(nn.Module):
             return self.generate_official(input_ids, pixel_values, config, ctx_len=ctx_len)
         if ctx_len is not None:
             raise ValueError("ctx_len applies to official_rerun=True only (cached decoding keeps every token)")
+        if official_padding and state is not None:
+            raise ValueError("official_padding=True starts from nothing: pass no state")
+        if official_padding is None:
+            official_padding = state is None
         if official_padding and self.pad_to_multiple:
-            if state is not None:
-                raise ValueError("official_padding=True starts from nothing: pass no state")
             return self._generate_repadded(input_ids, pixel_values, config, streamer=streamer, generator=generator)
         if isinstance(input_ids, (list, tuple)):
             logits, state = self._prefill_ragged(input_ids, pixel_values, state)
