@@ -441,3 +441,20 @@ def test_official_padding_decodes_from_states_with_the_official_tokens(checkpoin
     assert model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=()).tokens == [want[0]]
     cached = model.generate(ids(), pixels, max_new_tokens=10, stop_tokens=(), official_padding=False)
     assert cached.tokens[0][0] == want[0][0]
+
+
+def test_official_rerun_stops_at_261_only_by_default(checkpoint, pixels):
+    """The official generate's only stop is STOP_TOKEN_INDEX (261); 0 is an ordinary token there, while the
+    World tokenizer's stop tokens (the cached default) are 261 and 0. A head that always picks 0 shows it."""
+    from rwkv_vision.tokenizers import WorldTokenizer
+
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64, tokenizer=WorldTokenizer())
+    with torch.no_grad():
+        model.rwkv.ln_out.weight.zero_()
+        model.rwkv.ln_out.bias.zero_()
+        model.rwkv.ln_out.bias[0] = 1.0
+        model.rwkv.head.weight[0, 0] = 100.0  # logit 100 for id 0 whatever the input
+    official = model.generate(ids(), pixels, official_rerun=True, max_new_tokens=3)
+    assert official.tokens == [[0, 0, 0]] and official.finish_reasons == ["length"]
+    served = model.generate(ids(), pixels, max_new_tokens=3)
+    assert served.tokens == [[0]] and served.finish_reasons == ["stop"]

@@ -789,13 +789,14 @@ class VisualRWKV(nn.Module):
                 "ctx_len",
             ),
         )
-        if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
-            if not config.stop_tokens:
-                config = replace(config, stop_tokens=self.default_stop_tokens())
         if official_rerun:
             if state is not None or streamer is not None:
                 raise ValueError("official_rerun=True starts from nothing and streams nothing: pass no state/streamer")
-            return self.generate_official(input_ids, pixel_values, config, ctx_len=ctx_len)
+            explicit = {k: overrides[k] for k in ("stop_tokens", "eos_token_id") if k in overrides}
+            return self.generate_official(input_ids, pixel_values, config, ctx_len=ctx_len, **explicit)
+        if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
+            if not config.stop_tokens:
+                config = replace(config, stop_tokens=self.default_stop_tokens())
         if ctx_len is not None:
             raise ValueError("ctx_len applies to official_rerun=True only (cached decoding keeps every token)")
         if official_padding and state is not None:
@@ -833,7 +834,8 @@ class VisualRWKV(nn.Module):
     ) -> GenerationOutput:
         """The official ``VisualRWKV.generate``, re-running everything (v6.0, HD/UHD and v7.00 share it).
 
-        One prompt (``input_ids`` [1, t] or [t]), greedy only (the official code raises for sampling). The
+        One prompt (``input_ids`` [1, t] or [t]), greedy only (the official code raises for sampling); without
+        ``stop_tokens`` it stops at 261 ("\\n\\n", the official ``STOP_TOKEN_INDEX``) only. The
         prompt is embedded once (images included); each step then runs the whole embedded sequence as a
         fresh one (so with :attr:`pad_to_multiple` the pad count follows the current length, as the official
         re-padding does), picks the argmax of the last logits, stops after a stop token (kept in the output),
@@ -843,7 +845,9 @@ class VisualRWKV(nn.Module):
         config = make_config(config, overrides, where="VisualRWKV.generate_official", extra=())
         if self.stop_at_tokenizer_stops and not ({"stop_tokens", "eos_token_id"} & set(overrides)):
             if not config.stop_tokens:
-                config = replace(config, stop_tokens=self.default_stop_tokens())
+                # The official generate stops at STOP_TOKEN_INDEX (261, "\n\n") only, not at 0.
+                official = (V7_PAD_TOKEN,) if V7_PAD_TOKEN < self.rwkv.vocab_size else self.default_stop_tokens()
+                config = replace(config, stop_tokens=official)
         if config.do_sample:
             raise ValueError("official generation is greedy only (the official generate raises for do_sample)")
         if ctx_len is not None and (not isinstance(ctx_len, int) or isinstance(ctx_len, bool) or ctx_len < 1):
