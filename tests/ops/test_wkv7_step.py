@@ -95,6 +95,20 @@ def test_token_by_token_equals_the_sequence_op(backend):
     assert rel_rms(torch.stack(ys, 1), y_seq) < 1e-6 and rel_rms(state, s_seq) < 1e-6
 
 
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+def test_extreme_decays(backend):
+    """w = 0, -1e-6, -50, -1e8 and -inf, mixed over channels and steps: the steps equal the float64 loop."""
+    x = make_inputs(1, 10, 2, 16, seed=10)
+    w = x["w"].clone()
+    for i, value in enumerate((0.0, -1e-6, -50.0, -1e8, -float("inf"))):
+        w[:, i::5, :, i::5] = value
+    x["w"] = w
+    y_seq, s_seq = wkv7(*(x[key].double() for key in LETTERS), x["initial_state"].double(), True, backend="reference")
+    state = x["initial_state"].clone()
+    ys = [wkv7_step(*(x[key][:, i] for key in LETTERS), state, backend=backend) for i in range(10)]
+    assert rel_rms(torch.stack(ys, 1), y_seq) < 1e-6 and rel_rms(state, s_seq) < 1e-6
+
+
 @settings(max_examples=20, deadline=None)
 @given(bsz=st.integers(1, 3), h=st.integers(1, 3), n=st.integers(1, 20), t=st.integers(1, 6), seed=st.integers(0, 999))
 def test_hypothesis_steps_equal_the_sequence_op(bsz, h, n, t, seed):

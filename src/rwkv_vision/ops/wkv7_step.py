@@ -9,8 +9,9 @@ step of ``wkv7``::
     y[i]    = sum_j r[j] S[j, i]            (read after the update)
 
 ``wkv7`` over t = 1 computes the same thing but allocates a new state and goes through autograd. A
-decoder that keeps its state in a buffer calls this instead: the state is rewritten in place and
-nothing beyond the [b, h, n] output (and, in the PyTorch twin, one [b, h, n] temporary) is allocated.
+decoder that keeps its state in a buffer calls this instead: the state is rewritten in place, and
+nothing of the state's size is allocated (the compiled step allocates only the [b, h, n] output, the
+PyTorch twin a few [b, h, n] temporaries).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def wkv7_step_ref(r, w, k, v, a, b, state: torch.Tensor) -> torch.Tensor:
     acc = state.dtype
     r_, w_, k_, v_, a_, b_ = (x.to(acc) for x in (r, w, k, v, a, b))
     sa = torch.einsum("bhj,bhji->bhi", a_, state)  # [b, h, n(i)]: read before the state changes
+    # Broadcast in place (addcmul_): no [b, h, n, n] temporary.
     state.mul_(torch.exp(w_).unsqueeze(-1))
-    state.add_(b_.unsqueeze(-1) * sa.unsqueeze(-2)).add_(k_.unsqueeze(-1) * v_.unsqueeze(-2))
+    state.addcmul_(b_.unsqueeze(-1), sa.unsqueeze(-2)).addcmul_(k_.unsqueeze(-1), v_.unsqueeze(-2))
     return torch.einsum("bhj,bhji->bhi", r_, state).to(r.dtype)
 
 
