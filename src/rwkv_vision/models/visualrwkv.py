@@ -29,6 +29,9 @@ blocks also pass block 0's value (``v_first``, one per position) along, permuted
 with the embedding of ``pad_token_id`` (261, "\\n\\n") up to a multiple of it before block 0's ln0, the pads run
 through every block, and their positions are dropped from the logits (the state is the one after pads and
 sequence). A call that continues from a ``state`` is not padded (the official code never continues).
+Generation on such a model keeps one state per pad count by default, so that every step sees the padding the
+official re-run-everything ``generate`` would give it (``generate(official_padding=...)``);
+``generate(official_rerun=True)`` / :meth:`generate_official` is that official loop itself.
 """
 
 from __future__ import annotations
