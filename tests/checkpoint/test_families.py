@@ -95,3 +95,25 @@ def test_split_parts(files):
     assert sum(len(p) for p in parts.values()) == len(files["v7.00"])
     v6 = split_parts(files["v6.0"], "v6.0")
     assert set(v6) == {"rwkv", "proj", "clip"} and set(v6["proj"]) == {"weight"}
+
+
+def test_a_released_size_v700_file_is_recognised_and_sized_from_shapes():
+    """The shapes of VisualRWKV-v0700-0B1 (RWKV-7 L12 C768, the DINOv2-L / SigLIP-so400m / SAM-B towers at
+    448 / 448 / 1024 px), on the meta device: the family, the encoder and every LoRA rank from the shapes."""
+    from rwkv_vision import RWKV7, VisualRWKV
+    from rwkv_vision.checkpoint.pretrained import load_released_state_dict
+    from rwkv_vision.vision import visualrwkv7_encoder
+    from rwkv_vision.vision.projector import ContextGatingProjector
+
+    enc = visualrwkv7_encoder(device="meta")
+    lm = RWKV7(n_layer=12, n_embd=768, head_size=64, vocab_size=65536, device="meta")
+    proj = ContextGatingProjector(enc.width, 768, device="meta")
+    model = VisualRWKV(rwkv=lm, encoder=enc, proj=proj, scan="unidir", layout="visualrwkv7", pad_to_multiple=16)
+    sd = model.official_state_dict()
+    assert not any(k.startswith("rwkv.blocks.0.att.v") and k[-2:] in ("v0", "v1", "v2") for k in sd)
+    assert detect_family(sd).name == "v7.00" and tower_widths(sd) == {"dino": 1024, "siglip": 1152, "sam": 1024}
+    assert tuple(sd["proj.gate.weight"].shape) == (3200, 3200)
+    loaded = load_released_state_dict(sd)  # meta tensors: sizes only
+    assert loaded.rwkv.config == lm.config and (loaded.rwkv.config.d_w, loaded.rwkv.config.d_g) == (64, 128)
+    assert loaded.image_tokens == 1024 and loaded.pad_to_multiple == 16
+    assert loaded.image_preprocessor.transforms["sam"].size == (1024, 1024)
