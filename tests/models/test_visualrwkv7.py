@@ -389,6 +389,14 @@ def test_hd_file_loads_and_matches_the_official_hd_forward(tmp_path, checkpoint)
     assert relative_rms_error(got, hd_lm_logits(sd, x, span)) < 1e-6  # RWKV-6 decays run in float32, as official
     out = model.generate(torch.tensor([prompt]), pixels, official_rerun=True, max_new_tokens=5, stop_tokens=(261,))
     assert out.tokens == [hd_generate(sd, prompt, feats, max_new_tokens=5)]
+    # Back to the released layout, and through a save_pretrained directory.
+    flat = model.official_state_dict()
+    assert set(flat) == set(sd) and all(torch.equal(flat[k], sd[k].double()) for k in sd)
+    model.save_pretrained(tmp_path / "hd")
+    back = VisualRWKV.from_pretrained(tmp_path / "hd")
+    assert isinstance(back.scan, BiDir) and back.pad_to_multiple is None
+    with torch.no_grad():
+        assert torch.equal(back(torch.tensor([prompt]), pixels).logits, model(torch.tensor([prompt]), pixels).logits)
 
 
 def test_pooled_tokens_per_image_as_the_official_adaptive_pool(checkpoint, pixels, features):

@@ -395,22 +395,23 @@ V7_LAYOUT = "visualrwkv7"
 
 
 def visualrwkv7_official_state_dict(model: Any) -> dict[str, Any]:
-    """A v7.00-layout model's parameters under the released names: ``rwkv.*`` (x070), the towers as
-    ``vit.{name}_featurizer.*`` and the projector as ``proj.*``; the inverse of
-    :func:`visualrwkv7_from_official_state_dict` (check_family accepts the result)."""
+    """A v7.00- or HD-layout model's parameters under the released names: ``rwkv.*`` (x070 / x060), the towers
+    as ``vit.{name}_featurizer.*`` and the projector as ``proj.*``; the inverse of
+    :func:`visualrwkv7_from_official_state_dict` / :func:`visualrwkv_hd_from_official_state_dict`
+    (``check_family`` accepts the result)."""
+    from ..models.rwkv6 import RWKV6
     from ..models.rwkv7 import RWKV7
     from ..vision.convert_v7 import encoder_to_v7_state_dict
     from ..vision.multi_encoder import MultiEncoder
-    from ..vision.projector import PROJECTORS
+    from ..vision.projector import PROJECTORS, GatedMLPProjector
 
-    proj_cls = PROJECTORS.get(V7_PROJECTOR)
-    if not (
-        isinstance(model.rwkv, RWKV7) and isinstance(model.encoder, MultiEncoder) and isinstance(model.proj, proj_cls)
-    ):
+    v7 = isinstance(model.rwkv, RWKV7) and isinstance(model.proj, PROJECTORS.get(V7_PROJECTOR))
+    hd = isinstance(model.rwkv, RWKV6) and isinstance(model.proj, GatedMLPProjector)
+    if not (isinstance(model.encoder, MultiEncoder) and (v7 or hd)):
         raise ValueError(
             "official_state_dict: the v7.00 layout needs an RWKV7 language model, a MultiEncoder and the "
-            f"{V7_PROJECTOR!r} projector, got {type(model.rwkv).__name__}, {type(model.encoder).__name__}, "
-            f"{type(model.proj).__name__}"
+            f"{V7_PROJECTOR!r} projector (HD: an RWKV6, a MultiEncoder and a 'gated_mlp' projector), got "
+            f"{type(model.rwkv).__name__}, {type(model.encoder).__name__}, {type(model.proj).__name__}"
         )
     # Block 0 of the official x070 time mix has no value-residual LoRA (v0/v1/v2 are created for layer_id != 0
     # only, and block 0 never reads them), so the released files do not hold them.

@@ -264,7 +264,7 @@ def save_pretrained(
     if path.suffix == ".safetensors":
         from ..models.rwkv7 import RWKV7
 
-        family = "v7.00" if isinstance(model.rwkv, RWKV7) else "v6.0"
+        family = "v7.00" if isinstance(model.rwkv, RWKV7) else ("hd" if _is_multi_tower(model) else "v6.0")
         header = {"format": "pt", "layout": f"visualrwkv-{family}-official"}
         if metadata is not None:
             header[METADATA_KEY] = _metadata_text(metadata)
@@ -292,6 +292,12 @@ def save_pretrained(
         _writers.write_text(tmp / CONFIG_NAME, text)
 
     return atomic_save(path, write, directory=True, owned=(CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME))
+
+
+def _is_multi_tower(model: Any) -> bool:
+    from ..vision.multi_encoder import MultiEncoder
+
+    return isinstance(model.encoder, MultiEncoder)
 
 
 def _metadata_text(metadata: Any) -> str:
