@@ -466,3 +466,20 @@ def test_official_rerun_stops_at_261_only_by_default(checkpoint, pixels):
     assert official.tokens == [[0, 0, 0]] and official.finish_reasons == ["length"]
     served = model.generate(ids(), pixels, max_new_tokens=3)
     assert served.tokens == [[0]] and served.finish_reasons == ["stop"]
+
+
+def test_shorter_image_runs_pool_the_features(checkpoint, model, pixels, features):
+    """Ids made with fewer tokens per image than the encoder gives (evaluate.py's num_token_per_image default
+    is 16, the released scripts' 1024) pool the features to that grid, as the official model built with
+    that option does; the model need not be loaded with num_token_per_image."""
+    prompt = PROMPT[:3] + [IMAGE_TOKEN] * 4 + PROMPT[3 + K :]
+    with torch.no_grad():
+        got = model(ids(prompt), pixels).logits[0]
+    ref = official_logits(checkpoint, prompt, features, num_token_per_image=4)
+    assert relative_rms_error(got, ref) < 1e-10
+    with pytest.raises(ValueError, match="not a multiple of 16 tokens per image"):
+        model(ids(PROMPT[:3] + [IMAGE_TOKEN] * 5 + PROMPT[3 + K :]), pixels)
+    # generation reads the same: the official tokens, one image per run
+    assert model.count_images(ids(prompt)) == 1 and model.count_images(ids()) == 1
+    want = official_generate(checkpoint, prompt, features, max_new_tokens=4, ctx_len=2048, num_token_per_image=4)
+    assert model.generate(ids(prompt), pixels, max_new_tokens=4, stop_tokens=(261,)).tokens == [want]

@@ -424,10 +424,17 @@ class VisualRWKV(nn.Module):
 
     # --- the model ---------------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode_images(
+        self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor], *, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """pixel_values [n, 3, H, W] (a dict tower -> [n, 3, H_i, W_i] for a MultiEncoder) -> image embeddings
-        [n, k, c] in the LM's dtype."""
+        [n, k, c] in the LM's dtype. ``grid`` (a MultiEncoder's features only) average-pools the features to
+        that grid before the projector, as v7.00's ``num_token_per_image`` does."""
         feats = self.encoder(pixel_values)
+        if grid is not None and tuple(grid) != tuple(self.encoder.grid):
+            from ..vision.spatial import pool_grid
+
+            feats = pool_grid(feats, self.encoder.grid, grid)
         proj_param = next(self.proj.parameters(), None)
         if proj_param is not None:
             feats = feats.to(proj_param.dtype)
@@ -494,7 +501,17 @@ class VisualRWKV(nn.Module):
         """n: the images ``input_ids`` hold (placeholders, or runs of :attr:`image_run_id`)."""
         run_id = self.image_run_id
         if run_id is not None and bool((input_ids == run_id).any()):
-            return int((input_ids == run_id).sum()) // max(self.encoder.num_tokens, 1)
+            # One image per maximal run (the layouts separate images by "\n"); a run of m * k ids is m images.
+            k = max(self.encoder.num_tokens, 1)
+            flags = (input_ids.reshape(-1) == run_id).tolist()
+            runs, length = [], 0
+            for flag in flags + [False]:
+                if flag:
+                    length += 1
+                elif length:
+                    runs.append(length)
+                    length = 0
+            return sum(n // k if n % k == 0 else 1 for n in runs)
         return int((input_ids == IMAGE_TOKEN_INDEX).sum())
 
     def _embed_runs(self, input_ids, pixel_values, image_embeds, run_id: int):
@@ -505,6 +522,16 @@ class VisualRWKV(nn.Module):
             )
         k = self.encoder.num_tokens
         found = int((input_ids == run_id).sum())
+        layout, grid = self.layout, None
+        images = _image_count(pixel_values) if isinstance(pixel_values, (Mapping, torch.Tensor)) else 0
+        if images and found % images == 0 and found // images != k and _is_multi(self.encoder):
+            # Runs shorter than the encoder's k tokens: the ids say how many tokens each image has (the official
+            # num_token_per_image, e.g. evaluate.py's default 16), so the features are pooled to that grid.
+            side = int(round((found // images) ** 0.5))
+            rows, cols = self.encoder.grid
+            if side * side == found // images and 1 <= side <= min(rows, cols):
+                grid, k = (side, side), side * side
+                layout = layout.with_grid(side, side, cls=None)
         if found % k:
             raise ValueError(f"input_ids hold {found} image ids ({run_id}), not a multiple of {k} tokens per image")
         n = found // k
@@ -520,14 +547,14 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"input_ids hold {n} image(s) ({found} ids {run_id}) but no pixel_values were given")
         if pixel_values is not None:
             self._check_pixel_values(pixel_values, n)
-            image_embeds = self.encode_images(pixel_values)
+            image_embeds = self.encode_images(pixel_values, grid=grid)
 
         def embed_fn(ids: torch.Tensor) -> torch.Tensor:
             # Image rows are overwritten, so a vocabulary without the placeholder row (a small test model)
             # embeds id 0 there: the result is the same.
             return self.rwkv.embed(ids.masked_fill(ids == run_id, 0) if run_id >= self.rwkv.vocab_size else ids)
 
-        return self.layout.expand(input_ids, image_embeds, embed_fn)
+        return layout.expand(input_ids, image_embeds, embed_fn)
 
     def _check_pixel_values(self, pixel_values: Any, n: int) -> None:
         if _is_multi(self.encoder):
