@@ -4,6 +4,7 @@ Letter legend used throughout the library: b batch, t time, h heads, n head size
 """
 
 from .backends import BACKEND_ENV, BACKENDS, default_backend, use_backend
+from .cu_seqlens import pack_offsets
 from .extension import ExtensionError, backend_info, has_extension
 from .wkv6 import CUDA_HEAD_SIZES, wkv6
 from .wkv6_chunked import wkv6_chunked
@@ -16,6 +17,7 @@ __all__ = [
     "wkv6_chunked",
     "wkv6_step",
     "wkv6_step_ref",
+    "pack_offsets",
     "has_extension",
     "backend_info",
     "ExtensionError",
