@@ -83,7 +83,11 @@ def test_right_padding_mask_gives_each_row_its_own_logits(lm):
     out = lm(batch, attention_mask=mask, labels=batch)
     torch.testing.assert_close(out.logits[1, :4], lm(b).logits[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.logits[0], lm(a).logits[0], atol=1e-5, rtol=1e-5)
-    assert out.state is None  # a padded row's state would have read its padding
+    # Padded steps leave the state alone: row 1's state is that of b read alone.
+    _, state_b = lm(b)
+    for mine, alone in zip(out.state.select([1]), state_b):
+        for name in ("att_shift", "wkv", "ffn_shift"):
+            torch.testing.assert_close(getattr(mine, name), getattr(alone, name), atol=1e-5, rtol=1e-5)
     # Padded positions are never scored: the loss is that of the two rows' real tokens.
     both = torch.cat([lm(a).logits[0, :-1], lm(b).logits[0, :-1]])
     want = F.cross_entropy(both, torch.cat([a[0, 1:], b[0, 1:]]))
@@ -93,9 +97,9 @@ def test_right_padding_mask_gives_each_row_its_own_logits(lm):
     assert full.state is not None
 
 
-def test_left_padding_is_not_implemented_and_says_so(lm):
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
-    with pytest.raises(NotImplementedError, match="right padding only"):
+def test_a_gap_inside_a_row_is_refused_by_name(lm):
+    mask = torch.tensor([[1, 1, 0, 1, 1, 1, 1], [1] * 7])
+    with pytest.raises(ValueError, match="attention_mask row 0 has padding between its tokens"):
         lm(_ids(), attention_mask=mask)
 
 

@@ -48,8 +48,10 @@ class Block(nn.Module):
         embed_norm: add ``ln0`` before everything (RWKV applies it in its first block only); explicit, so a
             block never changes shape because of where it sits.
 
-    Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False) -> x [b, t, c], or
-    (x, LayerState) with ``return_state=True``. step(x [b, c], state: LayerState) -> x [b, c].
+    Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False, cu_seqlens=None,
+    attention_mask=None) -> x [b, t, c], or (x, LayerState) with ``return_state=True``; ``cu_seqlens`` [N + 1]
+    packs N sequences in one row (x [1, T, c], states [N, ...]), ``attention_mask`` [b, t] marks padding (left
+    or right), both handed to the mixer and the feed-forward. step(x [b, c], state: LayerState) -> x [b, c].
 
     Example::
 
@@ -117,7 +119,13 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, state: LayerState | None = None, *, return_state: bool = False
+        self,
+        x: torch.Tensor,
+        state: LayerState | None = None,
+        *,
+        return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, LayerState]:
         if state is not None and not isinstance(state, LayerState):
             raise TypeError(f"Block: state must be a LayerState or None, got {type(state).__name__}")
@@ -125,12 +133,15 @@ class Block(nn.Module):
             x = self.ln0(x)
         att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
         ffn_state = None if state is None else state.ffn_shift
+        # Packed (cu_seqlens) or padded (attention_mask) sequences: handed on only when given, so a mixer
+        # without these keywords still serves unpadded batches.
+        seq = {k: v for k, v in (("cu_seqlens", cu_seqlens), ("attention_mask", attention_mask)) if v is not None}
         if not return_state:
-            x = x + self.att(self.ln1(x), att_state)
-            return x + self.ffn(self.ln2(x), ffn_state)
-        dx, (att_shift, wkv) = self.att(self.ln1(x), att_state, return_state=True)
+            x = x + self.att(self.ln1(x), att_state, **seq)
+            return x + self.ffn(self.ln2(x), ffn_state, **seq)
+        dx, (att_shift, wkv) = self.att(self.ln1(x), att_state, return_state=True, **seq)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True, **seq)
         return x + dx, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
 
     @torch.no_grad()
