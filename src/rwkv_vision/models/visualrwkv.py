@@ -52,7 +52,14 @@ from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
 from ..vision.projector import LinearProjector
 from .config import VisualRWKVConfig
-from .output import IGNORE_INDEX, ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
+from .output import (
+    IGNORE_INDEX,
+    ModelOutput,
+    mask_padded_labels,
+    next_token_loss,
+    padding_mask,
+    reject_unknown_keywords,
+)
 from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
@@ -405,23 +412,27 @@ class VisualRWKV(nn.Module):
         state: RWKVState | None = None,
         *,
         logits_to_keep: int = 0,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RWKVState]:
         """The scanned language model on embeddings: x [b, T, c] -> (logits [b, T, v] (or the last
-        ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``)."""
+        ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``).
+        ``attention_mask`` [b, T] bool: padding (left or right, never inside an image span), skipped by every
+        block, so each row's logits and state are its own."""
         if x.dim() != 3 or x.shape[-1] != self.rwkv.n_embd:
             raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError("the sequence is empty (T = 0)")
         self.rwkv._check_state(state, x.shape[0])
         spans = spans if spans and any(spans) else None
+        seq = {} if attention_mask is None else {"attention_mask": attention_mask}
         layers = []
         for i, block in enumerate(self.rwkv.blocks):
             layer_state = None if state is None else state[i]
             if spans is None:
-                x, layer_state = block(x, layer_state, return_state=True)
+                x, layer_state = block(x, layer_state, return_state=True, **seq)
             else:
                 x, layer_state = scanned_call(
-                    block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True
+                    block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True, **seq
                 )
             layers.append(layer_state)
         if logits_to_keep:
@@ -453,9 +464,9 @@ class VisualRWKV(nn.Module):
                 of -100 (:meth:`expand_labels`), so image positions are never targets, whatever the label at
                 the placeholder; then ``logits[:, i]`` is scored against ``labels[:, i + 1]`` (shifted inside,
                 as in transformers). Gives ``out.loss``; needs ``logits_to_keep=0``.
-            attention_mask: [b, t] 1 for tokens, 0 for right padding (see :meth:`RWKV6.forward`): a padded
-                row's logits before its padding equal the row run alone; padded positions are never scored;
-                ``out.state`` is None when any row is padded. Left padding raises NotImplementedError.
+            attention_mask: [b, t] 1 for tokens, 0 for padding, left or right (see :meth:`RWKV6.forward`):
+                padded steps leave the state alone, so a row's logits at its tokens and its row of
+                ``out.state`` equal the row run alone; padded positions are never scored.
         Returns:
             a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, T, v] with
             T = t + n_row * (k - 1), ``.state``, ``.loss`` (None without labels);
@@ -466,24 +477,21 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
         if labels is not None and logits_to_keep:
             raise ValueError("VisualRWKV.forward: labels score every position; pass logits_to_keep=0 with them")
+        padded = None
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
-            padded = check_attention_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
-        else:
-            padded = False  # embed() reports the shape
+            padded = padding_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
         x, spans = self.embed(input_ids, pixel_values, image_embeds=image_embeds)
-        logits, state = self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep)
+        mask = None
+        if padded is not None:  # over the expanded sequence: an image's tokens are tokens of its row
+            mask = self.expand_labels(input_ids.to(x.device), padded.to(x.device).long(), spans, fill=1) != 0
+        logits, state = self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep, attention_mask=mask)
         loss = None
-        if labels is not None or padded:
-            input_ids = input_ids.to(x.device)
-            mask = None
-            if padded:
-                mask = self.expand_labels(input_ids, attention_mask.to(x.device).long(), spans, fill=1)
         if labels is not None:
-            labels = self.expand_labels(input_ids, labels, spans)
+            labels = self.expand_labels(input_ids.to(x.device), labels, spans)
             if mask is not None:
-                labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
+                labels = mask_padded_labels(labels, mask)
             loss = next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
+        return ModelOutput(logits=logits, state=state, loss=loss)
 
     @staticmethod
     def expand_labels(
@@ -544,8 +552,9 @@ class VisualRWKV(nn.Module):
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
         lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
         of b image tensors [n_i, 3, H, W] (None for a row without images) or one [n, 3, H, W] tensor taken in
-        row order; each prompt is prefilled alone (a recurrent model has no mask to hide padding), then all
-        rows decode together and stop one by one, with the tokens one-by-one generation gives.
+        row order; the prompts are prefilled in one call (left-padded, the padding masked so that it leaves each
+        row's state alone), then all rows decode together and stop one by one, with the tokens one-by-one
+        generation gives.
         ``config``/``overrides`` as in
         :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, do_sample=True``;
         ``eos_token_id`` is an alias of ``stop_tokens``). With :attr:`stop_at_tokenizer_stops` set and no stop
@@ -614,12 +623,20 @@ class VisualRWKV(nn.Module):
             )
         if state is not None and state.batch_size != len(ids):
             raise ValueError(f"state has batch {state.batch_size} but there are {len(ids)} prompts")
-        logits, states = [], []
-        for i, (row, pixels) in enumerate(zip(ids, per_row)):
-            out = self(row[None], pixels, None if state is None else state.select(i), logits_to_keep=1)
-            logits.append(out.logits[:, -1])
-            states.append(out.state)
-        return torch.cat(logits), RWKVState.cat(states)
+        # One call for the whole batch: each row embedded (its images expanded) alone, then left-padded to the
+        # longest and the padding masked, so every row ends at the last position with its own state.
+        embedded = [self.embed(row[None], pixels) for row, pixels in zip(ids, per_row)]
+        longest = max(x.shape[1] for x, _ in embedded)
+        xs, spans, mask = [], [], torch.zeros(len(ids), longest, dtype=torch.bool, device=device)
+        for i, (x, row_spans) in enumerate(embedded):
+            pad = longest - x.shape[1]
+            xs.append(torch.nn.functional.pad(x, (0, 0, pad, 0)))
+            spans.append([replace(span, start=span.start + pad) for span in row_spans[0]])
+            mask[i, pad:] = True
+        logits, new_state = self.forward_embeds(
+            torch.cat(xs), spans, state, logits_to_keep=1, attention_mask=None if bool(mask.all()) else mask
+        )
+        return logits[:, -1], new_state
 
     def default_stop_tokens(self) -> tuple[int, ...]:
         """The stop tokens :meth:`generate` uses when none are given: the ``stop_token_ids`` of the tokenizer
