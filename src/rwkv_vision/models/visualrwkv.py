@@ -33,6 +33,7 @@ from torch import nn
 from ..chat import chat
 from ..generation import GenerationConfig, GenerationOutput, generate, make_config
 from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
+from ..ops.cu_seqlens import check_cu_seqlens
 from ..pretrained.paths import resolve as resolve_shipped
 from ..processor import VisualRWKVProcessor
 from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
@@ -64,6 +65,16 @@ from .rwkv6 import RWKV6
 
 __all__ = ["VisualRWKV"]
 
+
+def _expanded_offsets(input_ids: torch.Tensor, spans, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens over the ids [1, t] -> over the expanded sequence: each image adds num_tokens - 1 positions
+    after its placeholder."""
+    places = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    extra = [span.num_tokens - 1 for span in spans[0]] if spans else []
+    offsets = [p + sum(e for q, e in zip(places, extra) if q < p) for p in cu_seqlens.tolist()]
+    return torch.tensor(offsets, dtype=torch.long, device=input_ids.device)
+
+
 _FORWARD_KEYWORDS = (
     "input_ids",
     "pixel_values",
@@ -72,6 +83,7 @@ _FORWARD_KEYWORDS = (
     "logits_to_keep",
     "labels",
     "attention_mask",
+    "cu_seqlens",
 )
 
 
@@ -413,18 +425,22 @@ class VisualRWKV(nn.Module):
         *,
         logits_to_keep: int = 0,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RWKVState]:
         """The scanned language model on embeddings: x [b, T, c] -> (logits [b, T, v] (or the last
         ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``).
         ``attention_mask`` [b, T] bool: padding (left or right, never inside an image span), skipped by every
-        block, so each row's logits and state are its own."""
+        block, so each row's logits and state are its own. ``cu_seqlens`` [N + 1]: sequences packed in one row
+        (offsets over the expanded sequence; state of N rows)."""
         if x.dim() != 3 or x.shape[-1] != self.rwkv.n_embd:
             raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError("the sequence is empty (T = 0)")
-        self.rwkv._check_state(state, x.shape[0])
+        self.rwkv._check_state(state, x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1)
         spans = spans if spans and any(spans) else None
         seq = {} if attention_mask is None else {"attention_mask": attention_mask}
+        if cu_seqlens is not None:
+            seq["cu_seqlens"] = cu_seqlens
         layers = []
         for i, block in enumerate(self.rwkv.blocks):
             layer_state = None if state is None else state[i]
@@ -449,6 +465,7 @@ class VisualRWKV(nn.Module):
         logits_to_keep: int = 0,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **unknown: Any,
     ) -> ModelOutput:
         """Logits over the expanded sequence.
@@ -467,6 +484,9 @@ class VisualRWKV(nn.Module):
             attention_mask: [b, t] 1 for tokens, 0 for padding, left or right (see :meth:`RWKV6.forward`):
                 padded steps leave the state alone, so a row's logits at its tokens and its row of
                 ``out.state`` equal the row run alone; padded positions are never scored.
+            cu_seqlens: [N + 1] offsets over ``input_ids`` [1, t] of N samples packed in one row (e.g.
+                ``ConversationCollator(pack=True)``): each read from its own state (N rows), images expanded
+                inside their sample, no target across a boundary. Not with ``attention_mask``.
         Returns:
             a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, T, v] with
             T = t + n_row * (k - 1), ``.state``, ``.loss`` (None without labels);
@@ -480,16 +500,26 @@ class VisualRWKV(nn.Module):
         padded = None
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
             padded = padding_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
+            if cu_seqlens is not None:
+                if attention_mask is not None:
+                    raise ValueError("VisualRWKV.forward: pass cu_seqlens (packed) or attention_mask, not both")
+                check_cu_seqlens(cu_seqlens, *input_ids.shape, "VisualRWKV.forward")
         x, spans = self.embed(input_ids, pixel_values, image_embeds=image_embeds)
         mask = None
         if padded is not None:  # over the expanded sequence: an image's tokens are tokens of its row
             mask = self.expand_labels(input_ids.to(x.device), padded.to(x.device).long(), spans, fill=1) != 0
-        logits, state = self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep, attention_mask=mask)
+        cu = None if cu_seqlens is None else _expanded_offsets(input_ids.to(x.device), spans, cu_seqlens)
+        logits, state = self.forward_embeds(
+            x, spans, state, logits_to_keep=logits_to_keep, attention_mask=mask, cu_seqlens=cu
+        )
         loss = None
         if labels is not None:
             labels = self.expand_labels(input_ids.to(x.device), labels, spans)
             if mask is not None:
                 labels = mask_padded_labels(labels, mask)
+            if cu is not None:  # a sample's first label is no target of the sample before it
+                labels = labels.clone()
+                labels[:, cu[:-1][cu[1:] > cu[:-1]]] = IGNORE_INDEX
             loss = next_token_loss(logits, labels)
         return ModelOutput(logits=logits, state=state, loss=loss)
 
