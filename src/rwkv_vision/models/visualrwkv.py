@@ -584,7 +584,8 @@ class VisualRWKV(nn.Module):
         of b image tensors [n_i, 3, H, W] (None for a row without images) or one [n, 3, H, W] tensor taken in
         row order; the prompts are prefilled in one call (left-padded, the padding masked so that it leaves each
         row's state alone), then all rows decode together and stop one by one, with the tokens one-by-one
-        generation gives.
+        generation gives. A padded [b, t] tensor with ``attention_mask`` (left padding, as transformers users pad
+        for generation, or right) is prefilled the same way.
         ``config``/``overrides`` as in
         :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, do_sample=True``;
         ``eos_token_id`` is an alias of ``stop_tokens``). With :attr:`stop_at_tokenizer_stops` set and no stop
@@ -592,6 +593,7 @@ class VisualRWKV(nn.Module):
         it runs to ``max_new_tokens`` unless ``stop_tokens``/``eos_token_id`` are given. Returns a ``GenerationOutput`` (``tokens`` per row, the stop token included;
         ``sequences``; ``finish_reasons``).
         """
+        attention_mask = overrides.pop("attention_mask", None)
         config = make_config(
             config,
             overrides,
@@ -607,7 +609,16 @@ class VisualRWKV(nn.Module):
         else:
             if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
                 input_ids = input_ids.unsqueeze(0)
-            logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
+            mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+            if mask is not None and not bool(mask.bool().all()):
+                # A padded batch: its rows, padding dropped, take the ragged path (one masked call), which also
+                # serves rows with different numbers of images.
+                padding_mask("VisualRWKV.generate", mask, *input_ids.shape)
+                rows = [row[keep.to(row.device).bool()] for row, keep in zip(input_ids, mask)]
+                logits, state = self._prefill_ragged(rows, pixel_values, state)
+                logits = logits[:, None]
+            else:
+                logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
         return generate(
             self,
             None,
