@@ -77,8 +77,10 @@ def _packed(x: torch.Tensor, start: torch.Tensor, cu_seqlens: torch.Tensor) -> t
     x_prev = torch.cat([x.new_zeros(1, 1, x.shape[-1]), x[:, :-1]], dim=1)
     # Each step's sequence index; a first step of sequence i takes start[i] instead of the step before it.
     seq_of_step = torch.searchsorted(ends, torch.arange(t, device=x.device), right=True)  # [t]
-    is_first = torch.zeros(t, dtype=torch.bool, device=x.device)
-    is_first[firsts[nonempty]] = True
+    # Marked by scatter, not boolean indexing, so that no step waits for the device (an empty sequence's
+    # mark goes to a spare slot past the end).
+    marks = torch.zeros(t + 1, dtype=torch.bool, device=x.device)
+    is_first = marks.index_fill(0, torch.where(nonempty, firsts, t), True)[:t]
     x_prev = torch.where(is_first.view(1, t, 1), start[seq_of_step.clamp(max=start.shape[0] - 1)].unsqueeze(0), x_prev)
     last = x[0, (ends - 1).clamp(min=0)]  # [N, c]
     return x_prev, torch.where(nonempty.unsqueeze(-1), last, start)
