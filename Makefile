@@ -10,7 +10,7 @@ RWKV_VISION_CUDA_ARCHITECTURES ?= 90
 RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS ?= OFF
 export RWKV_VISION_WITH_CUDA RWKV_VISION_CUDA_ARCHITECTURES RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS
 
-.PHONY: venv install lint format test test-cuda bench demo toy-model ablations clean
+.PHONY: venv install lint format test test-cuda dist-check bench demo toy-model ablations clean
 
 $(VENV)/.deps-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ $(VENV)/.deps-stamp:
 	$(PIP) install -q transformers matplotlib segment-anything==1.0
 	# test-only: an independent oracle for RWKV-7 (x070) logits, the PyPI package of the official runtime
 	$(PIP) install -q rwkv==0.8.32
-	# lint and format check (configured in pyproject.toml)
-	$(PIP) install -q "ruff>=0.6"
+	# lint and format check (configured in pyproject.toml); `build` makes the sdist and wheel (dist-check)
+	$(PIP) install -q "ruff>=0.6" build
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -53,6 +53,23 @@ test: lint install
 
 test-cuda: install
 	RWKV_VISION_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -m cuda tests
+
+# Installing without make: build the sdist and, from it, the wheel with `python -m build` (CPU kernels only,
+# and --no-isolation: the build uses this venv's torch, so no CUDA torch is downloaded into a build
+# environment), install the wheel into a fresh venv that borrows only torch & co from this one (a .pth
+# line), and import it from outside the tree: kernels loaded, a packed wkv6 and a model forward run.
+DIST_VENV := build/dist-check-venv
+dist-check: venv
+	rm -rf dist $(DIST_VENV)
+	$(VENV)/bin/python -c "import build" 2>/dev/null || $(PIP) install -q build
+	RWKV_VISION_WITH_CUDA=OFF RWKV_VISION_EXPERIMENTAL_CUDA_KERNELS=OFF $(PY) -m build --no-isolation --outdir dist .
+	tar -tzf dist/rwkv_vision-*.tar.gz | grep -q "csrc/wkv6_cpu.cpp"
+	$(PY) -m venv $(DIST_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(DIST_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_dev_venv_deps.pth"
+	$(DIST_VENV)/bin/python -m pip install -q --no-deps --no-index dist/rwkv_vision-*.whl
+	cd / && RWKV_VISION_REQUIRE_EXTENSION=1 $(abspath $(DIST_VENV))/bin/python $(abspath .ci/dist_check.py) \
+		$(abspath $(DIST_VENV))
 
 demo: install
 	$(PY) examples/demo.py

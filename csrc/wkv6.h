@@ -15,6 +15,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 namespace rwkv_vision {
@@ -26,9 +27,17 @@ struct Wkv6Dims {
   int64_t B, T, H, N;
 };
 
-// Validates the whole contract above; returns the dimensions. `what` names the calling op.
+// Validates the whole contract above; returns the dimensions. `what` names the calling op. `states`
+// is the number of state rows: b, or with cu_seqlens the number of packed sequences (-1: b).
 Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
-                           const Tensor& w, const Tensor& u, const Tensor& s0);
+                           const Tensor& w, const Tensor& u, const Tensor& s0, int64_t states = -1);
+
+// Packed sequences (ops/cu_seqlens.py): cu_seqlens, when given, is int64 [N + 1], contiguous, on r's
+// device, with b == 1 and kernel 0; on the CPU its values are checked too (0 ... t, non-decreasing;
+// on CUDA the Python layer has checked them). Returns the number of state rows: N, or b without it.
+// Every state tensor is then [N, h, n, n] and task i walks steps cu[i] .. cu[i + 1] of row 0.
+int64_t check_cu_seqlens(const char* what, const std::optional<Tensor>& cu_seqlens, const Tensor& r,
+                         int64_t kernel, bool on_cuda);
 
 void check_same_layout(const char* what, const char* name, const Tensor& x, const Tensor& like);
 void check_state(const char* what, const char* name, const Tensor& s, const Wkv6Dims& d,
@@ -53,18 +62,20 @@ enum class Wkv6Kernel : int64_t { kDefault = 0, kCudaSplit = 1, kCudaChunked = 2
 Wkv6Kernel check_kernel_choice(const char* what, int64_t kernel, int64_t segments, bool on_cuda);
 
 std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                            Tensor s0, int64_t kernel, int64_t segments);
+                                            Tensor s0, int64_t kernel, int64_t segments,
+                                            std::optional<Tensor> cu_seqlens);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
-    int64_t kernel, int64_t segments);
+    int64_t kernel, int64_t segments, std::optional<Tensor> cu_seqlens);
 Tensor wkv6_step_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 
 #ifdef RWKV_VISION_WITH_CUDA
 std::tuple<Tensor, Tensor> wkv6_forward_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                             Tensor s0, int64_t kernel, int64_t segments);
+                                             Tensor s0, int64_t kernel, int64_t segments,
+                                             std::optional<Tensor> cu_seqlens);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cuda(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
-    int64_t kernel, int64_t segments);
+    int64_t kernel, int64_t segments, std::optional<Tensor> cu_seqlens);
 Tensor wkv6_step_cuda(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor state);
 #endif
 

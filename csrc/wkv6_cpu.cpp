@@ -5,7 +5,8 @@
 // channels and vectorises. The backward pass needs the state *before* each step while walking time
 // backwards; the recurrence cannot be run in reverse (dividing by a decay that may underflow), so it
 // is recomputed from checkpoints kept every kChunk steps: two forward sweeps plus one backward sweep,
-// with memory t / kChunk states per task instead of t.
+// with memory t / kChunk states per task instead of t. With cu_seqlens (packed sequences, b == 1) a
+// task is one (sequence, head) and walks only that sequence's steps, from and to its own state row.
 #include "wkv6.h"
 
 #include <torch/headeronly/util/BFloat16.h>
@@ -20,6 +21,20 @@ namespace rwkv_vision {
 namespace {
 
 constexpr int64_t kChunk = 32;
+
+// The steps one task walks: steps [t0, t0 + len) of batch row b, head h, starting from and ending in
+// state row `state` (= b without packing; the sequence's index with cu_seqlens, where b = 0).
+struct Span {
+  int64_t b, h, t0, len, state;
+};
+
+// Task i (0 <= i < states * H) of a call: without cu_seqlens one per (batch row, head), with it one
+// per (packed sequence, head).
+Span task_span(const Wkv6Dims& d, const int64_t* cu, int64_t i) {
+  const int64_t s = i / d.H, h = i % d.H;
+  if (cu == nullptr) return {s, h, 0, d.T, s};
+  return {0, h, cu[s], cu[s + 1] - cu[s], s};
+}
 
 
 // The hot loops are compiled for several x86 levels and picked at load time, so one binary is both
@@ -140,15 +155,15 @@ RWKV_INLINE void forward_step_vec(F* __restrict S, const F* __restrict r, const 
 }
 
 template <typename T, typename F, int NC>
-RWKV_MULTIVERSION void forward_task(const Wkv6Dims& d, int64_t bh, const T* r, const T* k,
+RWKV_MULTIVERSION void forward_task(const Wkv6Dims& d, const Span& sp, const T* r, const T* k,
                                     const T* v, const F* w, const F* u, const F* s0, T* y, F* sT) {
-  const int64_t N = NC > 0 ? NC : d.N, H = d.H, b = bh / H, h = bh % H;
+  const int64_t N = NC > 0 ? NC : d.N, H = d.H, b = sp.b, h = sp.h, sh = sp.state * H + h;
   std::vector<F> buf(6 * N);
   F *rr = buf.data(), *kk = rr + N, *vv = kk + N, *ee = vv + N, *yy = ee + N, *uu = yy + N;
   load_row(u + h * N, uu, N);
-  F* S = sT + bh * N * N;
-  std::memcpy(S, s0 + bh * N * N, sizeof(F) * N * N);
-  for (int64_t t = 0; t < d.T; ++t) {
+  F* S = sT + sh * N * N;
+  std::memcpy(S, s0 + sh * N * N, sizeof(F) * N * N);
+  for (int64_t t = sp.t0; t < sp.t0 + sp.len; ++t) {
     const int64_t off = ((b * d.T + t) * H + h) * N;
     load_row(r + off, rr, N);
     load_row(k + off, kk, N);
@@ -202,19 +217,21 @@ RWKV_INLINE void backward_step(const F* __restrict S, F* __restrict dS, const F*
 }
 
 template <typename T, typename F, int NC>
-RWKV_MULTIVERSION void backward_task(const Wkv6Dims& d, int64_t bh, const T* r, const T* k,
+RWKV_MULTIVERSION void backward_task(const Wkv6Dims& d, const Span& sp, const T* r, const T* k,
                                      const T* v, const F* w, const F* u, const F* s0, const T* dy,
                                      const F* dsT, T* dr, T* dk, T* dv, F* dw, F* du_part,
                                      F* ds0) {
-  const int64_t N = NC > 0 ? NC : d.N, H = d.H, T_ = d.T, b = bh / H, h = bh % H, NN = N * N;
-  const int64_t n_chunks = (T_ + kChunk - 1) / kChunk;
+  const int64_t N = NC > 0 ? NC : d.N, H = d.H, T_ = d.T, b = sp.b, h = sp.h, NN = N * N;
+  const int64_t bh = sp.state * H + h, t_first = sp.t0;
+  // Chunks count from the span's first step; an empty span keeps one (empty) chunk for the checkpoint.
+  const int64_t n_chunks = std::max<int64_t>(1, (sp.len + kChunk - 1) / kChunk);
   std::vector<F> ckpt(n_chunks * NN), states(kChunk * NN), buf(12 * N);
   F *rr = buf.data(), *kk = rr + N, *vv = kk + N, *ee = vv + N, *gy = ee + N, *uu = gy + N;
   F *gr = uu + N, *gk = gr + N, *gv = gk + N, *gw = gv + N, *du = gw + N;
   load_row(u + h * N, uu, N);
   std::fill(du, du + N, F(0));
-  auto load_step = [&](int64_t t) {
-    const int64_t off = ((b * T_ + t) * H + h) * N;
+  auto load_step = [&](int64_t t) {  // t counts from the span's start
+    const int64_t off = ((b * T_ + t_first + t) * H + h) * N;
     load_row(k + off, kk, N);
     load_row(v + off, vv, N);
     exp_row(w + off, ee, N);
@@ -225,7 +242,7 @@ RWKV_MULTIVERSION void backward_task(const Wkv6Dims& d, int64_t bh, const T* r, 
   std::memcpy(ckpt.data(), s0 + bh * NN, sizeof(F) * NN);
   {
     std::vector<F> S(s0 + bh * NN, s0 + (bh + 1) * NN);
-    for (int64_t t = 0; t < (n_chunks - 1) * kChunk; ++t) {
+    for (int64_t t = 0; t < (n_chunks - 1) * kChunk; ++t) {  // never past the span: its last chunk is not swept
       load_step(t);
       advance_state<F, NC>(S.data(), kk, vv, ee, N);
       if ((t + 1) % kChunk == 0)
@@ -237,7 +254,7 @@ RWKV_MULTIVERSION void backward_task(const Wkv6Dims& d, int64_t bh, const T* r, 
   F* dS = ds0 + bh * NN;  // holds dL/dS(after step t) and ends as dL/d(initial_state)
   std::memcpy(dS, dsT + bh * NN, sizeof(F) * NN);
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, t1 = std::min(T_, t0 + kChunk);
+    const int64_t t0 = c * kChunk, t1 = std::min(sp.len, t0 + kChunk);
     std::memcpy(states.data(), ckpt.data() + c * NN, sizeof(F) * NN);
     for (int64_t t = t0; t + 1 < t1; ++t) {
       load_step(t);
@@ -270,9 +287,9 @@ T* mptr(const Tensor& x) { return reinterpret_cast<T*>(x.mutable_data_ptr()); }
 template <typename T, typename F>
 std::tuple<Tensor, Tensor> forward_impl(const Wkv6Dims& d, const Tensor& r, const Tensor& k,
                                         const Tensor& v, const Tensor& w, const Tensor& u,
-                                        const Tensor& s0) {
+                                        const Tensor& s0, const int64_t* cu, int64_t states) {
   Tensor y = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
-  Tensor sT = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
+  Tensor sT = torch::stable::new_empty(s0, {states, d.H, d.N, d.N});
   const T *pr = cptr<T>(r), *pk = cptr<T>(k), *pv = cptr<T>(v);
   const F *pw = cptr<F>(w), *pu = cptr<F>(u), *ps0 = cptr<F>(s0);
   T* py = mptr<T>(y);
@@ -281,8 +298,8 @@ std::tuple<Tensor, Tensor> forward_impl(const Wkv6Dims& d, const Tensor& r, cons
               : d.N == 64  ? &forward_task<T, F, 64>
               : d.N == 128 ? &forward_task<T, F, 128>
                            : &forward_task<T, F, 0>;
-  torch::stable::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) task(d, bh, pr, pk, pv, pw, pu, ps0, py, psT);
+  torch::stable::parallel_for(0, states * d.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) task(d, task_span(d, cu, i), pr, pk, pv, pw, pu, ps0, py, psT);
   });
   return {y, sT};
 }
@@ -290,14 +307,15 @@ std::tuple<Tensor, Tensor> forward_impl(const Wkv6Dims& d, const Tensor& r, cons
 template <typename T, typename F>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const Wkv6Dims& d, const Tensor& r, const Tensor& k, const Tensor& v, const Tensor& w,
-    const Tensor& u, const Tensor& s0, const Tensor& dy, const Tensor& dsT) {
+    const Tensor& u, const Tensor& s0, const Tensor& dy, const Tensor& dsT, const int64_t* cu,
+    int64_t states) {
   Tensor dr = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor dk = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor dv = torch::stable::new_empty(r, {d.B, d.T, d.H, d.N});
   Tensor dw = torch::stable::new_empty(w, {d.B, d.T, d.H, d.N});
   Tensor du = torch::stable::new_empty(u, {d.H, d.N});
-  Tensor ds0 = torch::stable::new_empty(s0, {d.B, d.H, d.N, d.N});
-  std::vector<F> du_part(d.B * d.H * d.N);
+  Tensor ds0 = torch::stable::new_empty(s0, {states, d.H, d.N, d.N});
+  std::vector<F> du_part(states * d.H * d.N);
   const T *pr = cptr<T>(r), *pk = cptr<T>(k), *pv = cptr<T>(v), *pdy = cptr<T>(dy);
   const F *pw = cptr<F>(w), *pu = cptr<F>(u), *ps0 = cptr<F>(s0), *pdsT = cptr<F>(dsT);
   T *pdr = mptr<T>(dr), *pdk = mptr<T>(dk), *pdv = mptr<T>(dv);
@@ -306,16 +324,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
               : d.N == 64  ? &backward_task<T, F, 64>
               : d.N == 128 ? &backward_task<T, F, 128>
                            : &backward_task<T, F, 0>;
-  torch::stable::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh)
-      task(d, bh, pr, pk, pv, pw, pu, ps0, pdy, pdsT, pdr, pdk, pdv, pdw, du_part.data(), pds0);
+  torch::stable::parallel_for(0, states * d.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      task(d, task_span(d, cu, i), pr, pk, pv, pw, pu, ps0, pdy, pdsT, pdr, pdk, pdv, pdw,
+           du_part.data(), pds0);
   });
   // u is shared by the whole batch: sum its per-task gradients in a fixed order (deterministic).
   F* pdu = mptr<F>(du);
   for (int64_t h = 0; h < d.H; ++h)
     for (int64_t n = 0; n < d.N; ++n) {
       F acc = 0;
-      for (int64_t b = 0; b < d.B; ++b) acc += du_part[(b * d.H + h) * d.N + n];
+      for (int64_t b = 0; b < states; ++b) acc += du_part[(b * d.H + h) * d.N + n];
       pdu[h * d.N + n] = acc;
     }
   return {dr, dk, dv, dw, du, ds0};
@@ -328,16 +347,20 @@ void check_cpu(const char* what, const Tensor& r) {
 }  // namespace
 
 std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u,
-                                            Tensor s0, int64_t kernel, int64_t segments) {
+                                            Tensor s0, int64_t kernel, int64_t segments,
+                                            std::optional<Tensor> cu_seqlens) {
   const char* what = "rwkv_vision::wkv6_forward";
   check_cpu(what, r);
   check_kernel_choice(what, kernel, segments, false);
-  const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
+  const int64_t states = check_cu_seqlens(what, cu_seqlens, r, kernel, false);
+  const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0, states);
+  const int64_t* cu = cu_seqlens.has_value() ? cptr<int64_t>(*cu_seqlens) : nullptr;
   switch (r.scalar_type()) {
-    case ScalarType::Float: return forward_impl<float, float>(d, r, k, v, w, u, s0);
-    case ScalarType::Double: return forward_impl<double, double>(d, r, k, v, w, u, s0);
-    case ScalarType::BFloat16: return forward_impl<c10::BFloat16, float>(d, r, k, v, w, u, s0);
-    case ScalarType::Half: return forward_impl<c10::Half, float>(d, r, k, v, w, u, s0);
+    case ScalarType::Float: return forward_impl<float, float>(d, r, k, v, w, u, s0, cu, states);
+    case ScalarType::Double: return forward_impl<double, double>(d, r, k, v, w, u, s0, cu, states);
+    case ScalarType::BFloat16:
+      return forward_impl<c10::BFloat16, float>(d, r, k, v, w, u, s0, cu, states);
+    case ScalarType::Half: return forward_impl<c10::Half, float>(d, r, k, v, w, u, s0, cu, states);
     default: STD_TORCH_CHECK(false, what, ": unsupported dtype");
   }
   return {};
@@ -345,20 +368,25 @@ std::tuple<Tensor, Tensor> wkv6_forward_cpu(Tensor r, Tensor k, Tensor v, Tensor
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv6_backward_cpu(
     Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, Tensor dsT,
-    int64_t kernel, int64_t segments) {
+    int64_t kernel, int64_t segments, std::optional<Tensor> cu_seqlens) {
   const char* what = "rwkv_vision::wkv6_backward";
   check_cpu(what, r);
   check_kernel_choice(what, kernel, segments, false);
-  const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0);
+  const int64_t states = check_cu_seqlens(what, cu_seqlens, r, kernel, false);
+  const Wkv6Dims d = check_wkv6_inputs(what, r, k, v, w, u, s0, states);
   check_same_layout(what, "dy", dy, r);
   STD_TORCH_CHECK(dy.scalar_type() == r.scalar_type(), what, ": dy must have the dtype of r");
-  check_state(what, "dsT", dsT, d, acc_type(r.scalar_type()));
+  check_state(what, "dsT", dsT, Wkv6Dims{states, d.T, d.H, d.N}, acc_type(r.scalar_type()));
+  const int64_t* cu = cu_seqlens.has_value() ? cptr<int64_t>(*cu_seqlens) : nullptr;
   switch (r.scalar_type()) {
-    case ScalarType::Float: return backward_impl<float, float>(d, r, k, v, w, u, s0, dy, dsT);
-    case ScalarType::Double: return backward_impl<double, double>(d, r, k, v, w, u, s0, dy, dsT);
+    case ScalarType::Float:
+      return backward_impl<float, float>(d, r, k, v, w, u, s0, dy, dsT, cu, states);
+    case ScalarType::Double:
+      return backward_impl<double, double>(d, r, k, v, w, u, s0, dy, dsT, cu, states);
     case ScalarType::BFloat16:
-      return backward_impl<c10::BFloat16, float>(d, r, k, v, w, u, s0, dy, dsT);
-    case ScalarType::Half: return backward_impl<c10::Half, float>(d, r, k, v, w, u, s0, dy, dsT);
+      return backward_impl<c10::BFloat16, float>(d, r, k, v, w, u, s0, dy, dsT, cu, states);
+    case ScalarType::Half:
+      return backward_impl<c10::Half, float>(d, r, k, v, w, u, s0, dy, dsT, cu, states);
     default: STD_TORCH_CHECK(false, what, ": unsupported dtype");
   }
   return {};

@@ -56,7 +56,7 @@ ScalarType check_r(const char* what, const Tensor& r, int64_t dims, const char* 
 }  // namespace
 
 Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
-                           const Tensor& w, const Tensor& u, const Tensor& s0) {
+                           const Tensor& w, const Tensor& u, const Tensor& s0, int64_t states) {
   const ScalarType T = check_r(what, r, 4, "[b, t, h, n]");
   STD_TORCH_CHECK(r.is_contiguous(), what, ": r must be contiguous");
   check_same_layout(what, "k", k, r);
@@ -73,8 +73,34 @@ Wkv6Dims check_wkv6_inputs(const char* what, const Tensor& r, const Tensor& k, c
                   ": u must be [h, n] = [", d.H, ", ", d.N, "]");
   STD_TORCH_CHECK(u.scalar_type() == F && u.is_contiguous(), what, ": u must be contiguous ",
                   dtype_name(F));
-  check_state(what, "initial_state", s0, d, F);
+  check_state(what, "initial_state", s0, Wkv6Dims{states < 0 ? d.B : states, d.T, d.H, d.N}, F);
   return d;
+}
+
+int64_t check_cu_seqlens(const char* what, const std::optional<Tensor>& cu_seqlens, const Tensor& r,
+                         int64_t kernel, bool on_cuda) {
+  if (!cu_seqlens.has_value()) return r.size(0);
+  const Tensor& cu = *cu_seqlens;
+  STD_TORCH_CHECK(kernel == 0, what,
+                  ": cu_seqlens is taken by kernel 0 only (ops.wkv6 runs the others per sequence), got kernel ",
+                  kernel);
+  STD_TORCH_CHECK(cu.scalar_type() == ScalarType::Long, what, ": cu_seqlens must be int64");
+  STD_TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 2, what, ": cu_seqlens must be [N + 1] with N >= 1");
+  STD_TORCH_CHECK(cu.is_contiguous(), what, ": cu_seqlens must be contiguous");
+  STD_TORCH_CHECK(cu.get_device_index() == r.get_device_index() && cu.is_cuda() == r.is_cuda(), what,
+                  ": cu_seqlens is on another device than r");
+  STD_TORCH_CHECK(r.dim() == 4 && r.size(0) == 1, what,
+                  ": with cu_seqlens the sequences are packed into one row, so b must be 1");
+  if (!on_cuda) {
+    const int64_t* p = reinterpret_cast<const int64_t*>(cu.const_data_ptr());
+    const int64_t n = cu.size(0);
+    STD_TORCH_CHECK(p[0] == 0 && p[n - 1] == r.size(1), what, ": cu_seqlens must run from 0 to t = ",
+                    r.size(1), ", got ", p[0], " ... ", p[n - 1]);
+    for (int64_t i = 0; i + 1 < n; ++i)
+      STD_TORCH_CHECK(p[i] <= p[i + 1], what, ": cu_seqlens must be non-decreasing; entry ", i + 1,
+                      " (", p[i + 1], ") is below entry ", i, " (", p[i], ")");
+  }
+  return cu.size(0) - 1;
 }
 
 Wkv6Dims check_wkv6_step_inputs(const char* what, const Tensor& r, const Tensor& k, const Tensor& v,
@@ -135,16 +161,18 @@ Wkv6Kernel check_kernel_choice(const char* what, int64_t kernel, int64_t segment
 }  // namespace rwkv_vision
 
 STABLE_TORCH_LIBRARY(rwkv_vision, m) {
-  // y, final_state = wkv6_forward(r, k, v, w, u, initial_state, kernel, segments); kernel is a
-  // Wkv6Kernel code (wkv6.h), segments 0 or the forced segment count of the chunked CUDA kernels.
+  // y, final_state = wkv6_forward(r, k, v, w, u, initial_state, kernel, segments, cu_seqlens); kernel
+  // is a Wkv6Kernel code (wkv6.h), segments 0 or the forced segment count of the chunked CUDA kernels,
+  // cu_seqlens None or the offsets of packed sequences (check_cu_seqlens in wkv6.h).
   m.def(
       "wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, int kernel=0, "
-      "int segments=0) -> (Tensor, Tensor)");
+      "int segments=0, Tensor? cu_seqlens=None) -> (Tensor, Tensor)");
   // dr, dk, dv, dw, du, ds0 = wkv6_backward(..., dy, d_final_state, kernel, segments), with the
   // forward's kernel and segments.
   m.def(
       "wkv6_backward(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor s0, Tensor dy, "
-      "Tensor dsT, int kernel=0, int segments=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor dsT, int kernel=0, int segments=0, Tensor? cu_seqlens=None) -> (Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor)");
   // y = wkv6_step(r, k, v, w, u, state): one token, the state advanced in place (decoding only).
   m.def("wkv6_step(Tensor r, Tensor k, Tensor v, Tensor w, Tensor u, Tensor(a!) state) -> Tensor");
 }

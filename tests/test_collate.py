@@ -75,3 +75,41 @@ def test_bad_samples_are_refused_clearly(toy):
         ConversationCollator(toy.processor)([42])
     with pytest.raises(TypeError, match="processor must be a VisualRWKVProcessor"):
         ConversationCollator(toy)
+
+
+def test_packed_batch_trains_to_the_loss_of_the_padded_batch(toy):
+    # Samples with different image counts packed into one row: no padding, no target across a boundary, and
+    # the loss (and its gradient) equals that of the same samples as a padded batch (or one by one).
+    data = ShapesVQA(split="test", size=3, seed=4)
+    samples = [
+        ([("user", data[0].question), ("assistant", data[0].answer)], data[0].image),
+        ([("user", "How many shapes are there?"), ("assistant", "two")], None),
+        ([("user", data[2].question), ("assistant", data[2].answer)], [data[2].image, data[1].image]),
+    ]
+    packed = ConversationCollator(toy.processor, pack=True)(samples)
+    assert set(packed) == {"input_ids", "labels", "cu_seqlens", "pixel_values"}
+    cu = packed["cu_seqlens"].tolist()
+    assert packed["input_ids"].shape == (1, cu[-1]) and len(cu) == 4 and packed["pixel_values"].shape[0] == 3
+    assert all(packed["labels"][0, start] == -100 for start in cu[:-1])
+    toy.zero_grad()
+    loss = toy(**packed).loss
+    loss.backward()
+    grad = toy.rwkv.head.weight.grad.clone()
+    # The reference: each sample alone, its scored positions pooled (what a padded batch averages over).
+    toy.zero_grad()
+    total, count = 0.0, 0
+    for sample in samples:
+        one = ConversationCollator(toy.processor)([sample])
+        n = int((one["labels"][0, 1:] != -100).sum())
+        total = total + toy(**one).loss * n
+        count += n
+    (total / count).backward()
+    torch.testing.assert_close(loss, total / count, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, toy.rwkv.head.weight.grad, atol=1e-5, rtol=1e-4)
+    toy.zero_grad()
+    # The text-only samples as a right-padded batch give the same loss as packed.
+    text = [samples[1], ([("user", "Is there a circle?"), ("assistant", "yes")], None)]
+    padded = ConversationCollator(toy.processor)(text)
+    torch.testing.assert_close(
+        toy(**ConversationCollator(toy.processor, pack=True)(text)).loss, toy(**padded).loss, atol=1e-5, rtol=1e-5
+    )

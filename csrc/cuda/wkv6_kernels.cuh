@@ -16,8 +16,23 @@ namespace {
 // for loads it merges with loads of the __restrict__ const inputs.
 __device__ __forceinline__ float load_scratch(const float* p) { return __ldcg(p); }
 
+// The steps block bh walks: `len` steps from flat step `first` (b * T + t, so element (first + s, h, c)
+// of a [b, t, h, n] tensor is at ((first + s) * H + h) * N + c). Without packing (cu == nullptr) all T
+// steps of batch row bh / H; with cu_seqlens (b == 1, one block per (sequence, head), bh = seq * H + h)
+// steps cu[seq] .. cu[seq + 1] of row 0. The block's state rows are bh's in both cases.
+struct Walk {
+  int64_t first, len;
+};
+
+__device__ __forceinline__ Walk block_walk(int64_t bh, int64_t T_, int64_t H, const int64_t* cu) {
+  const int64_t s = bh / H;
+  if (cu == nullptr) return {s * T_, T_};
+  return {cu[s], cu[s + 1] - cu[s]};
+}
+
 // ---------------------------------------------------------------------------------------------
-// Kernels. Every kernel runs with blockDim.x == N and gridDim.x == B * H (block bh = b * H + h).
+// Kernels. Every kernel runs with blockDim.x == N and gridDim.x == B * H (block bh = b * H + h), or
+// with cu_seqlens (N_seq + 1 offsets) gridDim.x == N_seq * H.
 // Element (b, t, h, c) of a [b, t, h, n] tensor is at ((b * T + t) * H + h) * N + c, so consecutive
 // steps of one (b, h) are H * N apart.
 //
@@ -31,12 +46,15 @@ __global__ void __launch_bounds__(N)
     wkv6_forward_kernel(int64_t T_, int64_t H, const T* __restrict__ r, const T* __restrict__ k,
                         const T* __restrict__ v, const float* __restrict__ w,
                         const float* __restrict__ u, const float* __restrict__ s0,
-                        T* __restrict__ y, float* __restrict__ sT) {
+                        T* __restrict__ y, float* __restrict__ sT,
+                        const int64_t* __restrict__ cu = nullptr) {
   constexpr int64_t NN = int64_t(N) * N;
-  const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int64_t bh = blockIdx.x, h = bh % H;
   const int i = threadIdx.x;  // value channel: this thread owns column i of S
   const int64_t stride = H * N;
-  const int64_t base = (b * T_ * H + h) * N + i;
+  const Walk run = block_walk(bh, T_, H, cu);
+  const int64_t len = run.len;
+  const int64_t base = (run.first * H + h) * N + i;
 
   __shared__ __align__(16) float sr[2][N];
   __shared__ __align__(16) float sk[2][N];
@@ -52,12 +70,13 @@ __global__ void __launch_bounds__(N)
   }
 
   // Registers prefetch the next step's inputs while the current one is computed.
-  float nr = to_f(r[base]), nk = to_f(k[base]), nv = to_f(v[base]), nw = w[base];
+  float nr = 0.f, nk = 0.f, nv = 0.f, nw = 0.f;
+  if (len > 0) nr = to_f(r[base]), nk = to_f(k[base]), nv = to_f(v[base]), nw = w[base];
   int par = 0;
-  for (int64_t t = 0; t < T_; ++t) {
+  for (int64_t t = 0; t < len; ++t) {
     const int64_t off = base + t * stride;
     const float rv = nr, kv = nk, vv = nv, wv = nw;
-    if (t + 1 < T_) {
+    if (t + 1 < len) {
       const int64_t nx = off + stride;
       nr = to_f(r[nx]);
       nk = to_f(k[nx]);
@@ -97,12 +116,18 @@ __global__ void __launch_bounds__(N)
                               const float* __restrict__ s0, const T* __restrict__ dy,
                               const float* __restrict__ dsT, T* __restrict__ dr,
                               T* __restrict__ dk, float* __restrict__ dw,
-                              float* __restrict__ du_part, float* __restrict__ scratch) {
+                              float* __restrict__ du_part, float* __restrict__ scratch,
+                              const int64_t* __restrict__ cu = nullptr) {
   constexpr int64_t NN = int64_t(N) * N;
-  const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int64_t bh = blockIdx.x, h = bh % H;
   const int j = threadIdx.x;  // key channel: this thread owns row j
   const int64_t stride = H * N;
-  const int64_t base = (b * T_ * H + h) * N + j;
+  const Walk run = block_walk(bh, T_, H, cu);
+  const int64_t len_all = run.len;
+  const int64_t base = (run.first * H + h) * N + j;
+  // n_chunks sizes the scratch (for the longest walk); this block uses the chunks of its own walk, at
+  // least one so that an empty walk still passes dsT through.
+  const int64_t used_chunks = len_all > 0 ? (len_all + C - 1) / C : 1;
 
   float* ckpt = scratch + bh * scratch_per_block;  // [n_chunks][N][N]: state before step c * C
   float* states = ckpt + n_chunks * NN;            // [C][N][N]: state before step t0 + m
@@ -125,7 +150,7 @@ __global__ void __launch_bounds__(N)
 #pragma unroll
       for (int i = 0; i < N; ++i) dst[i * N] = S[i];
     }
-    for (int64_t c = 0; c + 1 < n_chunks; ++c) {
+    for (int64_t c = 0; c + 1 < used_chunks; ++c) {
       for (int64_t tt = 0; tt < C; ++tt) {
         const int64_t off = base + (c * C + tt) * stride;
         sv[par][j] = to_f(v[off]);
@@ -150,9 +175,9 @@ __global__ void __launch_bounds__(N)
     for (int i = 0; i < N; ++i) dst[i * N] = src[i];
   }
   float du_acc = 0.f;
-  for (int64_t c = n_chunks - 1; c >= 0; --c) {
+  for (int64_t c = used_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * C;
-    const int64_t len = (T_ - t0 < C) ? (T_ - t0) : C;  // >= 1: t0 < T_ for every chunk
+    const int64_t len = (len_all - t0 < C) ? (len_all - t0) : C;  // >= 1 unless the walk is empty
 
     // Rebuild states[m] = state before step t0 + m, m in [0, len).
     {
@@ -225,12 +250,14 @@ __global__ void __launch_bounds__(N)
                               const T* __restrict__ k, const float* __restrict__ w,
                               const float* __restrict__ u, const T* __restrict__ dy,
                               const float* __restrict__ dsT, T* __restrict__ dv,
-                              float* __restrict__ ds0) {
+                              float* __restrict__ ds0, const int64_t* __restrict__ cu = nullptr) {
   constexpr int64_t NN = int64_t(N) * N;
-  const int64_t bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int64_t bh = blockIdx.x, h = bh % H;
   const int i = threadIdx.x;  // value channel: this thread owns column i of dS
   const int64_t stride = H * N;
-  const int64_t base = (b * T_ * H + h) * N + i;
+  const Walk run = block_walk(bh, T_, H, cu);
+  const int64_t len = run.len;
+  const int64_t base = (run.first * H + h) * N + i;
 
   __shared__ __align__(16) float sr[2][N];
   __shared__ __align__(16) float sk[2][N];
@@ -245,10 +272,13 @@ __global__ void __launch_bounds__(N)
     for (int j = 0; j < N; ++j) dS[j] = src[j * N];
   }
 
-  const int64_t last = base + (T_ - 1) * stride;
-  float nr = to_f(r[last]), nk = to_f(k[last]), nw = w[last], ng = to_f(dy[last]);
+  float nr = 0.f, nk = 0.f, nw = 0.f, ng = 0.f;
+  if (len > 0) {
+    const int64_t last = base + (len - 1) * stride;
+    nr = to_f(r[last]), nk = to_f(k[last]), nw = w[last], ng = to_f(dy[last]);
+  }
   int par = 0;
-  for (int64_t t = T_ - 1; t >= 0; --t) {
+  for (int64_t t = len - 1; t >= 0; --t) {
     const int64_t off = base + t * stride;
     const float rv = nr, kv = nk, wv = nw, gy = ng;
     if (t > 0) {

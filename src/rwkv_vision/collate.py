@@ -14,6 +14,12 @@ after row). A conversation is rendered turn by turn with the processor's layout,
 so a model trained on these batches continues ``"Assistant:"`` the way ``generate`` asks it to, and multi-turn
 conversations teach every answer, each conditioned on the turns before it. The model expands each placeholder
 into its image tokens and gives them -100 itself, and shifts the labels (``forward(..., labels=...)``).
+
+With ``pack=True`` the samples are packed into one row instead, without padding: ``input_ids`` and ``labels``
+[1, T] (the samples one after another), ``cu_seqlens`` [N + 1] (their offsets, ``ops.pack_offsets``) and
+``pixel_values``. The model reads each sample from a fresh state (``forward(..., cu_seqlens=...)``), and the
+first label of every sample is -100, so no target crosses a boundary; the loss is that of the padded batch.
+Packed samples may hold different numbers of images.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 from .image_tokens import IMAGE_TOKEN_INDEX
 from .models.output import IGNORE_INDEX
+from .ops.cu_seqlens import pack_offsets
 from .processor import VisualRWKVProcessor
 from .prompt import IMAGE_PLACEHOLDER, normalize_conversation
 
@@ -40,9 +47,11 @@ class ConversationCollator:
         pad_token_id: the id right padding uses (masked out by ``attention_mask``, never a target).
         max_length: drop samples whose ids are longer (None: keep all); a dropped sample is counted in
             ``dropped``.
+        pack: pack the samples into one row with ``cu_seqlens`` (no padding, no ``attention_mask``) instead
+            of a right-padded batch.
 
-    Every row of one batch holds the same number of images (the model expands each placeholder in place,
-    and right padding must stay at the end); a batch that mixes counts is refused.
+    Without ``pack`` every row of one batch holds the same number of images (the model expands each
+    placeholder in place, and right padding must stay at the end); a batch that mixes counts is refused.
 
     A sample is ``(conversation, images)``, or a mapping with ``"conversation"`` (or ``"messages"``) and
     ``"images"``; ``images`` is a PIL image, a list of them, or None. The conversation is a string (one
@@ -50,14 +59,23 @@ class ConversationCollator:
     (:func:`rwkv_vision.prompt.normalize_conversation`) holding at least one assistant turn.
     """
 
-    def __init__(self, processor: VisualRWKVProcessor, *, pad_token_id: int = 0, max_length: int | None = None):
+    def __init__(
+        self,
+        processor: VisualRWKVProcessor,
+        *,
+        pad_token_id: int = 0,
+        max_length: int | None = None,
+        pack: bool = False,
+    ):
         if not isinstance(processor, VisualRWKVProcessor):
             raise TypeError(f"processor must be a VisualRWKVProcessor, got {type(processor).__name__}")
         if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
             raise ValueError(f"pad_token_id must be a token id (an int >= 0), got {pad_token_id!r}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-        self.processor, self.pad_token_id, self.max_length = processor, pad_token_id, max_length
+        if not isinstance(pack, bool):
+            raise TypeError(f"pack must be a bool, got {type(pack).__name__}")
+        self.processor, self.pad_token_id, self.max_length, self.pack = processor, pad_token_id, max_length, pack
         self.dropped = 0
 
     def _stop_id(self) -> int:
@@ -121,6 +139,20 @@ class ConversationCollator:
             counts.append(len(row_images))
         if not rows:
             raise ValueError("samples: every sample was dropped (longer than max_length) or none was given")
+        pixel_values = None
+        if images:
+            if self.processor.image_processor is None:
+                raise ValueError("the processor has no image_processor to turn the images into pixel_values")
+            pixel_values = self.processor.image_processor(images)
+        if self.pack:
+            # Each sample's first label would be scored against the previous sample's last position: never.
+            targets = [[IGNORE_INDEX] + t[1:] for t in targets]
+            return {
+                "input_ids": torch.tensor([sum(rows, [])], dtype=torch.long),
+                "labels": torch.tensor([sum(targets, [])], dtype=torch.long),
+                "cu_seqlens": pack_offsets([len(r) for r in rows]),
+                "pixel_values": pixel_values,
+            }
         if len(set(counts)) > 1:
             raise ValueError(
                 f"samples: every row of a batch must hold the same number of images, got {counts}; batch samples "
@@ -131,11 +163,6 @@ class ConversationCollator:
         def pad(row: list[int], value: int) -> list[int]:
             return row + [value] * (width - len(row))
 
-        pixel_values = None
-        if images:
-            if self.processor.image_processor is None:
-                raise ValueError("the processor has no image_processor to turn the images into pixel_values")
-            pixel_values = self.processor.image_processor(images)
         return {
             "input_ids": torch.tensor([pad(r, self.pad_token_id) for r in rows], dtype=torch.long),
             "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long),

@@ -151,8 +151,9 @@ def make_config(
     """``config`` (default: ``GenerationConfig()``) with keyword ``overrides`` applied.
 
     ``eos_token_id`` (int or list) is an alias of ``stop_tokens``; ``attention_mask`` raises
-    NotImplementedError unless it masks nothing; any other unknown keyword raises a TypeError naming it and
-    the accepted ones (``extra``: the caller's own keywords, listed in that message)."""
+    NotImplementedError unless it masks nothing (:func:`generate` takes it out before, and prefills a padded
+    batch with it); any other unknown keyword raises a TypeError naming it and the accepted ones (``extra``:
+    the caller's own keywords, listed in that message)."""
     overrides = dict(overrides)
     mask = overrides.pop("attention_mask", None)
     if mask is not None and not bool(torch.as_tensor(mask).bool().all()):
@@ -299,8 +300,16 @@ def _as_rows(input_ids) -> list[list[int]] | torch.Tensor:
     raise ValueError("generate: input_ids must be a tensor [t] or [b, t], a list of ints, or a list of lists of ints")
 
 
+def _left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one left-padded batch: ids [b, t] (padding id 0) and mask [b, t]."""
+    t = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (t - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (t - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
 @torch.no_grad()
-def _prefill(model, rows, state, config: GenerationConfig, device) -> tuple[torch.Tensor, Any]:
+def _prefill(model, rows, state, config: GenerationConfig, device, mask=None) -> tuple[torch.Tensor, Any]:
     kwargs = {}
     if config.prefill_chunk_size is not None and _accepts(model, "chunk_size"):
         kwargs["chunk_size"] = config.prefill_chunk_size
@@ -313,11 +322,39 @@ def _prefill(model, rows, state, config: GenerationConfig, device) -> tuple[torc
         logits, new_state = model(input_ids=ids.to(device), state=row_state, **kwargs)
         return logits[:, -1], new_state
 
+    if mask is not None:
+        if not isinstance(rows, torch.Tensor):
+            raise ValueError("generate: attention_mask goes with input_ids as one [b, t] tensor")
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != tuple(rows.shape):
+            raise ValueError(f"generate: attention_mask must be [b, t] = {list(rows.shape)}, got {list(mask.shape)}")
+        if bool(mask.bool().all()):
+            mask = None
+    if mask is not None:
+        if not _accepts(model, "attention_mask"):
+            make_config(None, {"attention_mask": mask})  # raises: this model cannot hide padding
+        mask = mask.to(device).long()
+        if not bool(mask[:, -1].all()):
+            # Some row is padded on the right: its next-token logits sit at its last token, not at t - 1.
+            kwargs.pop("logits_to_keep", None)
+        logits, new_state = model(input_ids=rows.to(device), state=state, attention_mask=mask, **kwargs)
+        steps = torch.arange(mask.shape[1], device=mask.device)
+        last = torch.where(mask.bool(), steps, -1).amax(dim=1)
+        if bool((last < 0).any()):
+            raise ValueError("generate: a row of attention_mask has no tokens; give each prompt at least one")
+        if logits.shape[1] == 1:
+            return logits[:, -1], new_state
+        return logits[torch.arange(logits.shape[0], device=logits.device), last.to(logits.device)], new_state
+
     if isinstance(rows, torch.Tensor) or len({len(r) for r in rows}) == 1:
         ids = rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
         return run(ids, state)
-    # Ragged prompts: a recurrent model has no attention mask to hide padding, so each prompt is read on its
-    # own and the states are joined along the batch.
+    if _accepts(model, "attention_mask") and all(rows):
+        # Ragged prompts in one call: left-padded, the padding masked (its steps leave the state alone), so
+        # every row ends at the last position and its state is the row's own.
+        ids, mask = _left_padded(rows)
+        return _prefill(model, ids, state, config, device, mask)
+    # A model without attention_mask: each prompt is read on its own and the states joined along the batch.
     if state is not None and not hasattr(state, "select"):
         raise ValueError("generate: prompts of different lengths need a state with select() (or no state)")
     results = [
@@ -346,10 +383,13 @@ def generate(
     Args:
         model: called as ``model(input_ids=[b, t] int64, state=...) -> (logits [b, t, v], state)``.
         input_ids: the prompt: a tensor [t] or [b, t], a list of ints, or a list of lists (prompts of different
-            lengths are read one by one and their states joined). Or None, with ``next_logits``.
+            lengths: for a model whose forward takes ``attention_mask``, e.g. ``RWKV6``, read in one call,
+            left-padded and masked; otherwise one by one, their states joined). Or None, with ``next_logits``.
         config: a ``GenerationConfig``; keyword ``overrides`` replace its fields (``max_new_tokens=20``,
             ``do_sample=True``; ``eos_token_id`` is an alias of ``stop_tokens``). Unknown keywords raise a
-            TypeError; an ``attention_mask`` with zeros raises NotImplementedError (pass a list of prompts).
+            TypeError. ``attention_mask`` [b, t] (1 tokens, 0 padding; left padding as transformers users
+            pad, right, or both) with a [b, t] tensor prefills the padded batch in one call, each row as if
+            alone; a model whose forward has no ``attention_mask`` raises NotImplementedError for it.
         state: the state to start from (None: a fresh sequence). With ``next_logits`` [b, v] and no
             ``input_ids``, the prompt has already been read (e.g. a multimodal prefill) and decoding starts.
         streamer: called as ``streamer(row, token_id)`` for every new token, as soon as it is picked.
@@ -359,6 +399,7 @@ def generate(
         ``GenerationOutput`` (``tokens`` per row, stop token included, and ``sequences`` as one padded
         tensor; ``finish_reasons``; the final state).
     """
+    attention_mask = overrides.pop("attention_mask", None)
     config = make_config(
         config, overrides, extra=("input_ids", "config", "state", "next_logits", "streamer", "generator")
     )
@@ -372,7 +413,7 @@ def generate(
     else:
         if next_logits is not None:
             raise ValueError("generate: pass input_ids or next_logits, not both")
-        logits, state = _prefill(model, _as_rows(input_ids), state, config, device)
+        logits, state = _prefill(model, _as_rows(input_ids), state, config, device, attention_mask)
 
     current = [state]
 

@@ -4,6 +4,8 @@
 //   harness chunked DIR B T H N SEGMENTS    wkv6_chunked_kernels.cuh, forward and backward (SEGMENTS 0:
 //                                           as the host would choose on a 132-multiprocessor GPU)
 //   harness recurrent DIR B T H N           wkv6_kernels.cuh, forward and backward
+//   harness recurrent_packed DIR T H N S    the same with cu_seqlens: S sequences packed into one row
+//                                           (b = 1), offsets DIR/cu.bin (int64 [S + 1]); states [S, H, N, N]
 //   harness split DIR B T H N               wkv6_forward_split_kernel.cuh, forward
 //   harness step DIR B H N                  wkv6_step_kernel.cuh
 //
@@ -103,8 +105,9 @@ struct Sequence {
   size_t seq, state;
   Vec r, k, v, w, dy, u, s0, dsT;
   Vec y, sT, dr, dk, dv, dw, du, ds0;
-  Sequence(const std::string& dir, const Dims& dims)
-      : d(dims), seq(size_t(d.B * d.T * d.H * d.N)), state(size_t(d.B * d.H * d.N * d.N)),
+  // states: the number of state rows (B, or the number of packed sequences).
+  Sequence(const std::string& dir, const Dims& dims, int64_t states = -1)
+      : d(dims), seq(size_t(d.B * d.T * d.H * d.N)), state(size_t((states < 0 ? d.B : states) * d.H * d.N * d.N)),
         r(read(dir + "/r.bin", seq)), k(read(dir + "/k.bin", seq)), v(read(dir + "/v.bin", seq)),
         w(read(dir + "/w.bin", seq)), dy(read(dir + "/dy.bin", seq)), u(read(dir + "/u.bin", size_t(d.H * d.N))),
         s0(read(dir + "/s0.bin", state)), dsT(read(dir + "/dsT.bin", state)), y(seq, std::nanf("")),
@@ -163,31 +166,43 @@ void run_chunked(const std::string& dir, const Dims& d, int64_t wanted) {
   std::printf("ok: %d segments, %lld chunks\n", segments, static_cast<long long>(chunks));
 }
 
-// wkv6_cuda.cu's forward_launch and backward_launch / backward_impl.
+// wkv6_cuda.cu's forward_launch and backward_launch / backward_impl. With `packed` (S sequences, cu
+// their int64 offsets) one block per (sequence, head), as the host launches them for cu_seqlens.
 template <int N>
-void run_recurrent(const std::string& dir, const Dims& d) {
-  Sequence q(dir, d);
-  const dim3 blocks{unsigned(d.B * d.H)}, threads{unsigned(N)};
+void run_recurrent(const std::string& dir, const Dims& d, int64_t packed = -1) {
+  std::vector<int64_t> cu_host;
+  if (packed >= 0) {
+    cu_host.resize(size_t(packed + 1));
+    std::ifstream in(dir + "/cu.bin", std::ios::binary);
+    if (!in.read(reinterpret_cast<char*>(cu_host.data()), std::streamsize(cu_host.size() * sizeof(int64_t))))
+      throw std::runtime_error("cannot read cu.bin");
+  }
+  const int64_t* cu = packed >= 0 ? cu_host.data() : nullptr;
+  const int64_t states = packed >= 0 ? packed : d.B;
+  Sequence q(dir, d, states);
+  const dim3 blocks{unsigned(states * d.H)}, threads{unsigned(N)};
   emu::launch(blocks, threads, 0, [&] {
     rwkv_vision::wkv6_forward_kernel<float, N>(d.T, d.H, q.r.data(), q.k.data(), q.v.data(), q.w.data(),
-                                               q.u.data(), q.s0.data(), q.y.data(), q.sT.data());
+                                               q.u.data(), q.s0.data(), q.y.data(), q.sT.data(), cu);
   });
   q.write_forward(dir);
   const int64_t NN = int64_t(N) * N, C = rwkv_vision::checkpoint_spacing(d.T), n_chunks = (d.T + C - 1) / C;
   const int64_t scratch_per_block = (n_chunks + C + 1) * NN;
-  Vec scratch(size_t(d.B * d.H * scratch_per_block), std::nanf("")), du_part(size_t(d.B * d.H * N), std::nanf(""));
+  Vec scratch(size_t(states * d.H * scratch_per_block), std::nanf("")),
+      du_part(size_t(states * d.H * N), std::nanf(""));
   emu::launch(blocks, threads, 0, [&] {
     rwkv_vision::wkv6_backward_rows_kernel<float, N>(
         d.T, d.H, C, n_chunks, scratch_per_block, q.r.data(), q.k.data(), q.v.data(), q.w.data(), q.u.data(),
-        q.s0.data(), q.dy.data(), q.dsT.data(), q.dr.data(), q.dk.data(), q.dw.data(), du_part.data(), scratch.data());
+        q.s0.data(), q.dy.data(), q.dsT.data(), q.dr.data(), q.dk.data(), q.dw.data(), du_part.data(), scratch.data(),
+        cu);
   });
   emu::launch(blocks, threads, 0, [&] {
     rwkv_vision::wkv6_backward_cols_kernel<float, N>(d.T, d.H, q.r.data(), q.k.data(), q.w.data(), q.u.data(),
-                                                     q.dy.data(), q.dsT.data(), q.dv.data(), q.ds0.data());
+                                                     q.dy.data(), q.dsT.data(), q.dv.data(), q.ds0.data(), cu);
   });
   const int64_t HN = d.H * N;
   emu::launch(dim3{unsigned((HN + 255) / 256)}, dim3{256}, 0, [&] {
-    rwkv_vision::wkv6_du_reduce_kernel(d.B, HN, du_part.data(), q.du.data());
+    rwkv_vision::wkv6_du_reduce_kernel(states, HN, du_part.data(), q.du.data());
   });
   q.write_backward(dir);
   std::printf("ok: checkpoints every %lld steps\n", static_cast<long long>(C));
@@ -290,6 +305,9 @@ int main(int argc, char** argv) {
     } else if (a.size() == 6 && a[0] == "recurrent") {
       const Dims d = dims(2);
       for_head_size<Recurrent>(d.N, a[1], d);
+    } else if (a.size() == 6 && a[0] == "recurrent_packed") {
+      const Dims d{1, std::stoll(a[2]), std::stoll(a[3]), std::stoll(a[4])};
+      for_head_size<Recurrent>(d.N, a[1], d, std::stoll(a[5]));
     } else if (a.size() == 6 && a[0] == "split") {
       const Dims d = dims(2);
       for_head_size<Split>(d.N, a[1], d);
@@ -298,6 +316,7 @@ int main(int argc, char** argv) {
       for_head_size<Step>(d.N, a[1], d);
     } else {
       std::fprintf(stderr, "usage: harness chunked DIR B T H N SEGMENTS | recurrent|split DIR B T H N | "
+                           "recurrent_packed DIR T H N S | "
                            "step DIR B H N | --selftest\n");
       return 2;
     }

@@ -83,7 +83,11 @@ def test_right_padding_mask_gives_each_row_its_own_logits(lm):
     out = lm(batch, attention_mask=mask, labels=batch)
     torch.testing.assert_close(out.logits[1, :4], lm(b).logits[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.logits[0], lm(a).logits[0], atol=1e-5, rtol=1e-5)
-    assert out.state is None  # a padded row's state would have read its padding
+    # Padded steps leave the state alone: row 1's state is that of b read alone.
+    _, state_b = lm(b)
+    for mine, alone in zip(out.state.select([1]), state_b):
+        for name in ("att_shift", "wkv", "ffn_shift"):
+            torch.testing.assert_close(getattr(mine, name), getattr(alone, name), atol=1e-5, rtol=1e-5)
     # Padded positions are never scored: the loss is that of the two rows' real tokens.
     both = torch.cat([lm(a).logits[0, :-1], lm(b).logits[0, :-1]])
     want = F.cross_entropy(both, torch.cat([a[0, 1:], b[0, 1:]]))
@@ -93,9 +97,9 @@ def test_right_padding_mask_gives_each_row_its_own_logits(lm):
     assert full.state is not None
 
 
-def test_left_padding_is_not_implemented_and_says_so(lm):
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
-    with pytest.raises(NotImplementedError, match="right padding only"):
+def test_a_gap_inside_a_row_is_refused_by_name(lm):
+    mask = torch.tensor([[1, 1, 0, 1, 1, 1, 1], [1] * 7])
+    with pytest.raises(ValueError, match="attention_mask row 0 has padding between its tokens"):
         lm(_ids(), attention_mask=mask)
 
 
@@ -131,7 +135,21 @@ def test_visualrwkv_logits_before_right_padding_equal_the_row_alone(vlm):
     out = vlm(ids, pixels, attention_mask=mask, labels=ids)
     alone = vlm(ids[1:, :3], pixels[1:])
     torch.testing.assert_close(out.logits[1, : alone.logits.shape[1]], alone.logits[0], atol=1e-5, rtol=1e-5)
-    assert out.state is None and torch.isfinite(out.loss)
+    assert torch.isfinite(out.loss)
+    # The padding leaves the state alone: row 1's state is that of the row read alone.
+    for mine, own in zip(out.state.select(1), alone.state):
+        torch.testing.assert_close(mine.wkv, own.wkv, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.ffn_shift, own.ffn_shift, atol=1e-5, rtol=1e-5)
+
+
+def test_visualrwkv_left_padding_gives_each_row_its_own_logits(vlm):
+    ids = torch.tensor([[5, IMG, 7, 8, 9], [0, 0, 10, IMG, 11]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    out = vlm(ids, pixels, attention_mask=mask)
+    alone = vlm(ids[1:, 2:], pixels[1:])
+    torch.testing.assert_close(out.logits[1, 2:], alone.logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits[0], vlm(ids[:1], pixels[:1]).logits[0], atol=1e-5, rtol=1e-5)
 
 
 # --- generation: sequences, stop reasons, transformers' keywords -------------------------------------------
@@ -177,12 +195,29 @@ def test_unknown_generation_keywords_are_named_with_the_accepted_ones(lm, vlm):
         vlm.generate(_ids(1, 3), num_beams=4)
 
 
-def test_padded_generation_is_refused_clearly(lm):
-    mask = torch.tensor([[0, 1, 1]])
-    with pytest.raises(NotImplementedError, match="list of lists"):
-        generate(lm, _ids(1, 3), attention_mask=mask)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_generation_equals_one_by_one(lm, side):
+    rows = [_ids(1, t, seed=30 + t)[0].tolist() for t in (5, 2, 4)]
+    t = 5
+    pad = lambda r: [0] * (t - len(r)) + r if side == "left" else r + [0] * (t - len(r))  # noqa: E731
+    ones = lambda r: [0] * (t - len(r)) + [1] * len(r) if side == "left" else [1] * len(r) + [0] * (t - len(r))  # noqa: E731
+    ids = torch.tensor([pad(r) for r in rows])
+    mask = torch.tensor([ones(r) for r in rows])
+    out = generate(lm, ids, attention_mask=mask, max_new_tokens=6, stop_tokens=())
+    for i, r in enumerate(rows):
+        assert out.tokens[i] == generate(lm, [r], max_new_tokens=6, stop_tokens=()).tokens[0]
+    # A ragged list takes the same one-call path.
+    assert generate(lm, rows, max_new_tokens=6, stop_tokens=()).tokens == out.tokens
     # A mask without padding is harmless.
     assert generate(lm, _ids(1, 3), attention_mask=torch.ones(1, 3), max_new_tokens=2).tokens
+
+
+def test_padded_generation_needs_a_model_that_takes_the_mask(lm):
+    def plain(input_ids, state=None):
+        return lm(input_ids, state=state)
+
+    with pytest.raises(NotImplementedError, match="list of lists"):
+        generate(plain, _ids(1, 3), attention_mask=torch.tensor([[0, 1, 1]]))
 
 
 def test_visualrwkv_generate_can_stop_at_its_tokenizers_stop_tokens():

@@ -53,3 +53,16 @@ def test_ragged_batch_errors_name_the_argument(toy):
         toy.generate(rows, pixels[0], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"input_ids\[1\] must be a non-empty"):
         toy.generate([rows[0], []], [pixels[0], None], max_new_tokens=2)
+
+
+def test_left_padded_tensor_with_attention_mask_equals_one_by_one(toy):
+    rows, pixels = _prompts(toy)
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+    mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
+    flat = torch.cat([p for p in pixels if p is not None])
+    batch = toy.generate(ids, flat, attention_mask=mask, max_new_tokens=5, stop_tokens=())
+    for i, (row, pix) in enumerate(zip(rows, pixels)):
+        assert batch.tokens[i] == toy.generate(row[None], pix, max_new_tokens=5, stop_tokens=()).tokens[0]
+    with pytest.raises(ValueError, match="padding between its tokens"):
+        toy.generate(ids, flat, attention_mask=mask * torch.tensor([1, 0] * (width // 2) + [1] * (width % 2)))

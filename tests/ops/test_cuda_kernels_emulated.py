@@ -175,3 +175,35 @@ def test_chunked_kernels_with_extreme_decays_and_another_schedule(harness, tmp_p
     dy, dsT = random_cotangents(1, 45, 2, 32, seed=8)
     out, _ = run_emulated(harness, tmp_path, inputs, dy, dsT, 2, seed=12345)
     assert_close(out, float64_expected(inputs, dy, dsT), TOL)
+
+
+@pytest.mark.parametrize("lengths,h,n", [([5, 0, 11, 1], 2, 32), ([23, 9], 1, 64), ([0, 12], 1, 128)])
+def test_recurrent_kernels_with_cu_seqlens_match_each_sequence_alone(harness, tmp_path, lengths, h, n):
+    # One block per (sequence, head), each walking only its own steps from its own state; empty
+    # sequences hand their state straight back. The oracle runs every sequence by itself in float64.
+    t, count = sum(lengths), len(lengths)
+    inputs = make_inputs(1, t, h, n, seed=t + n, with_state=False)
+    g = torch.Generator().manual_seed(n)
+    inputs["initial_state"] = torch.randn(count, h, n, n, generator=g, dtype=torch.float64).float()
+    dy = torch.randn(1, t, h, n, generator=g, dtype=torch.float64)
+    dsT = torch.randn(count, h, n, n, generator=g, dtype=torch.float64)
+    files = {**{k: x for k, x in inputs.items() if k != "initial_state"}, "s0": inputs["initial_state"], "dy": dy}
+    files["dsT"] = dsT
+    for name, x in files.items():
+        x.detach().to(torch.float32).contiguous().numpy().tofile(tmp_path / f"{name}.bin")
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+    cu.numpy().tofile(tmp_path / "cu.bin")
+    args = [str(harness), "recurrent_packed", str(tmp_path), str(t), str(h), str(n), str(count)]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ, EMU_SEED="3"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    seq, state = (1, t, h, n), (count, h, n, n)
+    shapes = {"y": seq, "sT": state, "dr": seq, "dk": seq, "dv": seq, "dw": seq, "du": (h, n), "ds0": state}
+    out = {
+        name: torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32).reshape(shape))
+        for name, shape in shapes.items()
+    }
+    as64 = {k: x.double().requires_grad_(True) for k, x in inputs.items()}
+    y, s = wkv6_ref(*as64.values(), output_final_state=True, cu_seqlens=cu)
+    grads = torch.autograd.grad((y * dy).sum() + (s * dsT).sum(), list(as64.values()))
+    expected = {"y": y.detach(), "sT": s.detach(), **dict(zip(["dr", "dk", "dv", "dw", "du", "ds0"], grads))}
+    assert_close(out, expected, 1e-5)

@@ -408,7 +408,7 @@ def test_the_registered_autograd_hands_the_kernel_choice_to_the_backward(choice)
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.namespace == "rwkv_vision":
                 filled, _ = torch._library.utils.fill_defaults(func._schema, args, kwargs or {})
-                seen.append((func.__name__.split(".")[0], tuple(filled[-2:])))
+                seen.append((func.__name__.split(".")[0], tuple(filled[-3:-1])))  # kernel, segments (then cu_seqlens)
             return func(*args, **(kwargs or {}))
 
     with FakeTensorMode():

@@ -61,8 +61,10 @@ class Block(nn.Module):
         embed_norm: add ``ln0`` before everything (RWKV applies it in its first block only); explicit, so a
             block never changes shape because of where it sits.
 
-    Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False) -> x [b, t, c], or
-    (x, LayerState) with ``return_state=True``. step(x [b, c], state: LayerState) -> x [b, c].
+    Shapes: forward(x [b, t, c], state: LayerState | None, *, return_state=False, cu_seqlens=None,
+    attention_mask=None) -> x [b, t, c], or (x, LayerState) with ``return_state=True``; ``cu_seqlens`` [N + 1]
+    packs N sequences in one row (x [1, T, c], states [N, ...]), ``attention_mask`` [b, t] marks padding (left
+    or right), both handed to the mixer and the feed-forward. step(x [b, c], state: LayerState) -> x [b, c].
     With a value-residual mixer (RWKV-7) both also take ``v_first`` ([b, t, c] / [b, c]; None in block 0) and
     ``return_v_first=True`` appends it to the result: ``(x, v_first)`` or ``(x, LayerState, v_first)``.
 
@@ -173,13 +175,18 @@ class Block(nn.Module):
         state: LayerState | None = None,
         *,
         return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         v_first: torch.Tensor | None = None,
         return_v_first: bool = False,
     ) -> torch.Tensor | tuple:
         if state is not None and not isinstance(state, LayerState):
             raise TypeError(f"Block: state must be a LayerState or None, got {type(state).__name__}")
+        # Packed (cu_seqlens) or padded (attention_mask) sequences: handed on only when given, so a mixer
+        # without these keywords still serves unpadded batches.
+        seq = {k: v for k, v in (("cu_seqlens", cu_seqlens), ("attention_mask", attention_mask)) if v is not None}
         if self.value_residual:
-            return self._forward_value_residual(x, state, return_state, v_first, return_v_first)
+            return self._forward_value_residual(x, state, return_state, v_first, return_v_first, seq)
         if v_first is not None or return_v_first:
             raise TypeError(
                 f"Block: v_first / return_v_first need a value-residual mixer (RWKV-7's TimeMix7); this block's "
@@ -190,29 +197,29 @@ class Block(nn.Module):
         att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
         ffn_state = None if state is None else state.ffn_shift
         if not return_state:
-            x = x + self.att(self.ln1(x), att_state)
-            return x + self.ffn(self.ln2(x), ffn_state)
-        dx, (att_shift, wkv) = self.att(self.ln1(x), att_state, return_state=True)
+            x = x + self.att(self.ln1(x), att_state, **seq)
+            return x + self.ffn(self.ln2(x), ffn_state, **seq)
+        dx, (att_shift, wkv) = self.att(self.ln1(x), att_state, return_state=True, **seq)
         x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True, **seq)
         return x + dx, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
 
-    def _forward_value_residual(self, x, state, return_state, v_first, return_v_first):
+    def _forward_value_residual(self, x, state, return_state, v_first, return_v_first, seq):
         if self.ln0 is not None:
             x = self.ln0(x)
         att_state = None if state is None else TimeMixState(state.att_shift, state.wkv)
         ffn_state = None if state is None else state.ffn_shift
-        out = self.att(self.ln1(x), att_state, return_state=return_state, v_first=v_first, return_v_first=True)
+        out = self.att(self.ln1(x), att_state, return_state=return_state, v_first=v_first, return_v_first=True, **seq)
         if return_state:
             dx, att_state, v_first = out
         else:
             dx, v_first = out
         x = x + dx
         if return_state:
-            dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True)
+            dx, ffn_shift = self.ffn(self.ln2(x), ffn_state, return_state=True, **seq)
             result = (x + dx, LayerState(att_shift=att_state.shift, wkv=att_state.wkv, ffn_shift=ffn_shift))
         else:
-            result = (x + self.ffn(self.ln2(x), ffn_state),)
+            result = (x + self.ffn(self.ln2(x), ffn_state, **seq),)
         if return_v_first:
             result += (v_first,)
         return result[0] if len(result) == 1 else result

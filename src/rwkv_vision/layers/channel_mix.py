@@ -68,9 +68,18 @@ class ChannelMix(nn.Module):
             self.value.weight.mul_(0.1)  # start close to the identity on the residual stream
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, *, return_state: bool = False
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x_prev, shift = token_shift(x, state)
+        """x [b, t, c] -> out [b, t, c] (and the new shift with ``return_state``); ``cu_seqlens`` (packed
+        sequences, shift states [N, c]) and ``attention_mask`` (padding) only change the token shift."""
+        mask = None if attention_mask is None else attention_mask.to(device=x.device, dtype=torch.bool)
+        x_prev, shift = token_shift(x, state, cu_seqlens=cu_seqlens, mask=mask)
         xx = x_prev - x
         x_k = x + xx * self.time_maa_k
         x_r = x + xx * self.time_maa_r

@@ -22,6 +22,11 @@ Two ways to run it, one set of weights:
 
 The state is a :class:`~rwkv_vision.state.TimeMixState`: ``shift`` [b, c] (the last input, x_{t-1} of the next
 token) and ``wkv`` [b, h, n, n] float32.
+
+Several sequences of different lengths in one call (``forward``'s keywords): ``cu_seqlens`` packs them into one
+row (x [1, T, c], states [N, ...] per sequence, no padding); ``attention_mask`` [b, t] pads them (left or right):
+at padded steps k = 0 and the log-decay w = 0, so the WKV state neither takes input nor decays there, and the
+token shift skips them, so each row's outputs and final state are those of the row alone.
 """
 
 from __future__ import annotations
@@ -114,12 +119,22 @@ class TimeMix(nn.Module):
             self.ln_x.weight.fill_(((1 + layer_id) / n_layer) ** 0.7)
 
     def forward(
-        self, x: torch.Tensor, state: TimeMixState | None = None, *, return_state: bool = False
+        self,
+        x: torch.Tensor,
+        state: TimeMixState | None = None,
+        *,
+        return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, TimeMixState]:
+        """x [b, t, c] -> out [b, t, c] (and the new state with ``return_state``). ``cu_seqlens`` [N + 1]:
+        N sequences packed in one row (b == 1; states [N, ...]); ``attention_mask`` [b, t] (bool or 0/1):
+        padding, each row's tokens one contiguous run."""
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
         shift, wkv_state = (None, None) if state is None else state
-        x_prev, shift = token_shift(x, shift)
+        mask = None if attention_mask is None else attention_mask.to(device=x.device, dtype=torch.bool)
+        x_prev, shift = token_shift(x, shift, cu_seqlens=cu_seqlens, mask=mask)
         x_w, x_k, x_v, x_r, x_g = ddlerp(x, x_prev, self)
 
         r = self.receptance(x_r).view(b, t, h, n)
@@ -127,9 +142,21 @@ class TimeMix(nn.Module):
         v = self.value(x_v).view(b, t, h, n)
         g = F.silu(self.gate(x_g))
         w = log_decay(x_w, self).view(b, t, h, n)
+        if mask is not None:  # padded steps: no input (k = 0) and no decay (w = 0) leave the state as it is
+            keep = mask.view(b, t, 1, 1)
+            k = k * keep.to(k.dtype)
+            w = w * keep.to(w.dtype)
 
         y, wkv_state = wkv6(
-            r, k, v, w, self.time_faaaa, initial_state=wkv_state, output_final_state=return_state, backend=self.backend
+            r,
+            k,
+            v,
+            w,
+            self.time_faaaa,
+            initial_state=wkv_state,
+            output_final_state=return_state,
+            backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         y = self.ln_x(y.reshape(b * t, c)).view(b, t, c)
         out = self.output(y * g)

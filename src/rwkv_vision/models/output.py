@@ -17,7 +17,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "ModelOutput", "next_token_loss", "check_attention_mask", "reject_unknown_keywords"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ModelOutput",
+    "next_token_loss",
+    "check_attention_mask",
+    "padding_mask",
+    "mask_padded_labels",
+    "reject_unknown_keywords",
+]
 
 #: Labels equal to this are not scored (``torch.nn.functional.cross_entropy``'s default ``ignore_index``).
 IGNORE_INDEX = -100
@@ -98,3 +106,35 @@ def check_attention_mask(where: str, attention_mask: torch.Tensor | None, b: int
             "run rows of different lengths one by one (rwkv_vision.generate takes a list of prompts)."
         )
     return True
+
+
+def padding_mask(where: str, attention_mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor | None:
+    """A ``[b, t]`` padding mask (1 = token, 0 = padding) as bool, or None when nothing is padded.
+
+    Each row's tokens must be one contiguous run: padding on the left (as transformers users pad for
+    generation), on the right, or both. A gap inside a row raises ValueError: the layers treat the first token
+    after padding as the start of the row (its token shift starts from the state), which a gap would break."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (b, t):
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"{where}: attention_mask must be [b, t] = {[b, t]} like input_ids, got {got}")
+    mask = attention_mask != 0
+    if bool(mask.all()):
+        return None
+    rises = (mask[:, 1:] & ~mask[:, :-1]).sum(dim=1) + mask[:, 0].long()  # starts of runs of tokens, per row
+    if bool((rises > 1).any()):
+        row = int((rises > 1).nonzero()[0, 0])
+        raise ValueError(
+            f"{where}: attention_mask row {row} has padding between its tokens; each row's tokens must be one "
+            "contiguous run (padding on the left, the right, or both)"
+        )
+    return mask
+
+
+def mask_padded_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels [b, t] with -100 wherever the label or the position scored against it (the one before) is
+    padding: a left-padded row's first token is then no target, as the first token of a row alone is not."""
+    mask = mask.to(labels.device)
+    before = torch.cat([mask.new_ones(mask.shape[0], 1), mask[:, :-1]], dim=1)
+    return labels.masked_fill(~(mask & before), IGNORE_INDEX)

@@ -24,13 +24,30 @@ import torch
 from torch import nn
 
 from ..layers.block import LN_EPS, Block
+from ..ops.cu_seqlens import check_cu_seqlens
 from ..state import RWKVState
 from .config import RWKV6Config
-from .output import ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
+from .output import (
+    IGNORE_INDEX,
+    ModelOutput,
+    mask_padded_labels,
+    next_token_loss,
+    padding_mask,
+    reject_unknown_keywords,
+)
 
 __all__ = ["RWKV6", "RWKV6Config"]
 
-_FORWARD_KEYWORDS = ("input_ids", "inputs_embeds", "state", "chunk_size", "logits_to_keep", "labels", "attention_mask")
+_FORWARD_KEYWORDS = (
+    "input_ids",
+    "inputs_embeds",
+    "state",
+    "chunk_size",
+    "logits_to_keep",
+    "labels",
+    "attention_mask",
+    "cu_seqlens",
+)
 
 
 class RWKV6(nn.Module):
@@ -132,17 +149,27 @@ class RWKV6(nn.Module):
         """Token embeddings: input_ids [b, t] (int) -> [b, t, c]. Block 0's ln0 comes later, in the block."""
         return self.emb(input_ids)
 
-    def forward_blocks(self, x: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:
-        """All blocks: x [b, t, c] (embeddings) -> (hidden [b, t, c] before ln_out, new state).
+    def forward_blocks(
+        self,
+        x: torch.Tensor,
+        state: RWKVState | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, RWKVState]:
+        """All blocks: x [b, t, c] (embeddings) -> (hidden [b, t, c] before ln_out, new state). ``cu_seqlens``
+        (packed sequences, x [1, T, c], state of N rows) and ``attention_mask`` ([b, t] bool padding) go to
+        every block.
 
         A wrapper that needs to act between blocks (e.g. reorder image tokens per layer) runs the same loop::
 
             for i, block in enumerate(model.blocks):
                 x, layer_state = block(x, None if state is None else state[i], return_state=True)
         """
+        seq = {k: v for k, v in (("cu_seqlens", cu_seqlens), ("attention_mask", attention_mask)) if v is not None}
         layers = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, None if state is None else state[i], return_state=True)
+            x, layer_state = block(x, None if state is None else state[i], return_state=True, **seq)
             layers.append(layer_state)
         return x, RWKVState(layers)
 
@@ -162,6 +189,7 @@ class RWKV6(nn.Module):
         *,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **unknown: Any,
     ) -> ModelOutput:
         """Logits for a sequence, continuing from ``state``.
@@ -178,10 +206,17 @@ class RWKV6(nn.Module):
             labels: [b, t] int targets aligned with the inputs (e.g. ``input_ids.clone()``), -100 where not
                 scored; shifted inside, so ``logits[:, i]`` is scored against ``labels[:, i + 1]`` (the first
                 label is never a target). Gives ``out.loss``; needs ``logits_to_keep=0``.
-            attention_mask: [b, t] 1 for tokens and 0 for padding, right padding only (each row's tokens
-                first): a recurrent model reads left to right, so a row's logits before its padding equal
-                that row run alone; padded positions are never scored, and ``out.state`` is None when any row
-                is padded (its state would have read the padding). Left padding raises NotImplementedError.
+            attention_mask: [b, t] 1 for tokens and 0 for padding, on the left (as for generation), the right,
+                or both; each row's tokens one contiguous run. Padded steps leave the recurrent state as it is
+                (k = 0 and no decay there, and the token shift skips them), so a row's logits at its tokens
+                equal that row run alone and ``out.state`` row i is the state after row i's last token.
+                Padded positions are never scored (nor a left-padded row's first token, which has no
+                predecessor in the row).
+            cu_seqlens: [N + 1] offsets of N sequences packed into one row (input_ids [1, T]; no padding;
+                ``rwkv_vision.ops.pack_offsets``): each sequence is read from its own state (``state`` with N
+                rows, or zeros) and ``out.state`` has one row per sequence; the logits of each sequence equal
+                the sequence run alone, and with labels no target crosses a boundary (each sequence's first
+                label is ignored). Not with ``attention_mask`` or ``chunk_size``.
 
         Returns:
             a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, t, v] (or [b, k, v]), ``.state``
@@ -226,8 +261,15 @@ class RWKV6(nn.Module):
             raise ValueError(f"RWKV6.forward: chunk_size must be a positive int or None, got {chunk_size!r}")
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"RWKV6.forward: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
-        self._check_state(state, b)
-        padded = check_attention_mask("RWKV6.forward", attention_mask, b, t)
+        rows = b
+        if cu_seqlens is not None:
+            if attention_mask is not None:
+                raise ValueError("RWKV6.forward: pass cu_seqlens (packed) or attention_mask (padded), not both")
+            if chunk_size != t:
+                raise ValueError("RWKV6.forward: chunk_size cannot split packed sequences (cu_seqlens); leave it None")
+            rows = check_cu_seqlens(cu_seqlens, b, t, "RWKV6.forward")
+        self._check_state(state, rows)
+        mask = padding_mask("RWKV6.forward", attention_mask, b, t)
         if labels is not None and logits_to_keep:
             raise ValueError("RWKV6.forward: labels score every position; pass logits_to_keep=0 with them")
 
@@ -236,7 +278,10 @@ class RWKV6(nn.Module):
         for start in range(0, t, chunk_size):
             end = min(start + chunk_size, t)
             x = self.embed(input_ids[:, start:end]) if input_ids is not None else inputs_embeds[:, start:end]
-            x, state = self.forward_blocks(x, state)
+            seq = {"cu_seqlens": cu_seqlens} if cu_seqlens is not None else {}
+            if mask is not None:
+                seq["attention_mask"] = mask[:, start:end].to(x.device)
+            x, state = self.forward_blocks(x, state, **seq)
             if end > first_kept:
                 logits.append(self.unembed(x[:, max(first_kept - start, 0) :]))
         logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
@@ -245,10 +290,14 @@ class RWKV6(nn.Module):
             if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (b, t):
                 got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
                 raise ValueError(f"RWKV6.forward: labels must be [b, t] = {[b, t]} like the inputs, got {got}")
-            if padded:
-                labels = labels.masked_fill(attention_mask.to(labels.device) == 0, -100)
+            if mask is not None:
+                labels = mask_padded_labels(labels, mask)
+            if cu_seqlens is not None:  # a sequence's first label is no target of the sequence before it
+                cu = cu_seqlens.to(device=labels.device, dtype=torch.long)
+                labels = labels.clone()
+                labels[:, cu[:-1][cu[1:] > cu[:-1]]] = IGNORE_INDEX
             loss = next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
+        return ModelOutput(logits=logits, state=state, loss=loss)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: RWKVState) -> torch.Tensor:

@@ -47,6 +47,7 @@ from torch import nn
 from ..chat import chat
 from ..generation import GenerationConfig, GenerationOutput, generate, make_config
 from ..image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
+from ..ops.cu_seqlens import check_cu_seqlens
 from ..pretrained.paths import resolve as resolve_shipped
 from ..processor import VisualRWKVProcessor
 from ..prompt import PromptLayout, Sandwich, expand_image_embeddings, get_layout
@@ -75,11 +76,28 @@ from ..vision.encoders import VisionEncoder
 from ..vision.preprocess import ImagePreprocessor
 from ..vision.projector import LinearProjector
 from .config import RWKV7Config, VisualRWKVConfig
-from .output import IGNORE_INDEX, ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
+from .output import (
+    IGNORE_INDEX,
+    ModelOutput,
+    mask_padded_labels,
+    next_token_loss,
+    padding_mask,
+    reject_unknown_keywords,
+)
 from .rwkv6 import RWKV6
 from .rwkv7 import RWKV7
 
 __all__ = ["VisualRWKV"]
+
+
+def _expanded_offsets(input_ids: torch.Tensor, spans, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens over the ids [1, t] -> over the expanded sequence: each image adds num_tokens - 1 positions
+    after its placeholder."""
+    places = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    extra = [span.num_tokens - 1 for span in spans[0]] if spans else []
+    offsets = [p + sum(e for q, e in zip(places, extra) if q < p) for p in cu_seqlens.tolist()]
+    return torch.tensor(offsets, dtype=torch.long, device=input_ids.device)
+
 
 _FORWARD_KEYWORDS = (
     "input_ids",
@@ -89,6 +107,7 @@ _FORWARD_KEYWORDS = (
     "logits_to_keep",
     "labels",
     "attention_mask",
+    "cu_seqlens",
 )
 
 
@@ -587,25 +606,38 @@ class VisualRWKV(nn.Module):
         state: RWKVState | None = None,
         *,
         logits_to_keep: int = 0,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RWKVState]:
         """The scanned language model on embeddings: x [b, T, c] -> (logits [b, T, v] (or the last
-        ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``)."""
+        ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``).
+        ``attention_mask`` [b, T] bool: padding (left or right, never inside an image span), skipped by every
+        block, so each row's logits and state are its own. ``cu_seqlens`` [N + 1]: sequences packed in one row
+        (offsets over the expanded sequence; state of N rows)."""
         if x.dim() != 3 or x.shape[-1] != self.rwkv.n_embd:
             raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError("the sequence is empty (T = 0)")
         if isinstance(self.rwkv, RWKV7):
+            if attention_mask is not None or cu_seqlens is not None:
+                raise ValueError(
+                    "VisualRWKV with an RWKV-7 language model does not take attention_mask or cu_seqlens yet; "
+                    "run the rows one by one"
+                )
             return self._forward_embeds7(x, spans, state, logits_to_keep=logits_to_keep)
-        self.rwkv._check_state(state, x.shape[0])
+        self.rwkv._check_state(state, x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1)
         spans = spans if spans and any(spans) else None
+        seq = {} if attention_mask is None else {"attention_mask": attention_mask}
+        if cu_seqlens is not None:
+            seq["cu_seqlens"] = cu_seqlens
         layers = []
         for i, block in enumerate(self.rwkv.blocks):
             layer_state = None if state is None else state[i]
             if spans is None:
-                x, layer_state = block(x, layer_state, return_state=True)
+                x, layer_state = block(x, layer_state, return_state=True, **seq)
             else:
                 x, layer_state = scanned_call(
-                    block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True
+                    block, x, layer_state, policy=self.scan, layer_index=i, spans=spans, return_state=True, **seq
                 )
             layers.append(layer_state)
         if logits_to_keep:
@@ -666,6 +698,7 @@ class VisualRWKV(nn.Module):
         logits_to_keep: int = 0,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **unknown: Any,
     ) -> ModelOutput:
         """Logits over the expanded sequence.
@@ -683,9 +716,12 @@ class VisualRWKV(nn.Module):
                 of -100 (:meth:`expand_labels`), so image positions are never targets, whatever the label at
                 the placeholder; then ``logits[:, i]`` is scored against ``labels[:, i + 1]`` (shifted inside,
                 as in transformers). Gives ``out.loss``; needs ``logits_to_keep=0``.
-            attention_mask: [b, t] 1 for tokens, 0 for right padding (see :meth:`RWKV6.forward`): a padded
-                row's logits before its padding equal the row run alone; padded positions are never scored;
-                ``out.state`` is None when any row is padded. Left padding raises NotImplementedError.
+            attention_mask: [b, t] 1 for tokens, 0 for padding, left or right (see :meth:`RWKV6.forward`):
+                padded steps leave the state alone, so a row's logits at its tokens and its row of
+                ``out.state`` equal the row run alone; padded positions are never scored.
+            cu_seqlens: [N + 1] offsets over ``input_ids`` [1, t] of N samples packed in one row (e.g.
+                ``ConversationCollator(pack=True)``): each read from its own state (N rows), images expanded
+                inside their sample, no target across a boundary. Not with ``attention_mask``.
         Returns:
             a :class:`~rwkv_vision.models.output.ModelOutput`: ``.logits`` [b, T, v] with
             T = t + n_row * (k - 1), ``.state``, ``.loss`` (None without labels);
@@ -696,26 +732,33 @@ class VisualRWKV(nn.Module):
             raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
         if labels is not None and logits_to_keep:
             raise ValueError("VisualRWKV.forward: labels score every position; pass logits_to_keep=0 with them")
+        padded = None
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
-            padded = check_attention_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
-        else:
-            padded = False  # embed() reports the shape
+            padded = padding_mask("VisualRWKV.forward", attention_mask, *input_ids.shape)
+            if cu_seqlens is not None:
+                if attention_mask is not None:
+                    raise ValueError("VisualRWKV.forward: pass cu_seqlens (packed) or attention_mask, not both")
+                check_cu_seqlens(cu_seqlens, *input_ids.shape, "VisualRWKV.forward")
         x, spans = self.embed(input_ids, pixel_values, image_embeds=image_embeds)
-        logits, state = self.forward_embeds(x, spans, state, logits_to_keep=logits_to_keep)
+        mask = None
+        if padded is not None:  # over the expanded sequence: an image's tokens are tokens of its row
+            mask = self.expand_labels(input_ids.to(x.device), padded.to(x.device).long(), spans, fill=1) != 0
+        cu = None if cu_seqlens is None else _expanded_offsets(input_ids.to(x.device), spans, cu_seqlens)
+        logits, state = self.forward_embeds(
+            x, spans, state, logits_to_keep=logits_to_keep, attention_mask=mask, cu_seqlens=cu
+        )
         loss = None
-        if labels is not None or padded:
-            input_ids = input_ids.to(x.device)
-            mask = None
-            if padded:
-                mask = self.expand_labels(input_ids, attention_mask.to(x.device).long(), spans, fill=1)
         if labels is not None:
-            labels = self.expand_labels(input_ids, labels, spans)
+            labels = self.expand_labels(input_ids.to(x.device), labels, spans)
             if self.image_run_id is not None:  # runs: the ids are already expanded; image ids are never targets
-                labels = labels.masked_fill(input_ids == self.image_run_id, IGNORE_INDEX)
+                labels = labels.masked_fill(input_ids.to(x.device) == self.image_run_id, IGNORE_INDEX)
             if mask is not None:
-                labels = labels.masked_fill(mask == 0, IGNORE_INDEX)
+                labels = mask_padded_labels(labels, mask)
+            if cu is not None:  # a sample's first label is no target of the sample before it
+                labels = labels.clone()
+                labels[:, cu[:-1][cu[1:] > cu[:-1]]] = IGNORE_INDEX
             loss = next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
+        return ModelOutput(logits=logits, state=state, loss=loss)
 
     @staticmethod
     def expand_labels(
@@ -794,8 +837,10 @@ class VisualRWKV(nn.Module):
         input_ids [b, t] with placeholders; pixel_values [n, 3, H, W]. Or a batch of prompts of different
         lengths and image counts: ``input_ids`` a list of b id lists (or 1-D tensors), ``pixel_values`` a list
         of b image tensors [n_i, 3, H, W] (None for a row without images) or one [n, 3, H, W] tensor taken in
-        row order; each prompt is prefilled alone (a recurrent model has no mask to hide padding), then all
-        rows decode together and stop one by one, with the tokens one-by-one generation gives.
+        row order; the prompts are prefilled in one call (left-padded, the padding masked so that it leaves each
+        row's state alone), then all rows decode together and stop one by one, with the tokens one-by-one
+        generation gives. A padded [b, t] tensor with ``attention_mask`` (left padding, as transformers users pad
+        for generation, or right) is prefilled the same way.
         ``config``/``overrides`` as in
         :func:`rwkv_vision.generation.generate` (e.g. ``max_new_tokens=32, do_sample=True``;
         ``eos_token_id`` is an alias of ``stop_tokens``). With :attr:`stop_at_tokenizer_stops` set and no stop
@@ -803,6 +848,7 @@ class VisualRWKV(nn.Module):
         it runs to ``max_new_tokens`` unless ``stop_tokens``/``eos_token_id`` are given. Returns a ``GenerationOutput`` (``tokens`` per row, the stop token included;
         ``sequences``; ``finish_reasons``).
         """
+        attention_mask = overrides.pop("attention_mask", None)
         config = make_config(
             config,
             overrides,
@@ -841,7 +887,16 @@ class VisualRWKV(nn.Module):
         else:
             if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
                 input_ids = input_ids.unsqueeze(0)
-            logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
+            mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+            if mask is not None and not bool(mask.bool().all()):
+                # A padded batch: its rows, padding dropped, take the ragged path (one masked call), which also
+                # serves rows with different numbers of images.
+                padding_mask("VisualRWKV.generate", mask, *input_ids.shape)
+                rows = [row[keep.to(row.device).bool()] for row, keep in zip(input_ids, mask)]
+                logits, state = self._prefill_ragged(rows, pixel_values, state)
+                logits = logits[:, None]
+            else:
+                logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
         return generate(
             self,
             None,
@@ -994,12 +1049,20 @@ class VisualRWKV(nn.Module):
             )
         if state is not None and state.batch_size != len(ids):
             raise ValueError(f"state has batch {state.batch_size} but there are {len(ids)} prompts")
-        logits, states = [], []
-        for i, (row, pixels) in enumerate(zip(ids, per_row)):
-            out = self(row[None], pixels, None if state is None else state.select(i), logits_to_keep=1)
-            logits.append(out.logits[:, -1])
-            states.append(out.state)
-        return torch.cat(logits), RWKVState.cat(states)
+        # One call for the whole batch: each row embedded (its images expanded) alone, then left-padded to the
+        # longest and the padding masked, so every row ends at the last position with its own state.
+        embedded = [self.embed(row[None], pixels) for row, pixels in zip(ids, per_row)]
+        longest = max(x.shape[1] for x, _ in embedded)
+        xs, spans, mask = [], [], torch.zeros(len(ids), longest, dtype=torch.bool, device=device)
+        for i, (x, row_spans) in enumerate(embedded):
+            pad = longest - x.shape[1]
+            xs.append(torch.nn.functional.pad(x, (0, 0, pad, 0)))
+            spans.append([replace(span, start=span.start + pad) for span in row_spans[0]])
+            mask[i, pad:] = True
+        logits, new_state = self.forward_embeds(
+            torch.cat(xs), spans, state, logits_to_keep=1, attention_mask=None if bool(mask.all()) else mask
+        )
+        return logits[:, -1], new_state
 
     def default_stop_tokens(self) -> tuple[int, ...]:
         """The stop tokens :meth:`generate` uses when none are given: the ``stop_token_ids`` of the tokenizer

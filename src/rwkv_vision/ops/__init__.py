@@ -4,6 +4,7 @@ Letter legend used throughout the library: b batch, t time, h heads, n head size
 """
 
 from .backends import BACKEND_ENV, BACKENDS, WKV7_BACKENDS, default_backend, use_backend
+from .cu_seqlens import pack_offsets
 from .extension import ExtensionError, backend_info, has_extension
 from .wkv6 import CUDA_HEAD_SIZES, wkv6
 from .wkv6_chunked import wkv6_chunked
@@ -26,6 +27,7 @@ __all__ = [
     "wkv7_step",
     "wkv7_step_ref",
     "WKV7_BACKENDS",
+    "pack_offsets",
     "has_extension",
     "backend_info",
     "ExtensionError",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .backends import BACKENDS, KERNEL_CODES, default_backend
+from .cu_seqlens import check_cu_seqlens, seqlens_list
 from .wkv6_chunked import wkv6_chunked
 from .wkv6_kernel import CUDA_VARIANTS, KERNEL_DEVICES, kernel_ops
 from .wkv6_ref import wkv6_ref
@@ -31,7 +32,7 @@ _BUILD_EXPERIMENTAL = (
 )
 
 
-def _check(r, k, v, w, u, initial_state) -> None:
+def _check(r, k, v, w, u, initial_state, states: int | None = None) -> None:
     named = {"r": r, "k": k, "v": v, "w": w, "u": u}
     if initial_state is not None:
         named["initial_state"] = initial_state
@@ -59,7 +60,12 @@ def _check(r, k, v, w, u, initial_state) -> None:
         raise ValueError(f"wkv6: heads h and head size n must be positive, got r of shape {tuple(r.shape)}")
     if u.shape != (h, n):
         raise ValueError(f"wkv6: u must be [h, n] = [{h}, {n}], got {tuple(u.shape)}")
-    if initial_state is not None and initial_state.shape != (b, h, n, n):
+    if states is not None and initial_state is not None and initial_state.shape != (states, h, n, n):
+        raise ValueError(
+            f"wkv6: with cu_seqlens initial_state must be [N, h, n, n] = [{states}, {h}, {n}, {n}] (one per "
+            f"packed sequence), got {tuple(initial_state.shape)}"
+        )
+    if states is None and initial_state is not None and initial_state.shape != (b, h, n, n):
         raise ValueError(
             f"wkv6: initial_state must be [b, h, n, n] = [{b}, {h}, {n}, {n}], got {tuple(initial_state.shape)}"
         )
@@ -171,6 +177,7 @@ def wkv6(
     *,
     backend: str | None = None,
     segments: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The RWKV-6 WKV recurrence over a whole sequence, with state in and out.
 
@@ -188,6 +195,12 @@ def wkv6(
             ("auto" unless ``use_backend`` or ``RWKV_VISION_WKV6_BACKEND`` says otherwise).
         segments: only with "cuda_chunked": run time as this many segments in parallel (None: chosen
             for the device).
+        cu_seqlens: optional [N + 1] int offsets of N variable-length sequences packed into one row
+            (b == 1), from 0 to t, non-decreasing (flash-linear-attention's convention;
+            ops/cu_seqlens.py). Each sequence starts from its own state (initial_state [N, h, n, n],
+            zeros if None) and final_state is [N, h, n, n]; no state crosses a boundary. Every backend
+            takes it: the CPU kernel and "cuda_recurrent" in the kernel, "cuda_split" and "cuda_chunked"
+            as one kernel call per sequence, "chunked" as a right-padded batch, "reference" per sequence.
 
     Returns:
         y: [b, t, h, n] in the dtype of r.
@@ -210,23 +223,31 @@ def wkv6(
     backend = default_backend() if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"wkv6: backend must be one of {BACKENDS}, got {backend!r}")
-    _check(r, k, v, w, u, initial_state)
+    states = None
+    if cu_seqlens is not None:
+        if not isinstance(r, torch.Tensor) or r.dim() != 4:
+            _check(r, k, v, w, u, None)  # the shape errors first
+        states = check_cu_seqlens(cu_seqlens, r.shape[0], r.shape[1], "wkv6")
+        if cu_seqlens.device != r.device:
+            raise ValueError(f"wkv6: cu_seqlens is on {cu_seqlens.device} but r is on {r.device}")
+    _check(r, k, v, w, u, initial_state, states)
     _check_log_decay(w, "wkv6")
+    packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     forced_segments = _check_segments(segments, backend)
     if backend not in ("reference", "chunked"):
         mode = _autodiff_mode((r, k, v, w, u, initial_state))
         if mode is not None:
             if backend == "auto":
                 # The pure-PyTorch fallback is differentiable in every mode: correct values, not zeros.
-                return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+                return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state, **packed)
             raise ValueError(
                 f"wkv6: {mode} is not supported by the compiled kernels (backend={backend!r}); use "
                 "backend='chunked' or 'reference', or 'auto', which switches to 'chunked' for it"
             )
     if backend == "reference":
-        return wkv6_ref(r, k, v, w, u, initial_state, output_final_state)
+        return wkv6_ref(r, k, v, w, u, initial_state, output_final_state, **packed)
     if backend == "chunked":
-        return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+        return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state, **packed)
     if backend in KERNEL_CODES:
         reason = _variant_reason(r, backend)
         if reason is not None:
@@ -237,13 +258,16 @@ def wkv6(
         if reason is not None:
             if backend == "kernel":
                 raise ValueError(f"wkv6: backend='kernel' but no kernel applies: {reason}")
-            return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state)
+            return wkv6_chunked(r, k, v, w, u, initial_state, output_final_state, **packed)
         code = 0
+    if cu_seqlens is not None and code != 0:
+        # The split and chunked CUDA kernels have no packed mode: one call per sequence (host-side loop).
+        return _per_sequence(r, k, v, w, u, initial_state, output_final_state, cu_seqlens, backend, segments)
 
     acc = torch.float64 if r.dtype == torch.float64 else torch.float32
     b, _, h, n = r.shape
     if initial_state is None:
-        s0 = r.new_zeros(b, h, n, n, dtype=acc)
+        s0 = r.new_zeros(b if states is None else states, h, n, n, dtype=acc)
     else:
         s0 = initial_state.to(acc).contiguous()
     # .to() and .contiguous() are differentiable, so gradients come back in each input's own dtype.
@@ -256,5 +280,24 @@ def wkv6(
         s0,
         code,
         forced_segments,
+        *(() if cu_seqlens is None else (cu_seqlens.to(torch.int64).contiguous(),)),
     )
     return y, (s_t if output_final_state else None)
+
+
+def _per_sequence(r, k, v, w, u, initial_state, output_final_state, cu_seqlens, backend, segments):
+    """``wkv6`` on each packed sequence alone, outputs concatenated and states stacked (autograd joins them)."""
+    _, _, h, n = r.shape
+    acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+    ys, finals = [], []
+    for i, (start, end) in enumerate(seqlens_list(cu_seqlens)):
+        s0 = r.new_zeros(1, h, n, n, dtype=acc) if initial_state is None else initial_state[i : i + 1].to(acc)
+        if end == start:
+            finals.append(s0)
+            continue
+        span = slice(start, end)
+        y, s = wkv6(r[:, span], k[:, span], v[:, span], w[:, span], u, s0, True, backend=backend, segments=segments)
+        ys.append(y)
+        finals.append(s)
+    y = torch.cat(ys, dim=1) if ys else r.new_zeros(1, 0, h, n)
+    return y, (torch.cat(finals, dim=0) if output_final_state else None)

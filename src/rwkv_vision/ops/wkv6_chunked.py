@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .cu_seqlens import seqlens_list
+
 __all__ = ["wkv6_chunked", "DEFAULT_CHUNK"]
 
 
@@ -59,6 +61,7 @@ def wkv6_chunked(
     output_final_state: bool = False,
     *,
     chunk_size: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The WKV6 recurrence, chunk by chunk; the contract of ``wkv6_ref`` (same arguments and results).
 
@@ -67,11 +70,17 @@ def wkv6_chunked(
         initial_state: [b, h, n, n] or None; output_final_state: also return the final state.
         chunk_size: L, steps per chunk (>= 1; None: ``DEFAULT_CHUNK``). Memory grows with L,
             sequential steps with t / L.
+        cu_seqlens: optional [N + 1] offsets of N sequences packed into one row (b == 1;
+            ops/cu_seqlens.py); initial and final states are then [N, h, n, n]. The sequences are laid
+            out as a right-padded batch [N, longest, h, n] whose padded steps have k = 0 and w = 0 (they
+            leave the state as it is), run together, and packed back.
 
     Returns:
         y [b, t, h, n] in the dtype of r, and the final state [b, h, n, n] float32 (float64 for float64
         inputs) or None.
     """
+    if cu_seqlens is not None:
+        return _packed(r, k, v, w, u, initial_state, output_final_state, chunk_size, cu_seqlens)
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -133,3 +142,31 @@ def wkv6_chunked(
     y = y + torch.stack(carried, dim=2)
     y = y.reshape(b, h, m * L, n)[:, :, :t].transpose(1, 2).to(out_dtype)
     return y, (state if output_final_state else None)
+
+
+def _packed(r, k, v, w, u, initial_state, output_final_state, chunk_size, cu_seqlens):
+    """Packed sequences as a right-padded batch: gather, run, gather back (differentiable throughout)."""
+    _, t, h, n = r.shape
+    bounds = seqlens_list(cu_seqlens)
+    lengths = torch.tensor([end - start for start, end in bounds], device=r.device)
+    longest = max(1, int(lengths.max()))
+    starts = torch.tensor([start for start, _ in bounds], device=r.device)
+    steps = torch.arange(longest, device=r.device)
+    real = steps.view(1, -1) < lengths.view(-1, 1)  # [N, longest]
+    index = (starts.view(-1, 1) + steps.view(1, -1)).clamp(max=max(t - 1, 0))  # [N, longest]
+    mask = real.view(*real.shape, 1, 1)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return x[0][index] * mask.to(x.dtype)  # [N, longest, h, n]; zero on padded steps
+
+    y, state = wkv6_chunked(
+        padded(r),
+        padded(k),
+        padded(v),
+        padded(w),
+        u,
+        initial_state,
+        output_final_state,
+        chunk_size=chunk_size,
+    )
+    return y[real].unsqueeze(0), state
