@@ -66,9 +66,18 @@ class ChannelMix7(nn.Module):
             self.value.weight.zero_()
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, *, return_state: bool = False
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x_prev, shift = token_shift(x, state)
+        """x [b, t, c] -> out [b, t, c] (and the new shift with ``return_state``); ``cu_seqlens`` (packed
+        sequences, shift states [N, c]) and ``attention_mask`` (padding) only change the token shift."""
+        mask = None if attention_mask is None else attention_mask.to(device=x.device, dtype=torch.bool)
+        x_prev, shift = token_shift(x, state, cu_seqlens=cu_seqlens, mask=mask)
         hidden = torch.relu(self.key(x + (x_prev - x) * self.x_k)) ** 2
         out = self.value(hidden)
         return (out, shift) if return_state else out

@@ -15,6 +15,12 @@ Letter legend: b batch, t time, h heads, n head size, c channels (c = h * n).
     y       = GroupNorm_h(y) + sum_n(r * k * r_k) * v             # GroupNorm: h groups, eps 64e-5
     out     = output(y * g)
 
+Several sequences of different lengths in one call (``forward``'s keywords), as RWKV-6's TimeMix:
+``cu_seqlens`` packs them into one row (x [1, T, c], states [N, ...] per sequence); ``attention_mask`` [b, t]
+pads them (left or right): at padded steps k = 0, w = 0 and b = 0, so the WKV state neither takes input,
+decays nor gets its low-rank update there, and the token shift skips them. v_first is per position, so a
+pad's value reaches only that pad's position in later layers.
+
 Layer 0 keeps its own ``v`` as ``v_first`` (the "value residual" source) and hands it to every later layer
 of the same forward pass; it is an activation [b, t, c], not state carried across time.
 
@@ -234,13 +240,19 @@ class TimeMix7(nn.Module):
         return_state: bool = False,
         v_first: torch.Tensor | None = None,
         return_v_first: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ):
+        """x [b, t, c] -> out [b, t, c] (with the state and v_first as the class notes say). ``cu_seqlens``
+        [N + 1]: N sequences packed in one row (b == 1; states [N, ...]); ``attention_mask`` [b, t] (bool or
+        0/1): padding, each row's tokens one contiguous run."""
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"TimeMix7: x must be [b, t, c = {self.n_embd}], got {list(x.shape)}")
         b, t, c = x.shape
         h, n = self.n_head, self.head_size
         shift, wkv_state = (None, None) if state is None else state
-        x_prev, shift = token_shift(x, shift)
+        mask = None if attention_mask is None else attention_mask.to(device=x.device, dtype=torch.bool)
+        x_prev, shift = token_shift(x, shift, cu_seqlens=cu_seqlens, mask=mask)
         xx = x_prev - x
         x_r, x_w, x_k, x_v, x_a, x_g = (x + xx * getattr(self, name) for name in _LERPS)
 
@@ -255,16 +267,27 @@ class TimeMix7(nn.Module):
         v, v_first = self._value_residual(v, x_v, v_first)
 
         r4, k4, v4 = r.view(b, t, h, n), k.view(b, t, h, n), v.view(b, t, h, n)
+        w4, kb = w.view(b, t, h, n), kk * iclr.view(b, t, h, n)
+        k_in = k4
+        if mask is not None:
+            # Padded steps: no input (k = 0), no decay (w = 0) and no low-rank update (b = 0), so the state
+            # passes through them unchanged. The bonus below uses the unmasked k: it only reaches the pad's own
+            # output, which nothing reads.
+            keep = mask.view(b, t, 1, 1)
+            k_in = k4 * keep.to(k4.dtype)
+            w4 = w4 * keep.to(w4.dtype)
+            kb = kb * keep.to(kb.dtype)
         y, wkv_state = wkv7(
             r4,
-            w.view(b, t, h, n),
-            k4,
+            w4,
+            k_in,
             v4,
             -kk,
-            kk * iclr.view(b, t, h, n),
+            kb,
             initial_state=wkv_state,
             output_final_state=return_state,
             backend=self.backend,
+            cu_seqlens=cu_seqlens,
         )
         y = self.ln_x(y.reshape(b * t, c)).view(b, t, c)
         bonus = (r4 * k4 * self.r_k).sum(dim=-1, keepdim=True) * v4  # the current token's direct path

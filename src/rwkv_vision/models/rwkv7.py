@@ -27,13 +27,30 @@ from torch import nn
 
 from ..layers.block import LN_EPS, Block
 from ..layers.time_mix7 import _orthogonal_
+from ..ops.cu_seqlens import check_cu_seqlens
 from ..state import RWKVState
 from .config import RWKV7Config
-from .output import ModelOutput, check_attention_mask, next_token_loss, reject_unknown_keywords
+from .output import (
+    IGNORE_INDEX,
+    ModelOutput,
+    mask_padded_labels,
+    next_token_loss,
+    padding_mask,
+    reject_unknown_keywords,
+)
 
 __all__ = ["RWKV7", "RWKV7Config"]
 
-_FORWARD_KEYWORDS = ("input_ids", "inputs_embeds", "state", "chunk_size", "logits_to_keep", "labels", "attention_mask")
+_FORWARD_KEYWORDS = (
+    "input_ids",
+    "inputs_embeds",
+    "state",
+    "chunk_size",
+    "logits_to_keep",
+    "labels",
+    "attention_mask",
+    "cu_seqlens",
+)
 
 
 class RWKV7(nn.Module):
@@ -143,8 +160,17 @@ class RWKV7(nn.Module):
         """Token embeddings: input_ids [b, t] (int) -> [b, t, c]. Block 0's ln0 comes later, in the block."""
         return self.emb(input_ids)
 
-    def forward_blocks(self, x: torch.Tensor, state: RWKVState | None = None) -> tuple[torch.Tensor, RWKVState]:
-        """All blocks: x [b, t, c] (embeddings) -> (hidden [b, t, c] before ln_out, new state).
+    def forward_blocks(
+        self,
+        x: torch.Tensor,
+        state: RWKVState | None = None,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, RWKVState]:
+        """All blocks: x [b, t, c] (embeddings) -> (hidden [b, t, c] before ln_out, new state). ``cu_seqlens``
+        (packed sequences, x [1, T, c], state of N rows) and ``attention_mask`` ([b, t] bool padding) go to
+        every block.
 
         A wrapper that acts between blocks runs the same loop, carrying block 0's value::
 
@@ -153,11 +179,12 @@ class RWKV7(nn.Module):
                 x, layer_state, v_first = block(x, None if state is None else state[i], return_state=True,
                                                 v_first=v_first, return_v_first=True)
         """
+        seq = {k: v for k, v in (("cu_seqlens", cu_seqlens), ("attention_mask", attention_mask)) if v is not None}
         layers = []
         v_first = None
         for i, block in enumerate(self.blocks):
             x, layer_state, v_first = block(
-                x, None if state is None else state[i], return_state=True, v_first=v_first, return_v_first=True
+                x, None if state is None else state[i], return_state=True, v_first=v_first, return_v_first=True, **seq
             )
             layers.append(layer_state)
         return x, RWKVState(layers)
@@ -178,6 +205,7 @@ class RWKV7(nn.Module):
         *,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **unknown: Any,
     ) -> ModelOutput:
         """Logits for a sequence, continuing from ``state``; the arguments are those of ``RWKV6.forward``.
@@ -189,7 +217,15 @@ class RWKV7(nn.Module):
                 (bounded activation memory without gradients; equal to one pass up to float rounding).
             logits_to_keep: 0 for logits at every position, k > 0 for the last k only ([b, k, v]).
             labels: [b, t] targets aligned with the inputs, -100 where not scored (shifted inside); gives loss.
-            attention_mask: [b, t], right padding only; out.state is None when any row is padded.
+            attention_mask: [b, t] 1 for tokens and 0 for padding, on the left (as for generation), the right,
+                or both; each row's tokens one contiguous run. Padded steps leave the recurrent state as it is
+                (k = 0, no decay and no low-rank update there, and the token shift skips them), so a row's
+                logits at its tokens equal that row run alone and ``out.state`` row i is the state after row
+                i's last token. Padded positions are never scored (nor a left-padded row's first token).
+            cu_seqlens: [N + 1] offsets of N sequences packed into one row (input_ids [1, T]; no padding;
+                ``rwkv_vision.ops.pack_offsets``): each sequence is read from its own state (``state`` with N
+                rows, or zeros), ``out.state`` has one row per sequence, and with labels no target crosses a
+                boundary. Not with ``attention_mask`` or ``chunk_size``.
 
         Returns:
             ``ModelOutput``: ``.logits``, ``.state``, ``.loss``; ``logits, state = model(...)`` unpacks.
@@ -237,9 +273,16 @@ class RWKV7(nn.Module):
             raise ValueError(f"{where}: chunk_size must be a positive int or None, got {chunk_size!r}")
         if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
             raise ValueError(f"{where}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+        rows = b
+        if cu_seqlens is not None:
+            if attention_mask is not None:
+                raise ValueError(f"{where}: pass cu_seqlens (packed) or attention_mask (padded), not both")
+            if chunk_size != t:
+                raise ValueError(f"{where}: chunk_size cannot split packed sequences (cu_seqlens); leave it None")
+            rows = check_cu_seqlens(cu_seqlens, b, t, where)
         if state is not None:
-            self.check_state(state, b)
-        padded = check_attention_mask(where, attention_mask, b, t)
+            self.check_state(state, rows)
+        mask = padding_mask(where, attention_mask, b, t)
         if labels is not None and logits_to_keep:
             raise ValueError(f"{where}: labels score every position; pass logits_to_keep=0 with them")
 
@@ -248,7 +291,10 @@ class RWKV7(nn.Module):
         for start in range(0, t, chunk_size):
             end = min(start + chunk_size, t)
             x = self.embed(input_ids[:, start:end]) if input_ids is not None else inputs_embeds[:, start:end]
-            x, state = self.forward_blocks(x, state)
+            seq = {"cu_seqlens": cu_seqlens} if cu_seqlens is not None else {}
+            if mask is not None:
+                seq["attention_mask"] = mask[:, start:end].to(x.device)
+            x, state = self.forward_blocks(x, state, **seq)
             if end > first_kept:
                 logits.append(self.unembed(x[:, max(first_kept - start, 0) :]))
         logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
@@ -257,10 +303,14 @@ class RWKV7(nn.Module):
             if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (b, t):
                 got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
                 raise ValueError(f"{where}: labels must be [b, t] = {[b, t]} like the inputs, got {got}")
-            if padded:
-                labels = labels.masked_fill(attention_mask.to(labels.device) == 0, -100)
+            if mask is not None:
+                labels = mask_padded_labels(labels, mask)
+            if cu_seqlens is not None:  # a sequence's first label is no target of the sequence before it
+                cu = cu_seqlens.to(device=labels.device, dtype=torch.long)
+                labels = labels.clone()
+                labels[:, cu[:-1][cu[1:] > cu[:-1]]] = IGNORE_INDEX
             loss = next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, state=None if padded else state, loss=loss)
+        return ModelOutput(logits=logits, state=state, loss=loss)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: RWKVState) -> torch.Tensor:
