@@ -619,12 +619,9 @@ class VisualRWKV(nn.Module):
         if x.shape[1] == 0:
             raise ValueError("the sequence is empty (T = 0)")
         if isinstance(self.rwkv, RWKV7):
-            if attention_mask is not None or cu_seqlens is not None:
-                raise ValueError(
-                    "VisualRWKV with an RWKV-7 language model does not take attention_mask or cu_seqlens yet; "
-                    "run the rows one by one"
-                )
-            return self._forward_embeds7(x, spans, state, logits_to_keep=logits_to_keep)
+            return self._forward_embeds7(
+                x, spans, state, logits_to_keep=logits_to_keep, attention_mask=attention_mask, cu_seqlens=cu_seqlens
+            )
         self.rwkv._check_state(state, x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1)
         spans = spans if spans and any(spans) else None
         seq = {} if attention_mask is None else {"attention_mask": attention_mask}
@@ -656,37 +653,111 @@ class VisualRWKV(nn.Module):
         *,
         logits_to_keep: int = 0,
         pad: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RWKVState]:
         # RWKV-7: block 0's value v_first [b, T, c] travels with the stream, in the same (scanned) order.
+        if attention_mask is not None and cu_seqlens is not None:
+            raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both")
+        rows = x.shape[0]
+        if cu_seqlens is not None:
+            rows = check_cu_seqlens(cu_seqlens, x.shape[0], x.shape[1], "VisualRWKV.forward_embeds")
         if state is not None:
-            self.rwkv.check_state(state, x.shape[0])
+            self.rwkv.check_state(state, rows)
         spans = spans if spans and any(spans) else None
-        n_pad = self.pad_count(x.shape[1]) if (state is None if pad is None else pad) else 0
-        if n_pad:
-            pads = self.rwkv.emb.weight[self.pad_token_id].to(x.dtype).expand(x.shape[0], n_pad, x.shape[-1])
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.to(device=x.device, dtype=torch.bool)
+            if tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"attention_mask must be [b, T] = {list(x.shape[:2])}, got {list(mask.shape)}")
+        padding = bool(self.pad_to_multiple) and (state is None if pad is None else pad)
+        keep = None  # how to drop the official pads afterwards: a count of leading columns, or an index
+        if padding and cu_seqlens is not None:
+            x, spans, cu_seqlens, keep = self._official_pads_packed(x, spans, cu_seqlens)
+        elif padding and mask is not None:
+            x, spans, mask, keep = self._official_pads_masked(x, spans, mask)
+        elif padding and self.pad_count(x.shape[1]):
+            keep = self.pad_count(x.shape[1])
+            pads = self.rwkv.emb.weight[self.pad_token_id].to(x.dtype).expand(x.shape[0], keep, x.shape[-1])
             x = torch.cat([pads, x], dim=1)
             if spans is not None:
-                spans = [[replace(span, start=span.start + n_pad) for span in row] for row in spans]
+                spans = [[replace(span, start=span.start + keep) for span in row] for row in spans]
+        seq = {} if mask is None else {"attention_mask": mask}
+        if cu_seqlens is not None:
+            seq["cu_seqlens"] = cu_seqlens
         layers = []
         v_first = None
         for i, block in enumerate(self.rwkv.blocks):
             layer_state = None if state is None else state[i]
+            kw = dict(return_state=True, v_first=v_first, return_v_first=True, **seq)
             if spans is None:
-                x, layer_state, v_first = block(x, layer_state, return_state=True, v_first=v_first, return_v_first=True)
+                x, layer_state, v_first = block(x, layer_state, **kw)
             else:
                 xp = permute_spans(x, spans, self.scan, i)
                 moved = xp is not x  # permute_spans returns x itself when nothing moves at this layer
-                vp = None if v_first is None or not moved else permute_spans(v_first, spans, self.scan, i)
-                if not moved:
-                    vp = v_first
-                xp, layer_state, vp = block(xp, layer_state, return_state=True, v_first=vp, return_v_first=True)
+                if moved and v_first is not None:
+                    kw["v_first"] = permute_spans(v_first, spans, self.scan, i)
+                xp, layer_state, vp = block(xp, layer_state, **kw)
                 x = unpermute_spans(xp, spans, self.scan, i) if moved else xp
                 v_first = unpermute_spans(vp, spans, self.scan, i) if moved else vp
             layers.append(layer_state)
-        x = x[:, n_pad:]
+        if isinstance(keep, int):
+            x = x[:, keep:]
+        elif keep is not None:
+            x = x[:, keep]
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.rwkv.unembed(x), RWKVState(layers)
+
+    def _pad_rows(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        return self.rwkv.emb.weight[self.pad_token_id].to(x.dtype).expand(x.shape[0], count, x.shape[-1])
+
+    def _official_pads_masked(self, x, spans, mask):
+        """The official left pads of each row of a padded batch: a row of L tokens gets (-L) mod m pads right
+        before its first token, exactly what it gets alone. ``P`` = the most any row needs: that many masked
+        columns are put in front, so every row has room, and dropped again after the blocks (the pads sit
+        where the caller's mask already has padding, or in the columns dropped)."""
+        b, t, _ = x.shape
+        counts = (-mask.sum(dim=1)) % self.pad_to_multiple  # [b]; a row of padding only gets none
+        extra = int(counts.max())  # one small copy
+        if extra == 0:
+            return x, spans, mask, None
+        steps = torch.arange(t, device=x.device)
+        first = torch.where(mask, steps, t).amin(dim=1) + extra  # [b], in the widened frame
+        x = torch.cat([x.new_zeros(b, extra, x.shape[-1]), x], dim=1)
+        mask = torch.cat([mask.new_zeros(b, extra), mask], dim=1)
+        wide = torch.arange(t + extra, device=x.device).unsqueeze(0)
+        is_pad = (wide >= (first - counts).unsqueeze(1)) & (wide < first.unsqueeze(1))
+        x = torch.where(is_pad.unsqueeze(-1), self._pad_rows(x, 1), x)
+        if spans is not None:
+            spans = [[replace(span, start=span.start + extra) for span in row] for row in spans]
+        return x, spans, mask | is_pad, extra
+
+    def _official_pads_packed(self, x, spans, cu_seqlens):
+        """The official left pads of each packed sequence (as it gets alone), inserted before it; returns the
+        new offsets and the index of the sequences' own positions, to drop the pads after the blocks."""
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+        pieces, new_bounds, keep, shift_at = [], [0], [], []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            count = self.pad_count(end - start) if end > start else 0
+            if count:
+                pieces.append(self._pad_rows(x, count))
+            pieces.append(x[:, start:end])
+            base = new_bounds[-1] + count
+            keep.extend(range(base, base + end - start))
+            new_bounds.append(base + end - start)
+            shift_at.append((start, end, base - start))
+        x = torch.cat(pieces, dim=1)
+        if spans is not None:
+            spans = [
+                [
+                    replace(span, start=span.start + next(d for a, e, d in shift_at if a <= span.start < e))
+                    for span in row
+                ]
+                for row in spans
+            ]
+        new_cu = torch.tensor(new_bounds, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+        return x, spans, new_cu, torch.tensor(keep, dtype=torch.long, device=x.device)
 
     def forward(
         self,
