@@ -296,7 +296,8 @@ class VisualRWKV(nn.Module):
             if _is_multi(self.encoder):
                 from ..vision.multi_preprocess import MultiImagePreprocessor
 
-                self.preprocessor = MultiImagePreprocessor.for_encoder(self.encoder)
+                kind = getattr(self.encoder, "preprocessor_class", MultiImagePreprocessor)  # TiledEncoder: tiles
+                self.preprocessor = kind.for_encoder(self.encoder)
             else:
                 self.preprocessor = ImagePreprocessor(self.encoder.image_size[0])
         return self.preprocessor
@@ -588,7 +589,8 @@ class VisualRWKV(nn.Module):
             tensors = [pixel_values]
         for name, t in zip(getattr(self.encoder, "names", ["pixel_values"]), tensors):
             where = "pixel_values" if len(tensors) == 1 else f"pixel_values[{name!r}]"
-            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            dims = getattr(self.encoder, "pixel_dims", 4)  # a TiledEncoder's: [n, pictures, 3, H, W]
+            if not isinstance(t, torch.Tensor) or t.dim() != dims:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{where} must be [n, 3, H, W] (one image per placeholder), got {got}")
             if t.shape[0] != n:
