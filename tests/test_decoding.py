@@ -1,4 +1,5 @@
-"""The static-state decoder (rwkv_vision.inference) against RWKV6.forward and generation.generate, on the CPU.
+"""The static-state decoder (rwkv_vision.decoding) against the models' forward and generation.generate, on the
+CPU, for RWKV6 and RWKV7 (the ``model`` fixture runs every test on both).
 
 Its step is the block rewritten for one token, so every test compares it with the general path: logits
 token by token, the state, and generated tokens."""
@@ -8,19 +9,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkv_vision import RWKV6, RWKVState
+from rwkv_vision import RWKV6, RWKV7, RWKVState
 from rwkv_vision.decoding import Decoder
 from rwkv_vision.generation import GenerationConfig, generate
 
 from reference.fixtures import one_cpu_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 from reference.rwkv6_ref import random_official_state_dict, relative_rms_error
+from reference.rwkv7_ref import random_official_x070_state_dict
 
 SIZES = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, d_mix=4, d_decay=6, vocab_size=50)
+SIZES7 = dict(n_layer=3, n_embd=32, head_size=8, dim_ffn=64, vocab_size=50)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return RWKV6.from_official_state_dict(random_official_state_dict(**SIZES, seed=3)).eval()
+def _model(arch, seed=3):
+    if arch == "rwkv7":
+        return RWKV7.from_official_state_dict(random_official_x070_state_dict(**SIZES7, seed=seed)).eval()
+    return RWKV6.from_official_state_dict(random_official_state_dict(**SIZES, seed=seed)).eval()
+
+
+@pytest.fixture(scope="module", params=["rwkv6", "rwkv7"])
+def model(request):
+    return _model(request.param)
 
 
 def _ids(b, t, seed=0, vocab=50):
@@ -218,11 +227,12 @@ def test_compile_argument_is_checked(model):
         Decoder(model, compile="yes")
 
 
-def test_compiled_decoders_of_different_weights_do_not_share_weights():
+@pytest.mark.parametrize("arch", ["rwkv6", "rwkv7"])
+def test_compiled_decoders_of_different_weights_do_not_share_weights(arch):
     """Decoders of same-shaped models reuse one compiled graph; each must still read its own weights."""
     ids = _ids(1, 4, seed=2)
     for seed in (21, 22, 23):
-        m = RWKV6.from_official_state_dict(random_official_state_dict(**SIZES, seed=seed)).eval()
+        m = _model(arch, seed)
         with torch.no_grad():
             want, _ = m(input_ids=ids)
         dec = Decoder(m, compile={"backend": "aot_eager"})
@@ -240,3 +250,29 @@ def test_old_import_path_warns_and_gives_the_same_decoder():
     with pytest.warns(DeprecationWarning, match="rwkv_vision.decoding"):
         old = importlib.import_module("rwkv_vision.inference")
     assert old.Decoder is rwkv_vision.decoding.Decoder
+
+
+@pytest.mark.parametrize("pad_to_multiple", [None, 16])
+def test_visualrwkv7_chunked_prefill_equals_one_pass(pad_to_multiple):
+    """An RWKV-7 VisualRWKV (block 0's value carried through the scanned blocks); with pad_to_multiple (v7.00)
+    a fresh prefill reads the prompt's official pads first, as the model's forward and generate do."""
+    from rwkv_vision.image_tokens import IMAGE_TOKEN_INDEX as IMG
+    from rwkv_vision.models.visualrwkv import VisualRWKV
+    from rwkv_vision.vision import tiny_clip
+
+    torch.manual_seed(0)
+    lm = _model("rwkv7", seed=5)
+    vlm = VisualRWKV(rwkv=lm, encoder=tiny_clip(depth=1), pad_to_multiple=pad_to_multiple, pad_token_id=3).eval()
+    ids = torch.tensor([[1, IMG, 2, 3, 4, 5, 6], [IMG, 7, 8, 9, 10, 11, 12]])
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, want_state = vlm(ids, pixels, logits_to_keep=1)
+        nxt = torch.tensor([[13], [14]])
+        want_next, _ = vlm.rwkv(input_ids=nxt, state=want_state)
+    dec = Decoder(vlm, batch_size=2)
+    got = dec.prefill(ids, pixels, chunk_size=3)
+    assert relative_rms_error(got, want[:, -1]) < 1e-5
+    _assert_states_close(dec.state, want_state)
+    assert relative_rms_error(dec.step(nxt), want_next[:, 0]) < 1e-5
+    out = Decoder(vlm, batch_size=2).generate(ids, pixel_values=pixels, max_new_tokens=5, chunk_size=4)
+    assert out.tokens == vlm.generate(ids, pixels, max_new_tokens=5, stop_tokens=(), official_padding=False).tokens

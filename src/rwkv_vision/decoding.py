@@ -2,13 +2,14 @@
 
 Letter legend: b batch, t time, h heads, n head size, c channels (c = h * n), v vocabulary, L layers.
 
-``RWKV6.forward`` is general (any t, autograd, the wkv6 op, a fresh ``RWKVState`` per call). Decoding
+``RWKV6.forward`` / ``RWKV7.forward`` are general (any t, autograd, the wkv ops, a fresh ``RWKVState`` per call). Decoding
 needs none of that: t = 1 every step, and the state can live in buffers that are updated in place. The
 ``Decoder`` keeps
 
     att_shift [L, b, c], ffn_shift [L, b, c]   (model dtype)      wkv [L, b, h, n, n]  (float32)
 
-allocated once, and each token runs ``RWKV6.step`` on views of them: every block's own ``step`` (the
+allocated once, and each token runs ``RWKV6.step`` (or ``RWKV7.step``, which carries block 0's value v_first
+from block to block inside the step) on views of them: every block's own ``step`` (the
 one-token math lives in the layers, next to their ``forward``). The decoder adds only what a serving loop
 needs around that step:
 
@@ -18,14 +19,16 @@ needs around that step:
 - ``compile=True`` runs the step through ``torch.compile`` (the element-wise work between the matmuls
   fused), and that compiled step is what a CUDA graph captures.
 
-The prompt is read by ``RWKV6.forward`` with ``chunk_size`` (state carried, only the last logits kept), so
+The prompt is read by the model's ``forward`` with ``chunk_size`` (state carried, only the last logits kept), so
 a long prefill needs the weights plus memory for one chunk, whatever the prompt length. A ``VisualRWKV``
-prompt is chunked the same way: an image placeholder is one id, so any cut of the ids keeps images whole.
+prompt is chunked the same way: an image placeholder is one id, so any cut of the ids keeps images whole; a
+VisualRWKV with ``pad_to_multiple`` (v7.00) reads the official left pads of the whole prompt first after a
+``reset`` (as its ``generate(official_padding=False)`` does).
 Token picking and stopping are ``generation.decode_loop``, the loop every ``generate`` of the library runs.
 
 Example::
 
-    >>> dec = Decoder(model, batch_size=1)                     # model: RWKV6 or VisualRWKV, eval mode
+    >>> dec = Decoder(model, batch_size=1)                     # model: RWKV6, RWKV7 or VisualRWKV, eval mode
     >>> logits = dec.prefill(input_ids=prompt, chunk_size=2048)  # [b, v]
     >>> out = dec.generate(next_logits=logits, max_new_tokens=64)
 """
@@ -39,17 +42,18 @@ import torch
 
 from .generation import GenerationConfig, GenerationOutput, decode_loop, make_config
 from .models.rwkv6 import RWKV6
+from .models.rwkv7 import RWKV7
 from .state import LayerState, RWKVState
 
 __all__ = ["Decoder"]
 
 
 class Decoder:
-    """Prefill and token-by-token decoding of an ``RWKV6`` (or a ``VisualRWKV``'s language model) from
-    statically allocated state.
+    """Prefill and token-by-token decoding of an ``RWKV6`` or ``RWKV7`` (or a ``VisualRWKV``'s language model)
+    from statically allocated state.
 
     Args:
-        model: an ``RWKV6``, or a model with an ``RWKV6`` at ``.rwkv`` (``VisualRWKV``), whose ``forward``
+        model: an ``RWKV6`` or ``RWKV7``, or a model with one at ``.rwkv`` (``VisualRWKV``), whose ``forward``
             then reads prompts with images. Put it in eval mode; its parameters are read, never copied.
         batch_size: b, fixed for the life of the decoder (the buffers and the graph have this batch).
         use_cuda_graph: capture the step into a CUDA graph on first use. None (default): when the model is
@@ -76,10 +80,11 @@ class Decoder:
         dtype=None,
         compile: bool | dict = False,
     ):
-        rwkv = model if isinstance(model, RWKV6) else getattr(model, "rwkv", None)
-        if not isinstance(rwkv, RWKV6):
+        rwkv = model if isinstance(model, (RWKV6, RWKV7)) else getattr(model, "rwkv", None)
+        if not isinstance(rwkv, (RWKV6, RWKV7)):
             raise TypeError(
-                f"Decoder: model must be an RWKV6 or have one at .rwkv (VisualRWKV), got {type(model).__name__}"
+                "Decoder: model must be an RWKV6 or RWKV7, or have one at .rwkv (VisualRWKV), got "
+                f"{type(model).__name__}"
             )
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Decoder: batch_size must be a positive int, got {batch_size!r}")
@@ -111,6 +116,8 @@ class Decoder:
         self._att = torch.zeros(L, b, c, device=self.device, dtype=self.dtype)
         self._ffn = torch.zeros(L, b, c, device=self.device, dtype=self.dtype)
         self._wkv = torch.zeros(L, b, h, n, n, device=self.device, dtype=torch.float32)
+        # A VisualRWKV with pad_to_multiple (v7.00) left-pads a fresh sequence: the prefill after a reset does too.
+        self._fresh = True
         self.refresh_weights()
 
     # --- weights and state ----------------------------------------------------------------------------------
@@ -129,7 +136,7 @@ class Decoder:
 
     @property
     def state(self) -> RWKVState:
-        """A copy of the current state (batch b); feed it to ``RWKV6.forward`` or save it."""
+        """A copy of the current state (batch b); feed it to the model's ``forward`` or save it."""
         return RWKVState(
             [
                 LayerState(att_shift=self._att[i].clone(), wkv=self._wkv[i].clone(), ffn_shift=self._ffn[i].clone())
@@ -162,12 +169,14 @@ class Decoder:
                         f"Decoder.load_state: state[{i}].{name} must be {list(d.shape)}, got {list(s.shape)}"
                     )
                 d.copy_(s)
+        self._fresh = False
 
     @torch.no_grad()
     def reset(self) -> None:
         """Zero the state (a fresh sequence in every row)."""
         for buf in (self._att, self._ffn, self._wkv):
             buf.zero_()
+        self._fresh = True
 
     # --- prefill --------------------------------------------------------------------------------------------
 
@@ -186,7 +195,7 @@ class Decoder:
             input_ids: [b, t] ids, or a list of b id lists of different lengths (each row then read alone).
                 For a VisualRWKV, ids may hold ``IMAGE_TOKEN_INDEX`` once per image.
             pixel_values: [n, 3, H, W], one per image placeholder (row 0 first); VisualRWKV only.
-            inputs_embeds: [b, t, c] instead of input_ids (RWKV6 only).
+            inputs_embeds: [b, t, c] instead of input_ids (RWKV6 / RWKV7 only).
             chunk_size: ids per forward call (None: all at once). Activation memory is bounded by one
                 chunk; with images, a chunk grows by (k - 1) tokens per image it holds.
 
@@ -210,6 +219,7 @@ class Decoder:
                 logits_to_keep=1,
             )
             self.load_state(state)
+            self._fresh = False
             return logits[:, -1]
         if isinstance(input_ids, torch.Tensor):
             if input_ids.dim() != 2:
@@ -227,10 +237,13 @@ class Decoder:
         if len(rows) > 1 and pixel_values is not None:
             raise ValueError("Decoder.prefill: prompts of different lengths with images are not supported; pad them")
         out, start = [], 0
+        fresh = self._fresh
         for ids in rows:
             sel = slice(start, start + ids.shape[0])
+            self._fresh = fresh  # load_state of the row before cleared it; every row of a fresh prefill is fresh
             out.append(self._prefill_rows(ids.to(self.device), pixel_values, chunk_size, sel))
             start += ids.shape[0]
+        self._fresh = False
         return torch.cat(out)
 
     def _prefill_rows(self, ids: torch.Tensor, pixel_values, chunk_size, rows: slice) -> torch.Tensor:
@@ -239,12 +252,20 @@ class Decoder:
         state = self._views(rows)
         if self.model is self.rwkv:
             if pixel_values is not None:
-                raise ValueError("Decoder.prefill: pixel_values need a VisualRWKV model, this decoder has an RWKV6")
+                raise ValueError(
+                    f"Decoder.prefill: pixel_values need a VisualRWKV model, this decoder has an {type(self.rwkv).__name__}"
+                )
             logits, state = self.rwkv(input_ids=ids, state=state, chunk_size=chunk_size, logits_to_keep=1)
             self.load_state(state, rows=rows)
             return logits[:, -1]
         from .image_tokens import IMAGE_TOKEN_INDEX
 
+        run_id = getattr(self.model, "image_run_id", None)
+        if run_id is not None and bool((ids == run_id).any()):
+            raise ValueError(
+                "Decoder.prefill: prompts with runs of image ids (the official v7.00 ids) are not read in chunks "
+                "here; use the model's generate, or prompts with one IMAGE_TOKEN_INDEX per image"
+            )
         is_image = ids == IMAGE_TOKEN_INDEX
         n_images = int(is_image.sum())
         if pixel_values is not None and pixel_values.shape[0] != n_images:
@@ -256,6 +277,16 @@ class Decoder:
         # the same order (row 0 first), which is the order VisualRWKV.forward expects within one call.
         if n_images and pixel_values is None:
             raise ValueError(f"Decoder.prefill: input_ids hold {n_images} image placeholders but no pixel_values")
+        pad_count = getattr(self.model, "pad_count", None)
+        if self._fresh and pad_count is not None and getattr(self.model, "pad_to_multiple", None):
+            # The official v7.00 pads of the whole prompt (its length after image expansion), read first.
+            if ids.shape[0] > 1 and not bool((is_image.sum(1) == is_image[0].sum()).all()):
+                raise ValueError("Decoder.prefill: the rows of a batch must hold the same number of images")
+            length = ids.shape[1] + int(is_image[0].sum()) * (self.model.image_tokens - 1)
+            count = pad_count(length)
+            if count:
+                pad_id = torch.full((ids.shape[0], count), self.model.pad_token_id, device=self.device)
+                _, state = self.rwkv(input_ids=pad_id, state=state, logits_to_keep=1)
         image_index = (is_image.flatten().cumsum(0) - 1).view_as(ids)
         step = chunk_size or ids.shape[1]
         logits = None
