@@ -8,6 +8,10 @@ What :func:`load_language_model` accepts:
   ``.safetensors`` path);
 * a directory written by :func:`save_language_model`: ``config.json`` + ``model.safetensors``.
 
+:func:`resolve_language_model` finds such a file or directory for a name, as ``VisualRWKV.from_pretrained``
+does: a local path, ``"owner/repo"`` (a save_language_model directory on the Hugging Face Hub), ``"owner/repo"``
+with ``filename=`` or ``"owner/repo/file.pth"`` (a released file), through the Hub's cache and offline mode.
+
 The architecture of an official file is read from its keys (:func:`~rwkv_vision.checkpoint.official.
 official_architecture`; x070a/x070b variants are refused by name), every size from its shapes, and every key
 is checked: a file that does not fit gives one ``StateDictError`` listing every missing, unexpected and
@@ -41,6 +45,7 @@ from .atomic import atomic_save
 from .config_json import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, parse_dtype
 from .diff import diff_state_dict
 from .files import PICKLE_SUFFIXES, _read_safetensors, check_device, load_checkpoint, read_tensor_specs
+from .hub import _REPO_ID, _hub_download, resolve_checkpoint
 from .official import official_architecture, rwkv6_from_official_state_dict, rwkv7_from_official_state_dict
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "LM_FORMAT_VERSION",
     "ARCHITECTURES",
     "load_language_model",
+    "resolve_language_model",
     "save_language_model",
     "describe_language_model",
     "is_language_model_checkpoint",
@@ -115,6 +121,28 @@ def _with_tokenizer(model, use_world: bool):
     if use_world and model.vocab_size == WORLD_VOCAB_SIZE:
         model.tokenizer = WorldTokenizer()  # the released models' tokenizer (its vocabulary is bundled)
     return model
+
+
+def resolve_language_model(
+    name_or_path: str | os.PathLike,
+    *,
+    filename: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """A local checkpoint file or language-model directory for ``name_or_path``: a local file or directory
+    (``filename`` inside it), a Hub repo id ``"owner/repo"`` holding a :func:`save_language_model` directory
+    (its ``config.json`` and ``model.safetensors`` fetched into one snapshot folder), ``"owner/repo"`` with
+    ``filename=`` or ``"owner/repo/filename"`` (one file, e.g. a released ``.pth``). Hub files come from (or go
+    to) the Hugging Face cache (``cache_dir``, ``HF_HUB_CACHE``/``HF_HOME``; ``HF_HUB_OFFLINE=1``: the cache
+    only); ``revision``: a branch, tag or commit."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a path or a Hub repo id, got {type(name_or_path).__name__}")
+    if filename is None and not Path(name_or_path).exists() and _REPO_ID.match(str(name_or_path)):
+        config = _hub_download(str(name_or_path), CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+        _hub_download(str(name_or_path), WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+        return config.parent
+    return resolve_checkpoint(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
 
 
 def load_language_model(

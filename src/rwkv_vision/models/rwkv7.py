@@ -342,13 +342,26 @@ class RWKV7(nn.Module):
         return rwkv7_from_official_state_dict(state_dict, cls=cls, device=device, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None) -> "RWKV7":
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        filename: str | None = None,
+        revision: str | None = None,
+        *,
+        device=None,
+        dtype=None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> "RWKV7":
         """A model from an official x070 ``.pth`` (read with ``torch.load(weights_only=True)``), an
-        official-names ``.safetensors`` file, or a directory written by :meth:`save_pretrained`; see
-        :func:`rwkv_vision.checkpoint.lm.load_language_model`. In eval mode, with the World tokenizer for
-        65536-token vocabularies."""
-        from ..checkpoint.lm import load_language_model
+        official-names ``.safetensors`` file, or a directory written by :meth:`save_pretrained`; locally or on
+        the Hugging Face Hub: ``"owner/repo"`` (a save_pretrained directory there), ``"owner/repo"`` with
+        ``filename=`` or ``"owner/repo/file.pth"`` (a released file), ``revision`` a branch, tag or commit,
+        through the Hub's cache (``cache_dir``; ``HF_HUB_OFFLINE=1`` reads the cache only). See
+        :func:`rwkv_vision.checkpoint.lm.resolve_language_model` and ``load_language_model``. In eval mode, with
+        the World tokenizer for 65536-token vocabularies."""
+        from ..checkpoint.lm import load_language_model, resolve_language_model
 
+        path = resolve_language_model(name_or_path, filename=filename, revision=revision, cache_dir=cache_dir)
         model = load_language_model(path, device=device, dtype=dtype)
         if not isinstance(model, cls):
             raise TypeError(f"{path}: holds a {type(model).__name__}, not an {cls.__name__}")
