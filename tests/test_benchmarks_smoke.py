@@ -121,3 +121,21 @@ def test_rwkv7_benchmark_runs_in_tiny_mode_against_the_rwkv_package():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| rwkv")]
     assert rows[0].startswith("| rwkv_vision RWKV7 |") and rows[1].startswith("| rwkv 0.8"), proc.stdout
     assert float(rows[1].split("|")[-2]) < 1e-4  # the package's logits equal ours
+
+
+def test_wkv7_benchmark_quick_cpu_table():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "wkv7.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| device | system | b, t, h, n |" in proc.stdout
+    for system in ("rwkv_vision C++ kernel", "wkv7_chunked (PyTorch)", "wkv7_ref (PyTorch loop)"):
+        assert f"| cpu | {system} | 1, 128, 4, 64 | float32 |" in proc.stdout
+        assert f"| cpu | {system} | 1, 64, 4, 64 | float64 |" in proc.stdout
+    assert "CPU kernel speed-up over wkv7_ref at (1, 128, 4, 64), float32" in proc.stdout
