@@ -25,6 +25,8 @@ from .tokenizers import TOKENIZERS
 from .vision.multi_preprocess import MultiImagePreprocessor, SquareResize
 from .vision.preprocess import ImagePreprocessor
 from .vision.projector import PROJECTORS, ContextGatingProjector, GatedMLPProjector, LinearProjector, MLPProjector
+from .vision.relu_projector import ReLUProjector  # noqa: F401  (registers "relu_mlp", VisualRWKV-UHD's projector)
+from .vision.tile_preprocess import TilePreprocessor
 
 #: The file name of a tokenizer saved beside config.json.
 TOKENIZER_NAME = "tokenizer.json"
@@ -284,6 +286,8 @@ def preprocessor_to_config(pre: ImagePreprocessor | MultiImagePreprocessor) -> d
             name: {"size": list(t.size), "mean": list(t.mean), "std": list(t.std), "resample": t.resample}
             for name, t in pre.transforms.items()
         }
+        if isinstance(pre, TilePreprocessor):
+            return {"towers": towers, "tiles": pre.tiles, "alpha": pre.alpha}
         return {"towers": towers, "alpha": pre.alpha}
     if not isinstance(pre, ImagePreprocessor):
         raise ValueError(
@@ -331,8 +335,20 @@ def _multi_preprocessor_from_config(data: Mapping[str, Any]) -> MultiImagePrepro
         raise CheckpointError(f"preprocessor: {e}") from None
 
 
+def _tile_preprocessor_from_config(data: Mapping[str, Any]) -> TilePreprocessor:
+    from .vision.tiles import MAX_TILES
+
+    tiles = data["tiles"]
+    if not (_is_pos_int(tiles) and tiles <= MAX_TILES):
+        raise CheckpointError(f"preprocessor.tiles must be an int in 1..{MAX_TILES}, got {_brief(tiles)}")
+    plain = _multi_preprocessor_from_config({k: v for k, v in data.items() if k != "tiles"})
+    return TilePreprocessor(plain.transforms, tiles=tiles, alpha=plain.alpha)
+
+
 def preprocessor_from_config(data: Mapping[str, Any]) -> ImagePreprocessor | MultiImagePreprocessor:
     """The preprocessor :func:`preprocessor_to_config` described."""
+    if isinstance(data, Mapping) and "towers" in data and "tiles" in data:
+        return _tile_preprocessor_from_config(data)
     if isinstance(data, Mapping) and "towers" in data:
         return _multi_preprocessor_from_config(data)
     problems = check_section("preprocessor", data, required=_PRE_FIELDS, optional=())
@@ -548,7 +564,10 @@ def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
     would give another model."""
     from .vision.encoders import VisionEncoder
     from .vision.multi_encoder import MultiEncoder
+    from .vision.tiles import TiledEncoder
 
+    if isinstance(encoder, TiledEncoder):
+        return _tiled_encoder_to_config(encoder)
     if isinstance(encoder, MultiEncoder):
         return _multi_encoder_to_config(encoder)
     if not isinstance(encoder, VisionEncoder):
@@ -663,13 +682,15 @@ def encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None):
 
     if isinstance(data, Mapping) and data.get("kind") == "multi":
         return _multi_encoder_from_config(data, device=device, dtype=dtype)
+    if isinstance(data, Mapping) and data.get("kind") == "tiled":
+        return _tiled_encoder_from_config(data, device=device, dtype=dtype)
     problems = check_section(
         "encoder", data, required=("kind", "timm_model", "timm_kwargs", "layer", "cls", "frozen"), optional=()
     )
     if problems:
         raise CheckpointError("; ".join(problems))
     if data["kind"] != "timm_vit":
-        raise CheckpointError(f"encoder.kind must be 'timm_vit' or 'multi', got {data['kind']!r}")
+        raise CheckpointError(f"encoder.kind must be 'timm_vit', 'multi' or 'tiled', got {data['kind']!r}")
     kwargs = data["timm_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise CheckpointError(f"encoder.timm_kwargs must be an object, got {type(kwargs).__name__}")
@@ -922,3 +943,28 @@ def _multi_encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=No
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"encoder: {e}") from None
     return enc.to(dtype=dtype) if dtype is not None else enc
+
+
+def _tiled_encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
+    """A :class:`~rwkv_vision.vision.tiles.TiledEncoder`: its towers as a MultiEncoder's, ``kind`` "tiled" and
+    ``tiles`` per side."""
+    data = _multi_encoder_to_config(encoder)
+    del data["pool"]  # a TiledEncoder keeps the towers' grid
+    return {"kind": "tiled", "towers": data["towers"], "tiles": encoder.tiles, "frozen": data["frozen"]}
+
+
+def _tiled_encoder_from_config(data: Mapping[str, Any], *, device=None, dtype=None) -> nn.Module:
+    from .vision.tiles import MAX_TILES, TiledEncoder
+
+    problems = check_section("encoder", data, required=("kind", "towers", "tiles", "frozen"), optional=())
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    tiles = data["tiles"]
+    if not (_is_pos_int(tiles) and tiles <= MAX_TILES):
+        raise CheckpointError(f"encoder.tiles must be an int in 1..{MAX_TILES}, got {_brief(tiles)}")
+    plain = {"kind": "multi", "towers": data["towers"], "pool": None, "frozen": data["frozen"]}
+    multi = _multi_encoder_from_config(plain, device=device, dtype=dtype)
+    try:
+        return TiledEncoder(dict(multi.towers), tiles=tiles, frozen=data["frozen"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"encoder: {e}") from None

@@ -262,14 +262,15 @@ def test_from_pretrained_pth_safetensors_and_directory_round_trip(tmp_path, chec
     assert back.image_preprocessor == model.image_preprocessor
 
 
-def test_hd_files_are_recognised_and_refused_by_name(tmp_path):
+def test_uhd_files_with_unknown_tower_sizes_are_refused_by_their_widths(tmp_path):
+    """UHD files load (tests/checkpoint/test_uhd.py); towers of widths no registered encoder has cannot be
+    sized from shapes alone, and the error says so."""
     from rwkv_vision import VisualRWKV
-    from rwkv_vision.errors import CheckpointError
 
     from reference.visualrwkv7_ref import tiny_family_checkpoint
 
     torch.save(tiny_family_checkpoint("uhd"), tmp_path / "uhd.pth")
-    with pytest.raises(CheckpointError, match="VisualRWKV uhd checkpoint .VisualRWKV-v0613"):
+    with pytest.raises(StateDictError, match="match no known encoder"):
         VisualRWKV.from_pretrained(tmp_path / "uhd.pth")
 
 

@@ -18,7 +18,9 @@ v7.00      VisualRWKV-v0700-*     RWKV-7 (x070)           as hd                 
 =========  =====================  ======================  ==========================================  =========
 
 hd and uhd share every key name; the input width of ``proj.proj`` tells them apart (the UHD code concatenates
-a global image's features with the pooled features of four tiles, twice the width). The attribution of the
+a global image's features with the pooled features of four tiles, twice the width). The UHD projector is
+``o_proj(relu(proj(x)))``: the official UHD ``MLPWithContextGating`` builds ``gate`` (so the files hold it) but
+its forward has the gating commented out (``VisualRWKV-v6/VisualRWKV-UHD/src/model.py``). The attribution of the
 file tags v0612 / v0613 to HD / UHD follows the release order and the repository's ``VisualRWKV-HD`` /
 ``VisualRWKV-UHD`` folders; the keys decide, not the tag.
 
@@ -90,7 +92,8 @@ FAMILIES: dict[str, Family] = {
             "dino+siglip+sam",
             "uhd-mlp",
             ("proj.proj.weight", "proj.gate.weight", "proj.o_proj.weight"),
-            "RWKV-6 + DINOv2/SigLIP/SAM on a global image and four tiles (1024 tokens, 6400 wide), BiDir scan",
+            "RWKV-6 + DINOv2/SigLIP/SAM on a global image and four tiles (1024 tokens, 6400 wide), "
+            "o_proj(relu(proj(x))) (gate held, unused), BiDir scan",
         ),
         Family(
             "v7.00",
@@ -395,9 +398,11 @@ V7_LAYOUT = "visualrwkv7"
 
 
 def visualrwkv7_official_state_dict(model: Any) -> dict[str, Any]:
-    """A v7.00- or HD-layout model's parameters under the released names: ``rwkv.*`` (x070 / x060), the towers
-    as ``vit.{name}_featurizer.*`` and the projector as ``proj.*``; the inverse of
-    :func:`visualrwkv7_from_official_state_dict` / :func:`visualrwkv_hd_from_official_state_dict`
+    """A v7.00-, HD- or UHD-layout model's parameters under the released names: ``rwkv.*`` (x070 / x060), the
+    towers as ``vit.{name}_featurizer.*`` and the projector as ``proj.*``; the inverse of
+    :func:`visualrwkv7_from_official_state_dict` / :func:`visualrwkv_hd_from_official_state_dict` /
+    :func:`visualrwkv_uhd_from_official_state_dict` (a UHD model is an HD one with a ``TiledEncoder`` and a
+    ``ReLUProjector``, a ``GatedMLPProjector`` subclass holding the same keys)
     (``check_family`` accepts the result)."""
     from ..models.rwkv6 import RWKV6
     from ..models.rwkv7 import RWKV7
@@ -469,6 +474,72 @@ def visualrwkv_hd_from_official_state_dict(
             hint="(the HD projector: proj.proj [c, w], proj.gate [c, c], proj.o_proj [c, c])",
         )
     proj.load_state_dict(dict(parts["proj"]), strict=True, assign=True)
+    model = cls(
+        rwkv=rwkv,
+        encoder=encoder,
+        proj=proj,
+        scan="bidir" if scan is None else scan,
+        layout="image_first" if layout is None else layout,
+        **kwargs,
+    )
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def visualrwkv_uhd_from_official_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    cls: type | None = None,
+    encoder: Any = None,
+    scan: Any = None,
+    layout: Any = None,
+    device=None,
+    dtype=None,
+    **kwargs: Any,
+):
+    """A ``VisualRWKV`` from a VisualRWKV-UHD (v0613) flat state dict, strictly: an x060 RWKV-6 language model,
+    the v7.00 / HD towers run on the whole image and on 2 x 2 tiles of it (``TiledEncoder``: global features
+    beside the mosaic of the pooled tiles, 1024 tokens of 2 x 3200 per image) and the projector
+    ``o_proj(relu(proj(x)))`` (``ReLUProjector``: the official UHD ``MLPWithContextGating`` forward, whose
+    ``gate`` is built, saved and never used).
+
+    As the official UHD code (the HD code with these two changes): BiDir scan, images first with one
+    placeholder per image (``"image_first"``), no padding; pixel values ``[n, 5, 3, H, W]`` per tower
+    (``TilePreprocessor``, set as the model's preprocessor). ``encoder`` (a ``TiledEncoder``), ``scan``,
+    ``layout``, ``device``, ``dtype`` as in :func:`visualrwkv_hd_from_official_state_dict`.
+    """
+    from ..models.visualrwkv import VisualRWKV
+    from ..vision.convert_v7 import load_v7_vision_state_dict
+    from ..vision.relu_projector import ReLUProjector
+    from ..vision.tile_preprocess import TilePreprocessor
+    from ..vision.tiles import TiledEncoder
+    from .diff import diff_state_dict
+    from .official import rwkv6_from_official_state_dict
+
+    cls = VisualRWKV if cls is None else cls
+    check_family(state_dict, "uhd")
+    parts = split_parts(state_dict, "uhd")
+    rwkv = rwkv6_from_official_state_dict(parts["rwkv"])
+    if encoder is None:
+        encoder = TiledEncoder(dict(_v7_encoder(state_dict, None).towers), tiles=2)
+        load_v7_vision_state_dict(encoder, state_dict, assign=True)
+    else:
+        if not isinstance(encoder, TiledEncoder):
+            raise TypeError(f"encoder must be a TiledEncoder for a UHD file, got {type(encoder).__name__}")
+        load_v7_vision_state_dict(encoder, state_dict)
+    c = rwkv.n_embd
+    proj = ReLUProjector(encoder.width, c, hidden_features=c, device="meta")
+    missing, unexpected, mismatched = diff_state_dict(proj.state_dict(), parts["proj"])
+    if missing or unexpected or mismatched:
+        raise StateDictError(
+            ["proj." + k for k in missing],
+            ["proj." + k for k in unexpected],
+            [("proj." + k, got, want) for k, got, want in mismatched],
+            hint="(the UHD projector: proj.proj [c, 2w], proj.gate [c, c] (unused), proj.o_proj [c, c])",
+        )
+    proj.load_state_dict(dict(parts["proj"]), strict=True, assign=True)
+    kwargs.setdefault("preprocessor", TilePreprocessor.for_encoder(encoder))
     model = cls(
         rwkv=rwkv,
         encoder=encoder,

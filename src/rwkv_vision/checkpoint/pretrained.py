@@ -187,8 +187,9 @@ def released_family_loader(state_dict: Mapping[str, Any]) -> str:
 def load_released_state_dict(state_dict: Mapping[str, Any], *, cls=None, source: Any = "state_dict", **kwargs: Any):
     """A ``VisualRWKV`` from a released flat state dict of any family it can load: v6.0
     (``official.visualrwkv_from_official_state_dict``), HD (``families.visualrwkv_hd_from_official_state_dict``)
-    or v7.00 (``families.visualrwkv7_from_official_state_dict``); a UHD file (recognised by
-    :func:`~rwkv_vision.checkpoint.families.detect_family`) is refused with a ``CheckpointError`` naming its family."""
+    UHD (``families.visualrwkv_uhd_from_official_state_dict``; HD and UHD told apart by
+    :func:`~rwkv_vision.checkpoint.families.detect_family`) or v7.00
+    (``families.visualrwkv7_from_official_state_dict``)."""
     from .families import FAMILIES, detect_family, visualrwkv7_from_official_state_dict
 
     kind = released_family_loader(state_dict)
@@ -200,10 +201,11 @@ def load_released_state_dict(state_dict: Mapping[str, Any], *, cls=None, source:
             from .families import visualrwkv_hd_from_official_state_dict
 
             return visualrwkv_hd_from_official_state_dict(state_dict, cls=cls, **kwargs)
-        raise CheckpointError(
-            f"{source}: a VisualRWKV {family.name} checkpoint ({family.files}: {family.description}); "
-            "recognised, but this version of rwkv_vision loads only the v6.0, HD and v7.00 families"
-        )
+        if family.name == "uhd":
+            from .families import visualrwkv_uhd_from_official_state_dict
+
+            return visualrwkv_uhd_from_official_state_dict(state_dict, cls=cls, **kwargs)
+        raise CheckpointError(f"{source}: a VisualRWKV {family.name} checkpoint that this loader does not take")
     return visualrwkv_from_official_state_dict(state_dict, cls=VisualRWKV if cls is None else cls, **kwargs)
 
 
@@ -263,8 +265,10 @@ def save_pretrained(
     path = Path(path)
     if path.suffix == ".safetensors":
         from ..models.rwkv7 import RWKV7
+        from ..vision.tiles import TiledEncoder
 
-        family = "v7.00" if isinstance(model.rwkv, RWKV7) else ("hd" if _is_multi_tower(model) else "v6.0")
+        multi = "uhd" if isinstance(model.encoder, TiledEncoder) else "hd"
+        family = "v7.00" if isinstance(model.rwkv, RWKV7) else (multi if _is_multi_tower(model) else "v6.0")
         header = {"format": "pt", "layout": f"visualrwkv-{family}-official"}
         if metadata is not None:
             header[METADATA_KEY] = _metadata_text(metadata)
@@ -391,13 +395,19 @@ def describe_checkpoint(
             raise CheckpointError(
                 f"{path}: a save_pretrained model.safetensors needs its config.json; describe the directory"
             )
-        if released_family_loader(specs) == "hd/uhd" and detect_family(specs).name == "uhd":
-            # Recognised but not loadable here: describe the family and the tensors, not a model config.
-            family = FAMILIES[detect_family(specs).name]
-            config = {"description": family.description, "files": family.files}
-        else:
+        try:
             model = load_released_state_dict(specs, source=path)  # meta tensors: sizes only
             config, _ = model_to_config(model)
+        except StateDictError as e:
+            detect_family(specs)  # no family fits: that error
+            # A family's keys, but parts of sizes no registered module has (towers of other widths): the
+            # family and the tensors are described, not a model config.
+            config = {"not_loadable": str(e)}
+        try:
+            released = FAMILIES[detect_family(specs).name]
+            config |= {"files": released.files, "description": released.description}
+        except StateDictError:
+            pass  # loaded by the lenient side of a loader yet no family's exact keys: "family" is null below
         config["dtype"] = str(specs[OFFICIAL_PREFIXES["rwkv"] + "emb.weight"].dtype).removeprefix("torch.")
         fmt = "official .safetensors" if path.suffix == ".safetensors" else f"official {path.suffix}"
         vit = OFFICIAL_PREFIXES["vit"] if released_family_loader(specs) == "v6.0" else "vit."
