@@ -6,7 +6,7 @@
              model.safetensors), or as one official-names .safetensors file
     info     what a checkpoint holds (sizes, encoder, projector, scan, layout, dtype, parameter count) as JSON;
              reads no tensor data. ``"family"`` names the released VisualRWKV family whose layout it has
-             (v6.0, hd, uhd, v7.00; null for none; an HD/UHD file is described, not loaded). For a language
+             (v6.0, hd, uhd, v7.00; null for none; every family is loaded on the meta device). For a language
              model: its architecture (rwkv7 = x070, rwkv6 = x060) and sizes
     demo     the shipped toy model answering questions about generated images, offline
     selftest check every compiled kernel on this machine's devices against the float64 reference
