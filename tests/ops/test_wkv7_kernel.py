@@ -229,3 +229,26 @@ def test_the_op_checks_cu_seqlens(cu, match):
         kernel(*inputs.values(), cu_seqlens=torch.tensor(cu))
     with pytest.raises(RuntimeError, match="cu_seqlens must be int64"):
         kernel(*make_inputs(1, 5, 2, 8).values(), cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
+
+
+def test_a_private_build_is_loaded_from_rwkv_vision_extension_path(tmp_path):
+    # How a kernel change is tested next to the installed library: RWKV_VISION_EXTENSION_PATH names the file
+    # loaded instead of the installed one (here a missing file, so the fallback says which file it tried).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "private" / "_C.so")
+    code = "import json, rwkv_vision; print(json.dumps(rwkv_vision.ops.backend_info()))"
+    env = {k: v for k, v in os.environ.items() if k != "RWKV_VISION_REQUIRE_EXTENSION"}
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(env, RWKV_VISION_EXTENSION_PATH=path),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    info = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not info["extension"] and info["path"] == path and path in info["reason"], info
