@@ -32,6 +32,7 @@ from rwkv_vision.vision.projector import (
     MLPProjector,
     create_projector,
 )
+from rwkv_vision.vision.relu_projector import ReLUProjector
 
 # --- the generic registry ---------------------------------------------------------------------------------
 
@@ -125,6 +126,8 @@ def test_the_library_components_are_registered():
         "mlp2x_gelu": MLPProjector,
         "context_gating": ContextGatingProjector,
         "mlp_with_context_gating": ContextGatingProjector,
+        "relu_mlp": ReLUProjector,
+        "uhd_mlp": ReLUProjector,
     }
     assert dict(TOKENIZERS) == {"world": WorldTokenizer, "word": WordTokenizer}
     assert {"clip-vit-l14-336", "tiny-clip"} <= set(ENCODERS.names()) and ENCODERS.get("tiny-clip") is tiny_clip
@@ -242,7 +245,8 @@ def test_config_sections_keep_their_format():
     assert data == {"type": "mlp", "in_features": 4, "out_features": 6, "hidden_features": 5, "bias": True}
     assert isinstance(projector_from_config(data), MLPProjector)
     with pytest.raises(
-        CheckpointError, match=r"projector.type must be one of \['context_gating', 'gated_mlp', 'linear', 'mlp'\]"
+        CheckpointError,
+        match=r"projector.type must be one of \['context_gating', 'gated_mlp', 'linear', 'mlp', 'relu_mlp'\]",
     ):
         projector_from_config(dict(data, type="mlp2x_gelu"))
     word = WordTokenizer()

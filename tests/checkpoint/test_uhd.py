@@ -191,3 +191,39 @@ def test_tiled_config_sections_are_checked():
     assert preprocessor_from_config(pre | {"tiles": 2, "alpha": "drop"}).tiles == 2
     with pytest.raises(CheckpointError, match="preprocessor.tiles must be an int"):
         preprocessor_from_config(pre | {"tiles": "2", "alpha": "drop"})
+
+
+def test_a_released_size_uhd_file_is_recognised_and_sized_from_shapes():
+    """The shapes of a VisualRWKV-v0613 file (RWKV-6 L24 C2048, the three towers at 448 / 448 / 1024 px, on
+    the whole image and 4 tiles), on the meta device: family, encoder, projector widths and preprocessing."""
+    from rwkv_vision import RWKV6, VisualRWKV
+    from rwkv_vision.checkpoint.pretrained import load_released_state_dict
+    from rwkv_vision.vision.tiles import visualrwkv_uhd_encoder
+
+    enc = visualrwkv_uhd_encoder(device="meta")
+    lm = RWKV6(n_layer=24, n_embd=2048, head_size=64, vocab_size=65536, device="meta")
+    proj = ReLUProjector(enc.width, 2048, device="meta")
+    sd = VisualRWKV(rwkv=lm, encoder=enc, proj=proj, scan="bidir", layout="image_first").official_state_dict()
+    assert detect_family(sd).name == "uhd" and tuple(sd["proj.proj.weight"].shape) == (2048, 6400)
+    loaded = load_released_state_dict(sd)  # meta tensors: sizes only
+    assert isinstance(loaded.encoder, TiledEncoder) and loaded.image_tokens == 1024 and loaded.encoder.width == 6400
+    assert loaded.rwkv.config == lm.config and isinstance(loaded.proj, ReLUProjector)
+    assert isinstance(loaded.image_preprocessor, TilePreprocessor)
+    assert loaded.image_preprocessor.transforms["sam"].size == (1024, 1024)
+
+
+def test_info_and_official_safetensors_name_the_uhd_family(tmp_path, checkpoint, model, pixels, capsys):
+    from rwkv_vision import VisualRWKV
+    from rwkv_vision.cli import main
+
+    torch.save(checkpoint, tmp_path / "uhd.pth")
+    assert main(["info", str(tmp_path / "uhd.pth")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "uhd" and info["files"] == "VisualRWKV-v0613-*"
+    assert info["encoder"]["kind"] == "tiled" and info["projector"]["type"] == "relu_mlp"
+    assert info["scan"]["name"] == "bidir"
+    model.save_pretrained(tmp_path / "uhd.safetensors")  # the released names, in one file
+    back = VisualRWKV.from_pretrained(tmp_path / "uhd.safetensors", dtype=torch.float64)
+    assert isinstance(back.encoder, TiledEncoder)
+    with torch.no_grad():
+        assert torch.equal(back(torch.tensor([PROMPT]), pixels).logits, model(torch.tensor([PROMPT]), pixels).logits)

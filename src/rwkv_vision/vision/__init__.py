@@ -1,6 +1,7 @@
 """Vision side of the data path: ``ImagePreprocessor`` (PIL -> pixel_values), timm encoders with feature
 selection (``VisionEncoder``), the multi-tower stack of VisualRWKV v7.00 (``MultiEncoder`` of ``ViTTower`` /
-``SamTower``, ``MultiImagePreprocessor``, the ``vit.*_featurizer`` key converter), projectors into the language model's width, and the Hugging Face CLIP <-> timm
+``SamTower``, ``MultiImagePreprocessor``, the ``vit.*_featurizer`` key converter), VisualRWKV-UHD's whole image +
+tiles (``TiledEncoder``, ``TilePreprocessor``, ``ReLUProjector``), projectors into the language model's width, and the Hugging Face CLIP <-> timm
 weight converter."""
 
 from .convert_clip import (
@@ -49,7 +50,10 @@ from .projector import (
     Projector,
     create_projector,
 )
+from .relu_projector import ReLUProjector
 from .spatial import pool_grid, space_to_depth
+from .tile_preprocess import TilePreprocessor, split_into_tiles
+from .tiles import TiledEncoder, tiny_visualrwkv_uhd_encoder, visualrwkv_uhd_encoder
 from .towers import SamTower, ViTTower, timm_tower
 
 __all__ = [
@@ -100,4 +104,10 @@ __all__ = [
     "IMAGENET_STD",
     "SIGLIP_MEAN",
     "SIGLIP_STD",
+    "TiledEncoder",
+    "visualrwkv_uhd_encoder",
+    "tiny_visualrwkv_uhd_encoder",
+    "TilePreprocessor",
+    "split_into_tiles",
+    "ReLUProjector",
 ]
