@@ -589,7 +589,8 @@ def encoder_to_config(encoder: nn.Module) -> dict[str, Any]:
         with torch.device("meta"):
             import timm
 
-            base = _vit_options(timm.create_model(arch, pretrained=False, num_classes=0))
+            # weight_init="skip": only shapes are read; initialising meta tensors costs seconds for nothing
+            base = _vit_options(timm.create_model(arch, pretrained=False, num_classes=0, weight_init="skip"))
         kwargs = {k: v for k, v in ours.items() if k in _ALWAYS or base.get(k, object()) != v}
     if kwargs.get("init_values") is None:
         kwargs.pop("init_values", None)
@@ -772,7 +773,8 @@ def _tower_to_config(name: str, tower: nn.Module) -> dict[str, Any]:
         if isinstance(fc1, nn.Linear):
             ours["mlp_ratio"] = (fc1.out_features + 0.5) / model.embed_dim
     with torch.device("meta"):
-        base_model = timm.create_model(arch, pretrained=False, num_classes=0)
+        # weight_init="skip": only shapes are read; initialising meta tensors costs seconds for nothing
+        base_model = timm.create_model(arch, pretrained=False, num_classes=0, weight_init="skip")
     base = read(base_model)
     if isinstance(tower, ViTTower):
         base["reg_tokens"] = base_model.num_reg_tokens

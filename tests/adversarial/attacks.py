@@ -69,6 +69,20 @@ def _png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+def _add_junk_keys(path: Path, count: int) -> None:
+    """Append ``count`` one-float tensors to a safetensors file, writing the header by hand (safetensors'
+    save_file spends seconds on 50,000 tensors, which is the attack's setup, not the library's time)."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    body = data[8 + n :]
+    end = len(body)
+    for i in range(count):
+        header[f"junk.{i}"] = {"dtype": "F32", "shape": [1], "data_offsets": [end + 4 * i, end + 4 * i + 4]}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body + bytes(4 * count))
+
+
 # --- loading ----------------------------------------------------------------------------------------------
 
 
@@ -163,9 +177,7 @@ def load_safetensors_header_length_huge(work):
 @attack
 def load_safetensors_with_50000_keys(work):
     d = _copy(work, "keys")
-    sd = load_file(d / "model.safetensors")
-    sd.update({f"junk.{i}": torch.zeros(1) for i in range(50000)})
-    save_file(sd, d / "model.safetensors")
+    _add_junk_keys(d / "model.safetensors", 50000)
     VisualRWKV.from_pretrained(d)
 
 
@@ -369,6 +381,255 @@ def preprocessor_string_mean(work):
     ImagePreprocessor(48, mean="123")
 
 
+# --- RWKV-7 (x070) language-model files --------------------------------------------------------------------
+#
+# The tiny files are written once before the attacks run (``_prepare``): their setup is not the library's time.
+
+PREPARED: dict = {}
+
+
+def _prepare(work: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from rwkv_vision.checkpoint.families import visualrwkv7_from_official_state_dict
+
+    from reference.visualrwkv7_ref import random_v700_checkpoint, random_x070_state_dict, tiny_family_checkpoint
+
+    PREPARED["x070"] = random_x070_state_dict(n_layer=2)
+    from rwkv_vision.vision import encoder_to_v7_state_dict, tiny_visualrwkv7_encoder
+
+    towers = {
+        k: torch.rand(v.shape) + 0.5
+        for k, v in encoder_to_v7_state_dict(tiny_visualrwkv7_encoder(device="meta")).items()
+    }
+    PREPARED["v7.00"] = random_v700_checkpoint(tower_sd=towers, vision_width=144, n_layer=2, n_embd=32, head_size=8)
+    PREPARED["hd"] = tiny_family_checkpoint("hd")
+    model = visualrwkv7_from_official_state_dict(PREPARED["v7.00"])
+    PREPARED["v7dir"] = model.save_pretrained(work / "v7dir")
+
+
+def _x070(work: Path, name: str, edit, *, suffix: str = ".pth") -> None:
+    from rwkv_vision.checkpoint.lm import load_language_model
+
+    sd = dict(PREPARED["x070"])
+    edit(sd)
+    path = work / (name + suffix)
+    if suffix == ".pth":
+        torch.save(sd, path)
+    else:
+        save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    load_language_model(path)
+
+
+@attack
+def x070_expanded_tensor_claims_huge_vocab(work):
+    # a stride-0 view: a 68 kB file whose emb and head claim 2**24 x 32 floats each (4 GB as float32)
+    def edit(sd):
+        sd["emb.weight"] = torch.zeros(1).expand(2**24, 32)
+        sd["head.weight"] = torch.zeros(1).expand(2**24, 32)
+
+    _x070(work, "expanded", edit)
+
+
+@attack
+def x070_layer_index_20000(work):
+    _x070(work, "l20000", lambda sd: sd.update({"blocks.20000.att.r_k": torch.zeros(4, 8)}))
+
+
+@attack
+def x070_r_k_disagrees_with_n_embd(work):
+    _x070(work, "rk", lambda sd: [sd.update({f"blocks.{i}.att.r_k": torch.ones(3, 8)}) for i in range(2)])
+
+
+@attack
+def x070_one_block_has_another_lora_width(work):
+    _x070(
+        work, "lora", lambda sd: sd.update({"blocks.1.att.w1": torch.ones(32, 9), "blocks.1.att.w2": torch.ones(9, 32)})
+    )
+
+
+@attack
+def x070_lora_width_huge(work):
+    def edit(sd):
+        for i in range(2):
+            sd[f"blocks.{i}.att.a1"] = torch.ones(32, 2**20 + 1)
+            sd[f"blocks.{i}.att.a2"] = torch.ones(1, 32).expand(2**20 + 1, 32)
+
+    _x070(work, "lorahuge", edit)
+
+
+@attack
+def x070_missing_and_extra_keys(work):
+    def edit(sd):
+        del sd["blocks.1.att.k_k"]
+        sd["blocks.1.att.bonus"] = torch.zeros(4)
+
+    _x070(work, "missing", edit, suffix=".safetensors")
+
+
+@attack
+def x070_variant_x070b_key(work):
+    _x070(work, "x070b", lambda sd: sd.update({"blocks.0.att.qkv.weight": torch.zeros(96, 32)}))
+
+
+@attack
+def x070_integer_tensors(work):
+    _x070(work, "int", lambda sd: sd.update({"emb.weight": torch.zeros(300, 32, dtype=torch.int64)}))
+
+
+@attack
+def x070_safetensors_header_claims_huge_vocab(work):
+    header = json.dumps(
+        {"emb.weight": {"dtype": "F32", "shape": [2**24, 65536], "data_offsets": [0, 2**40 * 4]}}
+    ).encode()
+    (work / "hugevocab.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    from rwkv_vision.checkpoint.lm import load_language_model
+
+    load_language_model(work / "hugevocab.safetensors")
+
+
+# --- VisualRWKV-7 / HD files and their config.json ---------------------------------------------------------
+
+
+def _visual(work: Path, name: str, family: str, edit) -> None:
+    sd = dict(PREPARED[family])
+    edit(sd)
+    torch.save(sd, work / (name + ".pth"))
+    VisualRWKV.from_pretrained(work / (name + ".pth"))
+
+
+@attack
+def v700_tower_width_unknown(work):
+    def edit(sd):
+        for k in [k for k in sd if k.startswith("vit.dino_featurizer.")]:
+            del sd[k]
+
+    _visual(work, "nodino", "v7.00", edit)
+
+
+@attack
+def v700_tower_block_20000(work):
+    _visual(
+        work,
+        "towerdeep",
+        "v7.00",
+        lambda sd: sd.update({"vit.sam_featurizer.blocks.20000.attn.qkv.weight": torch.zeros(1)}),
+    )
+
+
+@attack
+def v700_tower_expanded_width(work):
+    key = next(k for k in PREPARED["v7.00"] if k.startswith("vit.dino_featurizer.") and k.endswith("cls_token"))
+    _visual(work, "towerwide", "v7.00", lambda sd: sd.update({key: torch.zeros(1).expand(1, 1, 2**30)}))
+
+
+@attack
+def v700_projector_mis_shaped(work):
+    _visual(work, "proj", "v7.00", lambda sd: sd.update({"proj.gate.weight": torch.zeros(7, 7)}))
+
+
+@attack
+def hd_with_a_v7_lm_key(work):
+    _visual(work, "hdmix", "hd", lambda sd: sd.update({"rwkv.blocks.0.att.r_k": torch.zeros(4, 8)}))
+
+
+def _v7dir(work: Path, name: str, fn) -> Path:
+    out = work / name
+    shutil.copytree(PREPARED["v7dir"], out)
+    return _edit_config(out, fn)
+
+
+@attack
+def v7dir_loads(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "v7ok", lambda c: None))
+
+
+@attack
+def v7dir_architecture_is_a_list(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "archlist", lambda c: c.update(architecture=["rwkv7"])))
+
+
+@attack
+def v7dir_architecture_unknown(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "arch9", lambda c: c.update(architecture="rwkv9")))
+
+
+@attack
+def v7dir_architecture_rwkv6_on_rwkv7_weights(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "arch6", lambda c: c.update(architecture="rwkv6")))
+
+
+@attack
+def v7dir_padding_is_a_list(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "padlist", lambda c: c.update(padding=[{"multiple": 16}])))
+
+
+@attack
+def v7dir_padding_multiple_huge(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "padhuge", lambda c: c.update(padding={"multiple": 10**9, "token": 1})))
+
+
+@attack
+def v7dir_padding_token_outside_vocab(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "padtok", lambda c: c.update(padding={"multiple": 16, "token": 10**6})))
+
+
+def _tower(c: dict, i: int, **changes) -> None:
+    c["encoder"]["towers"][i].update(changes)
+
+
+@attack
+def v7dir_tower_not_a_vit(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "resnet", lambda c: _tower(c, 0, timm_model="resnet50")))
+
+
+@attack
+def v7dir_tower_img_size_huge(work):
+    fn = lambda c: c["encoder"]["towers"][1]["timm_kwargs"].update(img_size=[2**20, 2**20])  # noqa: E731
+    VisualRWKV.from_pretrained(_v7dir(work, "towerimg", fn))
+
+
+@attack
+def v7dir_tower_depth_huge(work):
+    fn = lambda c: c["encoder"]["towers"][0]["timm_kwargs"].update(depth=10**6)  # noqa: E731
+    VisualRWKV.from_pretrained(_v7dir(work, "towerdepth", fn))
+
+
+@attack
+def v7dir_sam_window_and_neck_huge(work):
+    fn = lambda c: c["encoder"]["towers"][2]["timm_kwargs"].update(window_size=10**6, neck_chans=10**8)  # noqa: E731
+    VisualRWKV.from_pretrained(_v7dir(work, "samhuge", fn))
+
+
+@attack
+def v7dir_tower_unknown_kwarg(work):
+    fn = lambda c: c["encoder"]["towers"][0]["timm_kwargs"].update(block_fn="os.system")  # noqa: E731
+    VisualRWKV.from_pretrained(_v7dir(work, "towerkw", fn))
+
+
+@attack
+def v7dir_tower_unknown_field(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "towerfield", lambda c: _tower(c, 0, pretrained=True)))
+
+
+@attack
+def v7dir_10000_towers(work):
+    fn = lambda c: c["encoder"].update(towers=c["encoder"]["towers"] * 3334)  # noqa: E731
+    VisualRWKV.from_pretrained(_v7dir(work, "towers", fn))
+
+
+@attack
+def v7dir_pool_huge(work):
+    VisualRWKV.from_pretrained(_v7dir(work, "pool", lambda c: c["encoder"].update(pool=[10**6, 10**6])))
+
+
+@attack
+def v7dir_preprocessor_sizes_huge(work):
+    def fn(c):
+        c["preprocessor"] = json.loads(json.dumps(c["preprocessor"]).replace("28", str(10**7)))
+
+    VisualRWKV.from_pretrained(_v7dir(work, "pre7", fn))
+
+
 # --- the command line -------------------------------------------------------------------------------------
 
 
@@ -391,6 +652,7 @@ def cli_info_hostile_directory(work):
 def run(work: Path) -> None:
     import gc
 
+    _prepare(work)  # the tiny RWKV-7 files the attacks damage, written before the limits
     # The limits: address space = what the interpreter uses now + HEADROOM; SECONDS per attack.
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))

@@ -165,7 +165,7 @@ def validate_config(config: Any, *, source: str = "config.json") -> None:
         )
     problems = check_section("config", config, required=_TOP, optional=("metadata", "architecture", "padding"))
     architecture = config.get("architecture", "rwkv6")
-    if architecture not in _LM_CONFIGS:
+    if not isinstance(architecture, str) or architecture not in _LM_CONFIGS:
         problems.append(f"architecture must be one of {sorted(_LM_CONFIGS)}, got {architecture!r}")
     elif "rwkv" in config:
         try:  # the language model's section is its RWKV6Config/RWKV7Config: one set of checks for code and files
@@ -177,6 +177,12 @@ def validate_config(config: Any, *, source: str = "config.json") -> None:
             VisualRWKVConfig(RWKV6Config(1, 64), {}, {}, {}, {}, padding=config["padding"])
         except ConfigError as e:
             problems.append(str(e).replace("VisualRWKVConfig.", ""))
+        else:
+            vocab = config["rwkv"].get("vocab_size") if isinstance(config.get("rwkv"), Mapping) else None
+            if isinstance(vocab, int) and config["padding"]["token"] >= vocab:
+                problems.append(
+                    f"padding.token must be an id below rwkv.vocab_size {vocab}, got {config['padding']['token']}"
+                )
     if "dtype" in config:
         try:
             parse_dtype(config["dtype"])

@@ -247,6 +247,21 @@ def _read_safetensors(path: Path, *, dtype, device, progress) -> dict[str, torch
             raise CheckpointError(f"{path}: a tensor cannot be read ({e}); the file is corrupt or truncated") from None
 
 
+def _check_dense(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Every tensor of a pickled file must own as many bytes of storage as its shape needs: an expanded
+    (stride 0) or self-overlapping tensor lets a tiny file claim terabytes, which a cast or a copy would then
+    allocate, and its "weights" would share one value."""
+    for name, t in sd.items():
+        need = t.numel() * t.element_size()
+        have = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+        if need > have or any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride())):
+            raise CheckpointError(
+                f"{path}: tensor {name[:200]!r} of shape {list(t.shape)} needs {need} bytes but is a view of "
+                f"{max(have, 0)} stored bytes (an expanded or overlapping tensor); a checkpoint stores every "
+                "tensor densely"
+            )
+
+
 def load_checkpoint(
     path: str | os.PathLike, *, dtype: torch.dtype | str | None = None, device=None, progress: bool | None = None
 ) -> dict[str, torch.Tensor]:
@@ -276,6 +291,7 @@ def load_checkpoint(
                 else ""
             )
         )
+    _check_dense(sd, path)
     if dtype is None and device is None:
         return dict(sd)
     return _materialise(

@@ -89,7 +89,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
         problems.append(f"unknown field(s) {unknown}")
     if config.get("format_version") != LM_FORMAT_VERSION:
         problems.append(f"format_version must be {LM_FORMAT_VERSION}, got {config.get('format_version')!r}")
-    if config.get("architecture") not in ARCHITECTURES:
+    if not isinstance(config.get("architecture"), str) or config["architecture"] not in ARCHITECTURES:
         problems.append(f"architecture must be one of {sorted(ARCHITECTURES)}, got {config.get('architecture')!r}")
     tok = config.get("tokenizer")
     if tok is not None and tok != {"type": "world"}:

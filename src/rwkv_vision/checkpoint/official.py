@@ -148,8 +148,21 @@ def rwkv6_from_official_state_dict(
     config = config_from_official_state_dict(state_dict)
     model = cls(config, device="meta")  # no memory, no init: every tensor comes from the state dict
     check_state_dict(model, state_dict)
+    _check_floating(model.state_dict(), state_dict)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
+
+
+def _check_floating(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]) -> None:
+    """Floating-point parameters must come as floating-point tensors (an integer or bool tensor would fail
+    inside ``load_state_dict`` with an opaque error)."""
+    bad = [
+        f"{k} ({state_dict[k].dtype})"
+        for k, want in expected.items()
+        if k in state_dict and want.is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if bad:
+        raise StateDictError([], [], [], hint=f"tensors {bad[:8]} must be floating point (float32/float16/bfloat16)")
 
 
 # --- RWKV-7 ("x070") -----------------------------------------------------------------------------------------
@@ -288,6 +301,7 @@ def rwkv7_from_official_state_dict(
             "hint: keys start with 'rwkv.'; strip that prefix" if any(k.startswith("rwkv.") for k in unexpected) else ""
         )
         raise StateDictError(missing, unexpected, mismatched, hint)
+    _check_floating(expected, state_dict)
     sd = dict(state_dict)
     like = state_dict["emb.weight"]
     for key in _X070_OPTIONAL:

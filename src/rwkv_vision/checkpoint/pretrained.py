@@ -88,6 +88,20 @@ def _check_layer_counts(config: Mapping[str, Any], specs: Mapping[str, Any], sou
             raise CheckpointError(f"{source}: {field} is {want!r} but {weights} holds {have} layer(s) of that part")
 
 
+#: The top-level parts of a VisualRWKV's state dict (its child modules holding tensors).
+PARTS = ("rwkv", "encoder", "proj")
+
+
+def _check_parts(specs: Mapping[str, Any], weights: Path) -> None:
+    """Keys outside every part of a VisualRWKV fail before anything is built (building the encoder imports
+    timm: seconds that a file of junk keys should not cost)."""
+    stray = [k for k in specs if k.split(".", 1)[0] not in PARTS]
+    if stray:
+        raise StateDictError(
+            [], stray, [], hint=f"in {weights}: keys outside the model's parts {list(PARTS)} (missing keys not checked)"
+        )
+
+
 def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: Any) -> VisualRWKV:
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
@@ -95,6 +109,8 @@ def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: 
         raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     specs = read_tensor_specs(weights)
     _check_layer_counts(config, specs, directory / CONFIG_NAME, weights)
+    if cls in (None, VisualRWKV):  # a subclass may hold more parts
+        _check_parts(specs, weights)
     # Built on the meta device: nothing is allocated or initialised, every tensor comes from the file.
     model = model_from_config(
         config, cls=cls, device="meta", directory=directory, source=str(directory / CONFIG_NAME), **kwargs

@@ -159,6 +159,9 @@ def timm_vit(
     if not isinstance(name, str) or name not in timm.list_models():
         raise ValueError(f"name must be a timm model name, got {name!r}")
     timm_kwargs.setdefault("num_classes", 0)
+    if device is not None and torch.device(device).type == "meta":
+        # timm's initialisation of meta tensors runs Python reference ops (seconds for ViT-L) and sets nothing
+        timm_kwargs.setdefault("weight_init", "skip")
     # Building under the target device avoids a CPU initialisation of every weight first (seconds for
     # ViT-L); with device="meta" nothing is allocated at all, which is how a checkpoint load starts.
     with torch.device(device) if device is not None else contextlib.nullcontext():

@@ -236,6 +236,9 @@ def timm_tower(
     ):
         raise ValueError(f"norm_eps must be a number in (0, 1) or None, got {norm_eps!r}")
     timm_kwargs.setdefault("num_classes", 0)
+    if device is not None and torch.device(device).type == "meta":
+        # timm's initialisation of meta tensors runs Python reference ops (seconds a tower) and sets nothing
+        timm_kwargs.setdefault("weight_init", "skip")
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
     if norm_eps is None and isinstance(model, VisionTransformerSAM):
