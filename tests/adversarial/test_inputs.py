@@ -63,3 +63,66 @@ def test_valid_stop_tokens_forms_are_kept(lm):
     assert GenerationConfig(stop_tokens=261).stop_tokens == (261,)
     assert GenerationConfig(stop_tokens=range(2)).stop_tokens == (0, 1)
     assert generate(lm, [1, 2, 3], max_new_tokens=2, eos_token_id=5).tokens
+
+
+# --- packed and padded sequences, RWKV-7 ------------------------------------------------------------------
+
+
+def _wkv_inputs(b=1, t=6, h=2, n=8):
+    g = torch.Generator().manual_seed(0)
+    r, k, v = (torch.randn(b, t, h, n, generator=g) for _ in range(3))
+    kk = torch.nn.functional.normalize(torch.randn(b, t, h, n, generator=g), dim=-1)
+    return r, k, v, -torch.rand(b, t, h, n, generator=g), kk
+
+
+@pytest.mark.parametrize(
+    "cu, error, match",
+    [
+        (torch.tensor([0.0, 3.0, 6.0]), TypeError, "cu_seqlens must be"),
+        (torch.tensor([0, -3, 6]), ValueError, "non-decreasing"),
+        (torch.tensor([0, 4, 3, 6]), ValueError, "non-decreasing"),
+        (torch.tensor([0, 2**40, 6]), ValueError, "non-decreasing"),
+        (torch.tensor([0, 3, 7]), ValueError, "t = 6"),
+        (torch.tensor([[0, 3, 6]]), ValueError, "1-D"),
+        ([0, 3, 6], TypeError, "torch.Tensor"),
+        (torch.tensor([0, 3, 6], device="meta"), ValueError, "cu_seqlens is on meta"),
+    ],
+)
+def test_wkv6_and_wkv7_reject_hostile_cu_seqlens(cu, error, match):
+    from rwkv_vision.ops import wkv6, wkv7
+
+    r, k, v, w, kk = _wkv_inputs()
+    with pytest.raises(error, match=match):
+        wkv6(r, k, v, w, torch.randn(2, 8), cu_seqlens=cu)
+    with pytest.raises(error, match=match):
+        wkv7(r, w, k, v, -kk, kk * 0.5, cu_seqlens=cu)
+
+
+def test_packed_initial_state_must_have_one_state_per_sequence():
+    from rwkv_vision.ops import wkv6, wkv7
+
+    r, k, v, w, kk = _wkv_inputs()
+    cu, state = torch.tensor([0, 3, 6]), torch.zeros(3, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"initial_state must be \[N, h, n, n\] = \[2, 2, 8, 8\]"):
+        wkv6(r, k, v, w, torch.randn(2, 8), initial_state=state, cu_seqlens=cu)
+    with pytest.raises(ValueError, match=r"initial_state must be \[N, h, n, n\] = \[2, 2, 8, 8\]"):
+        wkv7(r, w, k, v, -kk, kk * 0.5, initial_state=state, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("name", ["rwkv6-test-tiny", "rwkv7-tiny"])
+@pytest.mark.parametrize(
+    "mask, match",
+    [
+        ([[1, 0, 1, 1]], "padding between its tokens"),
+        ([[2, 1, 1, 1]], "must hold 1 \\(token\\) and 0 \\(padding\\)"),
+        ([[0.5, 1.0, 1.0, 1.0]], "must hold 1 \\(token\\) and 0 \\(padding\\)"),
+        ([[1, 1, 1]], r"attention_mask must be \[b, t\] = \[1, 4\]"),
+    ],
+)
+def test_language_models_reject_hostile_attention_masks(name, mask, match):
+    model = create_model(name).eval()
+    with pytest.raises(ValueError, match=match):
+        model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.tensor(mask))
+    # a float or bool mask of 0s and 1s is a padding mask
+    out = model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.tensor([[0.0, 1.0, 1.0, 1.0]]))
+    assert torch.isfinite(out.logits).all()

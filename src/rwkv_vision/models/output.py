@@ -120,6 +120,9 @@ def padding_mask(where: str, attention_mask: torch.Tensor | None, b: int, t: int
         got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
         raise ValueError(f"{where}: attention_mask must be [b, t] = {[b, t]} like input_ids, got {got}")
     mask = attention_mask != 0
+    if attention_mask.dtype != torch.bool and bool((mask & (attention_mask != 1)).any()):
+        # 0.5 or 2 is no padding flag: a float mask of attention weights would be silently read as all tokens
+        raise ValueError(f"{where}: attention_mask must hold 1 (token) and 0 (padding), got other values")
     if bool(mask.all()):
         return None
     rises = (mask[:, 1:] & ~mask[:, :-1]).sum(dim=1) + mask[:, 0].long()  # starts of runs of tokens, per row

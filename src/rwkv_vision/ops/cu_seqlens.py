@@ -17,8 +17,9 @@ import torch
 __all__ = ["check_cu_seqlens", "seqlens_list", "pack_offsets"]
 
 
-def check_cu_seqlens(cu_seqlens, b: int, t: int, fn: str) -> int:
-    """Validate ``cu_seqlens`` for inputs of batch b and length t; returns N, the number of sequences.
+def check_cu_seqlens(cu_seqlens, b: int, t: int, fn: str, *, device: torch.device | None = None) -> int:
+    """Validate ``cu_seqlens`` for inputs of batch b and length t (on ``device``, when given: cu_seqlens must be
+    on the CPU or there); returns N, the number of sequences.
 
     The values are read on the host (one small copy from the device for a CUDA tensor): a wrong offset
     would make a kernel read outside its inputs. Skipped, apart from shapes, while torch.compile traces.
@@ -31,6 +32,10 @@ def check_cu_seqlens(cu_seqlens, b: int, t: int, fn: str) -> int:
         raise ValueError(f"{fn}: cu_seqlens must be 1-D [N + 1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
     if b != 1:
         raise ValueError(f"{fn}: with cu_seqlens the sequences are packed into one row, so b must be 1, got b = {b}")
+    if cu_seqlens.is_meta or (device is not None and cu_seqlens.device.type != "cpu" and cu_seqlens.device != device):
+        # a meta tensor has no values to check; a kernel would read offsets on another device as its own
+        where = "the CPU" if device is None else f"the CPU or the inputs' device ({device})"
+        raise ValueError(f"{fn}: cu_seqlens is on {cu_seqlens.device}; put it on {where}")
     if not torch.compiler.is_compiling():
         values = cu_seqlens.tolist()
         if values[0] != 0 or values[-1] != t:

@@ -227,7 +227,7 @@ def wkv6(
     if cu_seqlens is not None:
         if not isinstance(r, torch.Tensor) or r.dim() != 4:
             _check(r, k, v, w, u, None)  # the shape errors first
-        states = check_cu_seqlens(cu_seqlens, r.shape[0], r.shape[1], "wkv6")
+        states = check_cu_seqlens(cu_seqlens, r.shape[0], r.shape[1], "wkv6", device=r.device)
         if cu_seqlens.device != r.device:
             raise ValueError(f"wkv6: cu_seqlens is on {cu_seqlens.device} but r is on {r.device}")
     _check(r, k, v, w, u, initial_state, states)
