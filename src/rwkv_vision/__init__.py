@@ -1,17 +1,17 @@
-"""rwkv_vision: linear-RNN (RWKV-6) multimodal building blocks for visual language models.
+"""rwkv_vision: linear-RNN (RWKV-6, RWKV-7) multimodal building blocks for visual language models.
 
 The path of data, module by module (each imports only what comes before it):
 
     pixels --vision.ImagePreprocessor--> vision encoder (timm) --vision.projector--> image embeddings
     text --tokenizers--> prompt layout (image first / last / sandwich) --> ids with image placeholders
          (image_tokens: the placeholder id, and the span of each image's tokens)
-    --> models.RWKV6 blocks (layers.*), each wrapped by a scan policy (scan.py) --> logits
+    --> models.RWKV6 or models.RWKV7 blocks (layers.*), each wrapped by a scan policy (scan.py) --> logits
     --> generation (prefill with scans, then O(1)-per-token decode from the cached state.py)
 
 ``models.VisualRWKV`` puts these together; ``processor.VisualRWKVProcessor`` turns images and text into its
 inputs, ``chat.chat`` answers a question with both, and ``checkpoint`` loads and saves it. Named components (scan
 policies, layouts, projectors, encoders, tokenizers) are listed in their ``registry.Registry``. The
-recurrence itself is ``ops.wkv6`` (C++/CUDA kernels with a pure-PyTorch twin).
+recurrences themselves are ``ops.wkv6`` and ``ops.wkv7`` (C++/CUDA kernels with pure-PyTorch twins).
 """
 
 # Vision side: preprocessing, encoders, projectors.
@@ -22,7 +22,7 @@ from .generation import GenerationConfig, GenerationOutput, generate
 from .image_tokens import IMAGE_TOKEN_INDEX, ImageSpan
 from .models import RWKV6, RWKV7, ModelOutput, create_model
 from .models.visualrwkv import VisualRWKV
-from .ops import wkv6, wkv6_ref
+from .ops import wkv6, wkv6_ref, wkv7, wkv7_ref
 from .processor import VisualRWKVProcessor
 from .prompt import ImageFirst, ImageLast, Sandwich
 from .registry import Registry
@@ -40,6 +40,8 @@ __all__ = [
     "ops",
     "wkv6",
     "wkv6_ref",
+    "wkv7",
+    "wkv7_ref",
     "vision",
     "ImagePreprocessor",
     "VisionEncoder",
