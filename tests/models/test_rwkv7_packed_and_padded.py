@@ -335,6 +335,11 @@ def test_visualrwkv7_generate_lists_and_padded_batches_equal_one_by_one(vlm, pix
     assert vlm.generate(ROWS, pixels[: sum(counts)], **kw).tokens == one
     ids, mask = _padded([torch.tensor([r]) for r in ROWS], "left")
     assert vlm.generate(ids, pixels[:2], attention_mask=mask, **kw).tokens == one
+    # The default on a padded model, the official per-step re-padding, reads the padded batch's rows too.
+    official = [
+        vlm.generate(torch.tensor([r]), p, max_new_tokens=5, stop_tokens=()).tokens[0] for r, p in zip(ROWS, per_row)
+    ]
+    assert vlm.generate(ids, pixels[:2], attention_mask=mask, max_new_tokens=5, stop_tokens=()).tokens == official
     # The ragged prefill itself: the last logits and each row's state.
     with torch.no_grad():
         logits, state = vlm._prefill_ragged(ROWS, per_row, None)

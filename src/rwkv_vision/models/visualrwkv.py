@@ -952,24 +952,21 @@ class VisualRWKV(nn.Module):
             raise ValueError("official_padding=True starts from nothing: pass no state")
         if official_padding is None:
             official_padding = state is None
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+        if isinstance(input_ids, torch.Tensor) and mask is not None and not bool(mask.bool().all()):
+            # A padded batch: its rows, padding dropped, take the ragged paths (one masked call, or the per-row
+            # official re-padding), which also serve rows with different numbers of images.
+            padding_mask("VisualRWKV.generate", mask, *input_ids.shape)
+            input_ids = [row[keep.to(row.device).bool()] for row, keep in zip(input_ids, mask)]
         if official_padding and self.pad_to_multiple:
             return self._generate_repadded(input_ids, pixel_values, config, streamer=streamer, generator=generator)
         if isinstance(input_ids, (list, tuple)):
             logits, state = self._prefill_ragged(input_ids, pixel_values, state)
             logits = logits[:, None]
         else:
-            if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
-                input_ids = input_ids.unsqueeze(0)
-            mask = None if attention_mask is None else torch.as_tensor(attention_mask)
-            if mask is not None and not bool(mask.bool().all()):
-                # A padded batch: its rows, padding dropped, take the ragged path (one masked call), which also
-                # serves rows with different numbers of images.
-                padding_mask("VisualRWKV.generate", mask, *input_ids.shape)
-                rows = [row[keep.to(row.device).bool()] for row, keep in zip(input_ids, mask)]
-                logits, state = self._prefill_ragged(rows, pixel_values, state)
-                logits = logits[:, None]
-            else:
-                logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
+            logits, state = self(input_ids, pixel_values, state, logits_to_keep=1)
         return generate(
             self,
             None,
