@@ -2,9 +2,9 @@
 
 Letter legend: b batch, t time, h heads, n head size, c channels (c = h * n), v vocabulary, L layers.
 
-``RWKV6.forward`` / ``RWKV7.forward`` are general (any t, autograd, the wkv ops, a fresh ``RWKVState`` per call). Decoding
-needs none of that: t = 1 every step, and the state can live in buffers that are updated in place. The
-``Decoder`` keeps
+``RWKV6.forward`` / ``RWKV7.forward`` are general (any t, autograd, the wkv ops, a fresh ``RWKVState`` per
+call). Decoding needs none of that: t = 1 every step, and the state can live in buffers that are updated in
+place. The ``Decoder`` keeps
 
     att_shift [L, b, c], ffn_shift [L, b, c]   (model dtype)      wkv [L, b, h, n, n]  (float32)
 
@@ -252,9 +252,8 @@ class Decoder:
         state = self._views(rows)
         if self.model is self.rwkv:
             if pixel_values is not None:
-                raise ValueError(
-                    f"Decoder.prefill: pixel_values need a VisualRWKV model, this decoder has an {type(self.rwkv).__name__}"
-                )
+                name = type(self.rwkv).__name__
+                raise ValueError(f"Decoder.prefill: pixel_values need a VisualRWKV model, this decoder has an {name}")
             logits, state = self.rwkv(input_ids=ids, state=state, chunk_size=chunk_size, logits_to_keep=1)
             self.load_state(state, rows=rows)
             return logits[:, -1]

@@ -3,8 +3,8 @@
 Letter legend: b batch, t time, v vocabulary.
 
 Works with any model called as ``model(input_ids=ids [b, t], state=state) -> (logits [b, t, v], state)``
-(``RWKV6``, or a multimodal wrapper whose state also came from a prefill it ran itself: pass that state and
-the last logits as ``state=`` and ``next_logits=``).
+(``RWKV6``, ``RWKV7``, or a multimodal wrapper whose state also came from a prefill it ran itself: pass that
+state and the last logits as ``state=`` and ``next_logits=``).
 
 The loop, per step: pick a token from the last logits (greedy, or sampled with temperature / top-k / top-p),
 hand it to the streamer, stop a row when it picks a stop token (the stop token is kept in its output, as the
@@ -383,8 +383,8 @@ def generate(
     Args:
         model: called as ``model(input_ids=[b, t] int64, state=...) -> (logits [b, t, v], state)``.
         input_ids: the prompt: a tensor [t] or [b, t], a list of ints, or a list of lists (prompts of different
-            lengths: for a model whose forward takes ``attention_mask``, e.g. ``RWKV6``, read in one call,
-            left-padded and masked; otherwise one by one, their states joined). Or None, with ``next_logits``.
+            lengths: for a model whose forward takes ``attention_mask``, e.g. ``RWKV6`` or ``RWKV7``, read in one
+            call, left-padded and masked; otherwise one by one, their states joined). Or None, with ``next_logits``.
         config: a ``GenerationConfig``; keyword ``overrides`` replace its fields (``max_new_tokens=20``,
             ``do_sample=True``; ``eos_token_id`` is an alias of ``stop_tokens``). Unknown keywords raise a
             TypeError. ``attention_mask`` [b, t] (1 tokens, 0 padding; left padding as transformers users
