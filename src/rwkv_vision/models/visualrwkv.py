@@ -28,7 +28,10 @@ blocks also pass block 0's value (``v_first``, one per position) along, permuted
 ``pad_to_multiple`` (v7.00 files: 16) reproduces the official v7.00 forward: a fresh sequence is left-padded
 with the embedding of ``pad_token_id`` (261, "\\n\\n") up to a multiple of it before block 0's ln0, the pads run
 through every block, and their positions are dropped from the logits (the state is the one after pads and
-sequence). A call that continues from a ``state`` is not padded (the official code never continues).
+sequence). A call that continues from a ``state`` is not padded (the official code never continues). In a
+padded batch (``attention_mask``) each row gets the pads it would get alone ((-length) mod m, right before its
+first token), and in a packed row (``cu_seqlens``) each sample gets its own in front of it, so rows and samples
+read as they would alone.
 Generation on such a model keeps one state per pad count by default, so that every step sees the padding the
 official re-run-everything ``generate`` would give it (``generate(official_padding=...)``);
 ``generate(official_rerun=True)`` / :meth:`generate_official` is that official loop itself.
@@ -615,7 +618,8 @@ class VisualRWKV(nn.Module):
         ``logits_to_keep``), state). Each block sees its layer's patch order (``self.scan``).
         ``attention_mask`` [b, T] bool: padding (left or right, never inside an image span), skipped by every
         block, so each row's logits and state are its own. ``cu_seqlens`` [N + 1]: sequences packed in one row
-        (offsets over the expanded sequence; state of N rows)."""
+        (offsets over the expanded sequence; state of N rows). Both for RWKV-6 and RWKV-7 language models; with
+        :attr:`pad_to_multiple` every fresh row / packed sample gets its own official pads (module notes)."""
         if x.dim() != 3 or x.shape[-1] != self.rwkv.n_embd:
             raise ValueError(f"x must be [b, T, c = {self.rwkv.n_embd}], got {tuple(x.shape)}")
         if x.shape[1] == 0:
