@@ -208,8 +208,8 @@ def test_a_released_size_uhd_file_is_recognised_and_sized_from_shapes():
     loaded = load_released_state_dict(sd)  # meta tensors: sizes only
     assert isinstance(loaded.encoder, TiledEncoder) and loaded.image_tokens == 1024 and loaded.encoder.width == 6400
     assert loaded.rwkv.config == lm.config and isinstance(loaded.proj, ReLUProjector)
-    assert isinstance(loaded.image_preprocessor, TilePreprocessor)
-    assert loaded.image_preprocessor.transforms["sam"].size == (1024, 1024)
+    # the official preprocessing per picture (HD's / v7.00's transforms), with the tiles cut
+    assert loaded.image_preprocessor == TilePreprocessor(visualrwkv7_preprocessor().transforms, tiles=2)
 
 
 def test_info_and_official_safetensors_name_the_uhd_family(tmp_path, checkpoint, model, pixels, capsys):
@@ -227,3 +227,22 @@ def test_info_and_official_safetensors_name_the_uhd_family(tmp_path, checkpoint,
     assert isinstance(back.encoder, TiledEncoder)
     with torch.no_grad():
         assert torch.equal(back(torch.tensor([PROMPT]), pixels).logits, model(torch.tensor([PROMPT]), pixels).logits)
+
+
+def test_projector_gradients_match_the_restatement(checkpoint, pixels):
+    """Gradients of a random projection of the logits with respect to the projector's weights and the fused
+    image features, against autograd through the float64 restatement; the unused gate gets none."""
+    model = visualrwkv_uhd_from_official_state_dict(checkpoint, dtype=torch.float64).eval()
+    with torch.no_grad():
+        per_tower = {n: model.encoder.towers[n](pixels[n][0]) for n in model.encoder.names}
+    fused = fuse_features(per_tower["dino"], per_tower["siglip"], per_tower["sam"]).requires_grad_(True)
+    weights = torch.randn(len(PROMPT) - 1 + 16, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ref_sd = {k: (v.double().requires_grad_(True) if k.startswith("proj.") else v) for k, v in checkpoint.items()}
+    (uhd_logits(ref_sd, PROMPT, fused) * weights).sum().backward()
+    feats = fused.detach().clone().unsqueeze(0).requires_grad_(True)
+    (model(torch.tensor([PROMPT]), image_embeds=model.proj(feats)).logits[0] * weights).sum().backward()
+    assert relative_rms_error(feats.grad[0], fused.grad) < 1e-6
+    for name in ("proj", "o_proj"):
+        got = getattr(model.proj, name).weight.grad
+        assert relative_rms_error(got, ref_sd[f"proj.{name}.weight"].grad) < 1e-6
+    assert model.proj.gate.weight.grad is None and ref_sd["proj.gate.weight"].grad is None
