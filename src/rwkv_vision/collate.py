@@ -24,7 +24,7 @@ Packed samples may hold different numbers of images.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -126,6 +126,10 @@ class ConversationCollator:
         return conversation, list(images)
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, torch.Tensor | None]:
+        if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Iterable):
+            raise TypeError(
+                f"samples must be a list of (conversation, images) pairs or dicts, got {type(samples).__name__}"
+            )
         rows, targets, images, counts = [], [], [], []
         for i, sample in enumerate(samples):
             conversation, row_images = self._unpack(sample, i)

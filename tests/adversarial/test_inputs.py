@@ -126,3 +126,59 @@ def test_language_models_reject_hostile_attention_masks(name, mask, match):
     # a float or bool mask of 0s and 1s is a padding mask
     out = model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.tensor([[0.0, 1.0, 1.0, 1.0]]))
     assert torch.isfinite(out.logits).all()
+
+
+# --- per-tower preprocessing and the packing collator -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["P", "PA", "L", "LA", "La", "1", "I", "I;16", "I;16B", "F", "CMYK", "YCbCr", "RGBA"])
+def test_multi_image_preprocessor_takes_every_image_mode(mode):
+    from PIL import Image
+
+    from rwkv_vision.vision.multi_preprocess import MultiImagePreprocessor, SquareResize
+
+    pre = MultiImagePreprocessor({"a": SquareResize(28), "b": SquareResize(16)}, alpha="white")
+    out = pre(Image.new(mode, (20, 30)))
+    assert out["a"].shape == (1, 3, 28, 28) and out["b"].shape == (1, 3, 16, 16)
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_multi_image_preprocessor_refuses_empty_enormous_and_non_pil_images():
+    from PIL import Image
+
+    from rwkv_vision.errors import ImageError
+    from rwkv_vision.vision.multi_preprocess import MultiImagePreprocessor, SquareResize
+
+    pre = MultiImagePreprocessor({"a": SquareResize(28)})
+    for empty in (Image.new("RGB", (0, 5)), [Image.new("RGB", (4, 4)), Image.new("L", (3, 0))]):
+        with pytest.raises(ValueError, match=r"images\[\d\] is empty"):
+            pre(empty)
+    with pytest.raises(ImageError, match="decompression-bomb guard"):
+        pre(Image.new("1", (20000, 20000)))
+    for bad in (torch.zeros(3, 8, 8), "x.png", None, [Image.new("RGB", (4, 4)), None]):
+        with pytest.raises(TypeError, match="PIL.Image.Image"):
+            pre(bad)
+
+
+def test_packing_collator_refuses_hostile_samples(toy):
+    from PIL import Image
+
+    from rwkv_vision.collate import ConversationCollator
+
+    collate = ConversationCollator(toy.processor, pack=True)
+    turns = [("user", "How many shapes are there?"), ("assistant", "two")]
+    cases = [
+        (5, TypeError, "samples must be a list"),
+        ("abc", TypeError, "samples must be a list"),
+        ([], ValueError, "none was given"),
+        ([None], TypeError, r"samples\[0\] must be"),
+        ([(turns, ["x.png"])], TypeError, r"images\[0\] must be a PIL.Image.Image"),
+        ([(turns, [Image.new("RGB", (0, 3))])], ValueError, "is empty"),
+        ([(turns[:1], [])], ValueError, "no assistant turn"),
+        ([([("user", None), ("assistant", "two")], [])], TypeError, "text must be a str"),
+    ]
+    for samples, error, match in cases:
+        with pytest.raises(error, match=match):
+            collate(samples)
+    batch = collate([(turns, [Image.new("LA", (9, 7))]), (turns, [])])  # image counts may differ when packed
+    assert batch["cu_seqlens"].tolist()[-1] == batch["input_ids"].shape[1] and batch["pixel_values"].shape[0] == 1

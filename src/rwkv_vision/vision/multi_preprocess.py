@@ -64,7 +64,7 @@ def _stats(name: str, values: Any) -> tuple[float, float, float]:
 
 def _check_images(images: Any) -> list[Image.Image]:
     if isinstance(images, Image.Image):
-        return [images]
+        images = [images]
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise TypeError(
             f"images must be a PIL.Image.Image or a list of them, got {type(images).__name__}"
