@@ -371,7 +371,8 @@ def checkpoint_metadata(name_or_path: str | os.PathLike, filename: str | None = 
 
 def _directory_family(config: Mapping[str, Any], specs: Mapping[str, Any]) -> str | None:
     """The released family a save_pretrained directory has the layout of (its parts, not its key names), or
-    None: v7.00 (RWKV-7, the three towers, the context-gating projector), v6.0 (RWKV-6, one ViT, linear)."""
+    None: v7.00 (RWKV-7, the three towers, the context-gating projector), v6.0 (RWKV-6, one ViT, linear), HD
+    (RWKV-6, the three towers, gated_mlp), UHD (RWKV-6, the three towers tiled, relu_mlp)."""
     projector = config.get("projector", {}).get("type")
     encoder = config.get("encoder", {})
     towers = [t.get("name") for t in encoder.get("towers", [])] if isinstance(encoder.get("towers"), list) else []
@@ -379,6 +380,11 @@ def _directory_family(config: Mapping[str, Any], specs: Mapping[str, Any]) -> st
         return "v7.00"
     if config.get("architecture", "rwkv6") == "rwkv6" and projector == "linear" and encoder.get("kind") == "timm_vit":
         return "v6.0"
+    rwkv6 = config.get("architecture", "rwkv6") == "rwkv6" and towers == ["dino", "siglip", "sam"]
+    if rwkv6 and projector == "relu_mlp" and encoder.get("kind") == "tiled":
+        return "uhd"
+    if rwkv6 and projector == "gated_mlp" and encoder.get("kind") == "multi":
+        return "hd"
     return None
 
 
