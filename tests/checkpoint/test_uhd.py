@@ -137,6 +137,7 @@ def test_tiled_encoder_input_errors(model, pixels):
 
 def test_uhd_saves_back_to_the_released_layout_and_through_save_pretrained(tmp_path, checkpoint, model, pixels):
     from rwkv_vision import VisualRWKV
+    from rwkv_vision.checkpoint.pretrained import describe_checkpoint
 
     flat = model.official_state_dict()
     assert set(flat) == set(checkpoint) and all(torch.equal(flat[k], checkpoint[k].double()) for k in checkpoint)
@@ -144,6 +145,7 @@ def test_uhd_saves_back_to_the_released_layout_and_through_save_pretrained(tmp_p
     config = json.loads((tmp_path / "uhd" / "config.json").read_text())
     assert config["encoder"]["kind"] == "tiled" and config["encoder"]["tiles"] == 2
     assert config["projector"]["type"] == "relu_mlp" and config["preprocessor"]["tiles"] == 2
+    assert describe_checkpoint(tmp_path / "uhd")["family"] == "uhd"
     back = VisualRWKV.from_pretrained(tmp_path / "uhd")
     assert isinstance(back.encoder, TiledEncoder) and isinstance(back.proj, ReLUProjector)
     assert back.image_preprocessor == model.image_preprocessor and isinstance(back.scan, BiDir)
