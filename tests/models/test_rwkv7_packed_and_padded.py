@@ -378,3 +378,42 @@ def test_visualrwkv7_packed_conversations_train_to_the_unpacked_loss(vlm):
     for name, g in grads.items():
         torch.testing.assert_close(g, dict(vlm.named_parameters())[name].grad, atol=1e-5, rtol=1e-4, msg=name)
     vlm.zero_grad()
+
+
+def test_v700_official_ids_padded_batch_equals_the_official_forward_per_row():
+    """A v7.00 model (image runs of 16 ids, three towers) on a left-padded batch of two official prompts of
+    different lengths: each row's logits equal the float64 official forward of that prompt alone (its own
+    (-length) mod 16 pads of id 261), and a packed row gives the same."""
+    from rwkv_vision.checkpoint.families import visualrwkv7_from_official_state_dict
+    from rwkv_vision.vision import encoder_to_v7_state_dict, tiny_visualrwkv7_encoder
+
+    from reference.visualrwkv7_ref import IMAGE_TOKEN, official_logits, random_v700_checkpoint, relative_rms_error
+
+    g = torch.Generator().manual_seed(0)
+    towers = {}
+    for key, spec in encoder_to_v7_state_dict(tiny_visualrwkv7_encoder(device="meta")).items():
+        fan_in = spec.shape[1:].numel() if spec.dim() > 1 else 1
+        towers[key] = torch.randn(spec.shape, generator=g) * (fan_in**-0.5 if spec.dim() > 1 else 0.1)
+        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight", ".1.weight", ".3.weight", "gamma")):
+            towers[key] = towers[key] + 1.0
+    checkpoint = random_v700_checkpoint(
+        tower_sd=towers, vision_width=144, n_layer=2, n_embd=32, head_size=8, vocab_size=300, seed=1
+    )
+    model = visualrwkv7_from_official_state_dict(checkpoint, dtype=torch.float64).eval()
+    k = 16
+    prompts = [
+        [24, 59, 33] + [IMAGE_TOKEN] * k + [11, 42, 261, 100, 7, 59],  # 25 ids: 7 pads alone
+        [24, 59, 33] + [IMAGE_TOKEN] * k + [5, 59],  # 21 ids: 11 pads alone
+    ]
+    sizes = model.encoder.image_sizes
+    pixels = {n: torch.randn(2, 3, *s, generator=g, dtype=torch.float64) for n, s in sizes.items()}
+    with torch.no_grad():
+        features = model.encoder(pixels)
+        ids, mask = _padded([torch.tensor([p]) for p in prompts], "left")
+        out = model(ids, pixels, attention_mask=mask)
+        packed = model(torch.tensor([prompts[0] + prompts[1]]), pixels, cu_seqlens=pack_offsets([25, 21]))
+    for i, prompt in enumerate(prompts):
+        ref = official_logits(checkpoint, prompt, features[i : i + 1])
+        assert relative_rms_error(out.logits[i, mask[i].bool()], ref) < 1e-10
+        at = 0 if i == 0 else len(prompts[0])
+        assert relative_rms_error(packed.logits[0, at : at + len(prompt)], ref) < 1e-10
