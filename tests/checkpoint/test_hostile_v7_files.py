@@ -92,3 +92,18 @@ def test_language_model_directory_architecture_of_the_wrong_kind(tmp_path, x070)
     with pytest.raises(CheckpointError, match="architecture must be one of"):
         load_language_model(out)
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("value", [0, -4, 15, 4.0, True, "16", float("nan")])
+def test_num_token_per_image_must_be_a_positive_square_int(value):
+    from rwkv_vision.checkpoint.families import visualrwkv7_from_official_state_dict
+    from rwkv_vision.vision import encoder_to_v7_state_dict, tiny_visualrwkv7_encoder
+
+    from reference.visualrwkv7_ref import random_v700_checkpoint
+
+    towers = {
+        k: torch.ones(v.shape) for k, v in encoder_to_v7_state_dict(tiny_visualrwkv7_encoder(device="meta")).items()
+    }
+    sd = random_v700_checkpoint(tower_sd=towers, vision_width=144, n_layer=1, n_embd=32, head_size=8)
+    with pytest.raises(ValueError, match="num_token_per_image must be a square number of tokens"):
+        visualrwkv7_from_official_state_dict(sd, num_token_per_image=value)

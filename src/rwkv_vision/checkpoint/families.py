@@ -34,6 +34,7 @@ part converters, which check every key of their part strictly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -346,8 +347,9 @@ def visualrwkv7_from_official_state_dict(
     rwkv = rwkv7_from_official_state_dict(parts["rwkv"])
     pool = None
     if num_token_per_image is not None:
-        side = int(round(num_token_per_image**0.5))
-        if not isinstance(num_token_per_image, int) or side * side != num_token_per_image or side < 1:
+        ok = isinstance(num_token_per_image, int) and not isinstance(num_token_per_image, bool)
+        side = math.isqrt(num_token_per_image) if ok and num_token_per_image > 0 else 0
+        if side < 1 or side * side != num_token_per_image:
             raise ValueError(f"num_token_per_image must be a square number of tokens, got {num_token_per_image!r}")
         pool = side
     if encoder is None:
