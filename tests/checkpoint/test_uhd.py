@@ -248,3 +248,22 @@ def test_projector_gradients_match_the_restatement(checkpoint, pixels):
         got = getattr(model.proj, name).weight.grad
         assert relative_rms_error(got, ref_sd[f"proj.{name}.weight"].grad) < 1e-6
     assert model.proj.gate.weight.grad is None and ref_sd["proj.gate.weight"].grad is None
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "I", "I;16", "F", "CMYK", "YCbCr", "RGBA"])
+def test_every_pil_mode_is_converted_once_then_tiled(mode):
+    """The official code converts to RGB, then cuts: the tiles of any mode are those of its RGB image."""
+    from rwkv_vision.vision.preprocess import to_rgb
+
+    if mode == "I;16":
+        image = Image.fromarray(np.arange(23 * 17, dtype=np.uint16).reshape(17, 23) * 97)
+    else:
+        image = _picture(23, 17).convert("P" if mode == "PA" else mode)
+        image = image.convert("PA") if mode == "PA" else image
+    assert image.mode == mode
+    pre = TilePreprocessor(visualrwkv7_preprocessor(dino=28, siglip=28, sam=32).transforms)
+    got = pre(image)
+    rgb = to_rgb(image)
+    for name, t in pre.transforms.items():
+        want = np.stack([t.process_one(p) for p in [rgb, *official_tiles(rgb)]])
+        np.testing.assert_array_equal(got[name][0].numpy(), want)
