@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._depth import depth_ratios
-from .time_mix7 import _orthogonal_
+from .time_mix7 import _gemv_weight, _orthogonal_
 from .token_shift import token_shift
 
 __all__ = ["ChannelMix7"]
@@ -84,11 +84,11 @@ class ChannelMix7(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """One token: x [b, c] -> out [b, c]; ``shift`` [b, c] is updated in place (no host syncs)."""
-        xx = shift - x
+        """One token: x [b, c] -> out [b, c]; ``shift`` [b, c] is updated in place (no host syncs). On the CPU
+        the first call may re-lay out ``key.weight`` in memory (``time_mix7._gemv_weight``: same values)."""
+        x_k = torch.addcmul(x, shift - x, self.x_k.reshape(1, self.n_embd))
         shift.copy_(x)
-        x_k = torch.addcmul(x, xx, self.x_k.reshape(1, self.n_embd))
-        return F.linear(torch.relu(F.linear(x_k, self.key.weight)).square_(), self.value.weight)
+        return F.linear(F.linear(x_k, _gemv_weight(self.key.weight)).relu_().square_(), self.value.weight)
 
     def extra_repr(self) -> str:
         return f"n_embd={self.n_embd}, dim_ffn={self.dim_ffn}"
