@@ -149,8 +149,28 @@ def rwkv6_from_official_state_dict(
     model = cls(config, device="meta")  # no memory, no init: every tensor comes from the state dict
     check_state_dict(model, state_dict)
     _check_floating(model.state_dict(), state_dict)
-    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    _assign_by_block(model, state_dict)
     return model.to(device=device, dtype=dtype)
+
+
+def _assign_by_block(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state_dict, strict=True, assign=True)`` for a language model whose keys were
+    checked already, one block at a time: torch filters the whole dict once per child of ``blocks``, which is
+    quadratic in the layer count (24 s for a file of 1024 tiny blocks, against 0.2 s this way)."""
+    per_block: list[dict[str, torch.Tensor]] = [{} for _ in model.blocks]
+    rest: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        head, _, tail = key.partition(".")
+        if head == "blocks":
+            index, _, name = tail.partition(".")
+            per_block[int(index)][name] = value
+        else:
+            rest.setdefault(head, {})[tail] = value
+    for block, sd in zip(model.blocks, per_block):
+        block.load_state_dict(sd, strict=True, assign=True)
+    for name, child in model.named_children():
+        if name != "blocks":
+            child.load_state_dict(rest.get(name, {}), strict=True, assign=True)
 
 
 def _check_floating(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]) -> None:
@@ -307,7 +327,7 @@ def rwkv7_from_official_state_dict(
     for key in _X070_OPTIONAL:
         if key not in sd:
             sd[key] = torch.zeros(expected[key].shape, dtype=like.dtype, device=like.device)
-    model.load_state_dict(sd, strict=True, assign=True)
+    _assign_by_block(model, sd)
     return model.to(device=device, dtype=dtype)
 
 
