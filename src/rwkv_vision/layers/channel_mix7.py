@@ -56,9 +56,10 @@ class ChannelMix7(nn.Module):
         factory = dict(device=device, dtype=dtype)
 
         _, ratio_1_to_almost_0 = depth_ratios(layer_id, n_layer)
-        ddd = torch.arange(n_embd, device=device, dtype=torch.float64) / n_embd
+        # computed on the CPU and moved: on the meta device (a checkpoint load) each op is a slow Python kernel
+        ddd = torch.arange(n_embd, dtype=torch.float64) / n_embd
         mix = 1.0 - ddd ** (ratio_1_to_almost_0**4)
-        self.x_k = nn.Parameter(mix.view(1, 1, n_embd).to(dtype=dtype or torch.get_default_dtype()))
+        self.x_k = nn.Parameter(mix.view(1, 1, n_embd).to(device=device, dtype=dtype or torch.get_default_dtype()))
         self.key = nn.Linear(n_embd, dim_ffn, bias=False, **factory)
         self.value = nn.Linear(dim_ffn, n_embd, bias=False, **factory)
         with torch.no_grad():

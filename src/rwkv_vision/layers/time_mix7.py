@@ -205,7 +205,9 @@ class TimeMix7(nn.Module):
         c, h, n = n_embd, self.n_head, head_size
 
         ratio_0_to_1, ratio_1_to_almost_0 = depth_ratios(layer_id, n_layer)
-        idx = torch.arange(c, device=device, dtype=torch.float64)
+        # The init vectors are computed on the CPU and moved: on the meta device (a checkpoint load) each op
+        # would run through Python reference kernels, 15x slower than the CPU math itself.
+        idx = torch.arange(c, dtype=torch.float64)
         ddd = idx / c
         linear = idx / max(c - 1, 1) - 0.5
         zigzag = ((idx % n) - (n - 1) / 2) / max((n - 1) / 2, 1e-12) if n > 1 else torch.zeros_like(idx)
@@ -213,7 +215,7 @@ class TimeMix7(nn.Module):
         www = -6 + 6 * (idx / max(c - 1, 1)) ** (1 + 1 * ratio_0_to_1**0.3)
 
         def vec(values: torch.Tensor) -> nn.Parameter:
-            return nn.Parameter(values.reshape(1, 1, c).to(dtype))
+            return nn.Parameter(values.reshape(1, 1, c).to(device=device, dtype=dtype))
 
         for name, power in zip(_LERPS, (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)):
             setattr(self, name, vec(1.0 - ddd ** (power * ratio_1_to_almost_0)))
