@@ -84,12 +84,16 @@ class ChannelMix7(nn.Module):
         return (out, shift) if return_state else out
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """One token: x [b, c] -> out [b, c]; ``shift`` [b, c] is updated in place (no host syncs). On the CPU
-        the first call may re-lay out ``key.weight`` in memory (``time_mix7._gemv_weight``: same values)."""
-        x_k = torch.addcmul(x, shift - x, self.x_k.reshape(1, self.n_embd))
+    def step(self, x: torch.Tensor, shift: torch.Tensor, *, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """One token: x [b, c] -> out [b, c]; ``shift`` [b, c] is updated in place (no host syncs).
+        ``residual`` [b, c]: return ``residual + out`` (added inside the last GEMM). On the CPU the first call
+        may re-lay out ``key.weight`` in memory (``time_mix7._gemv_weight``: same values, other strides)."""
+        x_k = torch.lerp(x, shift, self.x_k.reshape(1, self.n_embd))  # x + (x_prev - x) * x_k
         shift.copy_(x)
-        return F.linear(F.linear(x_k, _gemv_weight(self.key.weight)).relu_().square_(), self.value.weight)
+        hidden = F.linear(x_k, _gemv_weight(self.key.weight)).relu_().square_()
+        if residual is None:
+            return F.linear(hidden, self.value.weight)
+        return torch.addmm(residual, hidden, self.value.weight.t())
 
     def extra_repr(self) -> str:
         return f"n_embd={self.n_embd}, dim_ffn={self.dim_ffn}"

@@ -345,15 +345,18 @@ class TimeMix7(nn.Module):
         *,
         v_first: torch.Tensor | None = None,
         return_v_first: bool = False,
+        residual: torch.Tensor | None = None,
     ):
         """One token: x [b, c] (LayerNorm-ed) -> out [b, c] (and v_first [b, c] with ``return_v_first``);
-        ``shift`` [b, c] and ``wkv`` [b, h, n, n] float32 are updated in place. The same math as ``forward``
-        at t = 1 up to float rounding; no host syncs. On the CPU the first call may re-lay out the square
-        projection weights in memory (:func:`_gemv_weight`: same values and shape, transposed strides)."""
+        ``shift`` [b, c] and ``wkv`` [b, h, n, n] float32 are updated in place. ``residual`` [b, c]: return
+        ``residual + out`` instead (added inside the output projection's GEMM: one op less per layer). The
+        same math as ``forward`` at t = 1 up to float rounding; no host syncs. On the CPU the first call may
+        re-lay out the square projection weights in memory (:func:`_gemv_weight`: same values and shape,
+        transposed strides)."""
         b, c = x.shape
         h, n = self.n_head, self.head_size
         mix = torch.cat((self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))  # [6, 1, c]
-        x_r, x_w, x_k, x_v, x_a, x_g = torch.addcmul(x, shift - x, mix).unbind(0)
+        x_r, x_w, x_k, x_v, x_a, x_g = torch.lerp(x, shift, mix).unbind(0)  # x + (x_prev - x) * mix
         shift.copy_(x)
         r = F.linear(x_r, _gemv_weight(self.receptance.weight))
         k = F.linear(x_k, _gemv_weight(self.key.weight))
@@ -364,8 +367,9 @@ class TimeMix7(nn.Module):
             w = log_decay7(x_w, self.w0, self.w1, self.w2)
         iclr = torch.addmm(self.a0.reshape(1, c), x_a @ self.a1, self.a2).sigmoid_()
         g = (x_g @ self.g1).sigmoid_() @ self.g2
-        kk = F.normalize((k * self.k_k.reshape(c)).view(b, h, n), dim=-1, eps=_KK_EPS)
-        k = k * (iclr - 1).mul_(self.k_a.reshape(c)).add_(1)
+        kk = (k * self.k_k.reshape(c)).view(b, h, n)  # F.normalize's arithmetic in three ops, not five
+        kk = kk.div_(torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(_KK_EPS))
+        k = k.addcmul(k * self.k_a.reshape(c), iclr - 1)  # k * (1 + (iclr - 1) * k_a)
         if self.layer_id == 0:
             if v_first is not None:
                 raise ValueError(
@@ -388,7 +392,8 @@ class TimeMix7(nn.Module):
         y = torch.group_norm(y.reshape(b, c), h, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps)
         # The current token's direct path, sum_n(r * k * r_k) * v, added in place.
         y.view(b, h, n).addcmul_((r3 * k3 * self.r_k).sum(dim=-1, keepdim=True), v3)
-        out = F.linear(y.mul_(g), _gemv_weight(self.output.weight))
+        y, weight = y.mul_(g), _gemv_weight(self.output.weight)
+        out = F.linear(y, weight) if residual is None else torch.addmm(residual, y, weight.t())
         return (out, v_first) if return_v_first else out
 
     def extra_repr(self) -> str:

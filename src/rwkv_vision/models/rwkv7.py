@@ -335,11 +335,16 @@ class RWKV7(nn.Module):
         for block, layer_state in zip(self.blocks, state):
             if block.ln0 is not None:
                 x = _layer_norm(x, block.ln0)
-            dx, v_first = block.att.step(
-                _layer_norm(x, block.ln1), layer_state.att_shift, layer_state.wkv, v_first=v_first, return_v_first=True
+            # The residual adds ride in the output GEMMs (addmm): x + att(ln1(x)), then x + ffn(ln2(x)).
+            x, v_first = block.att.step(
+                _layer_norm(x, block.ln1),
+                layer_state.att_shift,
+                layer_state.wkv,
+                v_first=v_first,
+                return_v_first=True,
+                residual=x,
             )
-            x = x + dx
-            x = x + block.ffn.step(_layer_norm(x, block.ln2), layer_state.ffn_shift)
+            x = block.ffn.step(_layer_norm(x, block.ln2), layer_state.ffn_shift, residual=x)
         return F.linear(_layer_norm(x, self.ln_out), _gemv_weight(self.head.weight))
 
     @torch.no_grad()
