@@ -403,6 +403,7 @@ def _prepare(work: Path) -> None:
     }
     PREPARED["v7.00"] = random_v700_checkpoint(tower_sd=towers, vision_width=144, n_layer=2, n_embd=32, head_size=8)
     PREPARED["hd"] = tiny_family_checkpoint("hd")
+    PREPARED["uhd"] = tiny_family_checkpoint("uhd")
     model = visualrwkv7_from_official_state_dict(PREPARED["v7.00"])
     PREPARED["v7dir"] = model.save_pretrained(work / "v7dir")
 
@@ -530,6 +531,21 @@ def v700_projector_mis_shaped(work):
 @attack
 def hd_with_a_v7_lm_key(work):
     _visual(work, "hdmix", "hd", lambda sd: sd.update({"rwkv.blocks.0.att.r_k": torch.zeros(4, 8)}))
+
+
+@attack
+def uhd_towers_of_unregistered_widths(work):
+    _visual(work, "uhdwide", "uhd", lambda sd: None)
+
+
+@attack
+def uhd_tower_key_of_block_20000(work):
+    _visual(
+        work,
+        "uhddeep",
+        "uhd",
+        lambda sd: sd.update({"vit.dino_featurizer.blocks.20000.mlp.fc1.weight": torch.zeros(1)}),
+    )
 
 
 def _v7dir(work: Path, name: str, fn) -> Path:
