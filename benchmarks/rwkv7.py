@@ -12,11 +12,16 @@ systems, float32, batch 1, in this process:
   - rwkv (PyPI, ``RWKV_V7_ON=1``, strategy "cpu fp32"): prefill = ``model.forward(ids, None)`` (its sequence
     form: TorchScript, a per-token loop of the recurrence); decode = ``model.forward([token], state)``.
 
-Per row: median wall time of --repeat runs after --warmup (``time.perf_counter``). The two systems' logits are
-compared too (relative RMS error of the last prefill logits), so a fast wrong answer shows.
+Both systems are built first, then timed in --repeat interleaved rounds (ours then the package, the order
+swapped every other round, after --warmup untimed rounds), so a change of the machine's load hits both alike.
+Per row: the median time; the last column is the median of the per-round ratios ours / package (below 1: ours
+is faster), which is steadier than the ratio of two medians on a shared machine. ``--clock cpu`` times the
+process's CPU time (``time.process_time``) instead of wall time: with one thread it leaves out the time the
+process waits for a core on a loaded machine. The two systems' logits are compared too (relative RMS error
+of the last prefill logits), so a fast wrong answer shows. The header reports the load average.
 
-    python benchmarks/rwkv7.py                   # 0.1B shape, 512-token prefill, 64 decode steps
-    python benchmarks/rwkv7.py --tiny            # smoke run (seconds)
+    python benchmarks/rwkv7.py --threads 1 --repeat 7   # 0.1B shape, 512-token prefill, 64 decode steps
+    python benchmarks/rwkv7.py --tiny                   # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -63,15 +68,23 @@ def _random_model(config) -> RWKV7:
     return model.eval()
 
 
-def _median_time(fn, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved(systems: dict, warmup: int, repeat: int, clock) -> dict[str, dict[str, list[float]]]:
+    """{system: {phase: [seconds per round]}}: every round runs every system's phases, the order of the
+    systems reversed every other round; ``warmup`` rounds first, untimed."""
+    times = {name: {phase: [] for phase in phases} for name, phases in systems.items()}
+    names = list(systems)
+    for round_ in range(warmup + repeat):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            for phase, fn in systems[name].items():
+                start = clock()
+                fn()
+                if round_ >= warmup:
+                    times[name][phase].append(clock() - start)
+    return times
+
+
+def _ratio(ours: list[float], theirs: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -86,7 +99,10 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=None, help="decode steps timed (default 64; tiny 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="timed interleaved rounds (the median is reported)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="wall time, or the process's CPU time (1 thread)"
+    )
     parser.add_argument("--device", default="cpu", help="only cpu: the rwkv package's CPU path is the peer")
     parser.add_argument("--no-rwkv-package", action="store_true", help="skip the PyPI rwkv row")
     args = parser.parse_args(argv)
@@ -105,19 +121,22 @@ def main(argv=None) -> int:
     except ImportError:
         wkv7_path = "chunked PyTorch"
     print(f"# RWKV-7 {'tiny' if args.tiny else '0.1B shape'}: prefill {tokens} tokens, decode {n_decode} tokens")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(
-        f"# {datetime.date.today()} | {_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads "
-        f"| rwkv_vision {getattr(rwkv_vision, '__version__', '?')} (wkv7: {wkv7_path}) | float32"
+        f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {_cpu_name()} | {os.cpu_count()} "
+        f"CPUs, load average {load} | torch {torch.__version__} | {torch.get_num_threads()} threads "
+        f"| rwkv_vision {getattr(rwkv_vision, '__version__', '?')} (wkv7: {wkv7_path}) | float32 | "
+        f"{args.clock} clock"
     )
     model = _random_model(config)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, config.vocab_size, (1, tokens), generator=g)
     decode_ids = torch.randint(0, config.vocab_size, (n_decode,), generator=g).tolist()
-    rows = []
+    systems: dict[str, dict] = {}
+    errors: list[str] = []
 
     with torch.no_grad():
         ours_logits = model(ids, logits_to_keep=1).logits[0, -1]
-        prefill = _median_time(lambda: model(ids, logits_to_keep=1), args.warmup, args.repeat)
         start_state = model(ids, logits_to_keep=1).state
 
         def decode():
@@ -125,9 +144,10 @@ def main(argv=None) -> int:
             for t in decode_ids:
                 model.step(torch.tensor([t]), state)
 
-        dec = _median_time(decode, args.warmup, args.repeat)
-    rows.append(("rwkv_vision RWKV7", prefill, dec, "-"))
+        ours = "rwkv_vision RWKV7"
+        systems[ours] = {"prefill": lambda: model(ids, logits_to_keep=1), "decode": decode}
 
+    peer_name, peer_err = None, "-"
     if not args.no_rwkv_package:
         try:
             os.environ["RWKV_V7_ON"] = "1"
@@ -137,32 +157,51 @@ def main(argv=None) -> int:
             from rwkv.model import RWKV as PackageRWKV
 
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(model.state_dict(), Path(tmp) / "model.pth")
+                # Contiguous copies: the official layout (our step may have re-laid out weights in memory).
+                torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, Path(tmp) / "model.pth")
                 peer = PackageRWKV(model=str(Path(tmp) / "model"), strategy="cpu fp32")
             id_list = ids[0].tolist()
-            peer_logits, _ = peer.forward(id_list, None)
-            p_prefill = _median_time(lambda: peer.forward(id_list, None), args.warmup, args.repeat)
-            _, p_state = peer.forward(id_list, None)
+            peer_logits, p_state = peer.forward(id_list, None)
+            peer_err = f"{_rel(ours_logits, peer_logits):.1e}"
 
             def p_decode():
                 state = [s.clone() for s in p_state]
                 for t in decode_ids:
                     _, state = peer.forward([t], state)
 
-            p_dec = _median_time(p_decode, args.warmup, args.repeat)
-            rows.append(
-                (f"rwkv {version('rwkv')} (PyPI, cpu fp32)", p_prefill, p_dec, f"{_rel(ours_logits, peer_logits):.1e}")
-            )
+            peer_name = f"rwkv {version('rwkv')} (PyPI, cpu fp32)"
+            systems[peer_name] = {"prefill": lambda: peer.forward(id_list, None), "decode": p_decode}
         except Exception as e:  # noqa: BLE001 - a peer that fails is reported, never dropped
-            rows.append((f"rwkv (PyPI): error: {type(e).__name__}: {str(e)[:120]}", float("nan"), float("nan"), "-"))
+            errors.append(f"rwkv (PyPI): error: {type(e).__name__}: {str(e)[:120]}")
+
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    with torch.no_grad():
+        times = _interleaved(systems, args.warmup, args.repeat, clock)
+    rows = []
+    for name, phases in times.items():
+        pre, dec = statistics.median(phases["prefill"]), statistics.median(phases["decode"])
+        if peer_name is not None and name == ours:
+            ratio = (
+                f"{_ratio(phases['prefill'], times[peer_name]['prefill']):.2f} / "
+                f"{_ratio(phases['decode'], times[peer_name]['decode']):.2f}"
+            )
+        else:
+            ratio = "-"
+        rows.append((name, pre, dec, peer_err if name == peer_name else "-", ratio))
 
     print()
-    print("| system | prefill s | prefill tokens/s | decode ms/token | decode tokens/s | logits rel. RMS vs ours |")
-    print("|---|---|---|---|---|---|")
-    for name, pre, dec, err in rows:
+    print(
+        "| system | prefill s | prefill tokens/s | decode ms/token | decode tokens/s | logits rel. RMS vs ours "
+        "| ours / package, prefill / decode (median of rounds) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, pre, dec, err, ratio in rows:
         print(
-            f"| {name} | {pre:.3f} | {tokens / pre:.1f} | {1000 * dec / n_decode:.2f} | {n_decode / dec:.1f} | {err} |"
+            f"| {name} | {pre:.3f} | {tokens / pre:.1f} | {1000 * dec / n_decode:.2f} | {n_decode / dec:.1f} | {err} "
+            f"| {ratio} |"
         )
+    for line in errors:
+        print(f"| {line} | nan | nan | nan | nan | - | - |")
     return 0
 
 
