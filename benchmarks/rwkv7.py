@@ -14,7 +14,7 @@ systems, float32, batch 1, in this process:
 
 Both systems are built first, then timed in --repeat interleaved rounds (ours then the package, the order
 swapped every other round, after --warmup untimed rounds), so a change of the machine's load hits both alike.
-Per row: the median time; the last column is the median of the per-round ratios ours / package (below 1: ours
+Per row: the median time; the next-to-last column is the median of the per-round ratios ours / package (below 1: ours
 is faster), which is steadier than the ratio of two medians on a shared machine. ``--clock cpu`` times the
 process's CPU time (``time.process_time``) instead of wall time: with one thread it leaves out the time the
 process waits for a core on a loaded machine. The two systems' logits are compared too (relative RMS error
@@ -191,14 +191,14 @@ def main(argv=None) -> int:
 
     print()
     print(
-        "| system | prefill s | prefill tokens/s | decode ms/token | decode tokens/s | logits rel. RMS vs ours "
-        "| ours / package, prefill / decode (median of rounds) |"
+        "| system | prefill s | prefill tokens/s | decode ms/token | decode tokens/s "
+        "| ours / package, prefill / decode (median of rounds) | logits rel. RMS vs ours |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, pre, dec, err, ratio in rows:
         print(
-            f"| {name} | {pre:.3f} | {tokens / pre:.1f} | {1000 * dec / n_decode:.2f} | {n_decode / dec:.1f} | {err} "
-            f"| {ratio} |"
+            f"| {name} | {pre:.3f} | {tokens / pre:.1f} | {1000 * dec / n_decode:.2f} | {n_decode / dec:.1f} "
+            f"| {ratio} | {err} |"
         )
     for line in errors:
         print(f"| {line} | nan | nan | nan | nan | - | - |")
