@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from rwkv_vision.checkpoint.files import load_checkpoint
 from rwkv_vision.checkpoint.lm import load_language_model
@@ -66,21 +65,6 @@ def test_padding_token_outside_the_vocabulary(ckpt):
         VisualRWKV.from_pretrained(ckpt)
 
 
-def test_junk_keys_fail_before_the_model_is_built(ckpt, monkeypatch):
-    sd = load_file(ckpt / "model.safetensors")
-    sd["junk.0"] = torch.zeros(1)
-    save_file(sd, ckpt / "model.safetensors")
-    import rwkv_vision.checkpoint.pretrained as pretrained
-
-    def never(*a, **k):
-        raise AssertionError("built a model for a file with junk keys")
-
-    monkeypatch.setattr(pretrained, "model_from_config", never)
-    with pytest.raises(StateDictError, match="keys outside the model's parts") as err:
-        VisualRWKV.from_pretrained(ckpt)
-    assert err.value.unexpected == ["junk.0"]
-
-
 def test_language_model_directory_architecture_of_the_wrong_kind(tmp_path, x070):
     from rwkv_vision.checkpoint.lm import save_language_model
     from rwkv_vision.checkpoint.official import rwkv7_from_official_state_dict
@@ -107,3 +91,22 @@ def test_num_token_per_image_must_be_a_positive_square_int(value):
     sd = random_v700_checkpoint(tower_sd=towers, vision_width=144, n_layer=1, n_embd=32, head_size=8)
     with pytest.raises(ValueError, match="num_token_per_image must be a square number of tokens"):
         visualrwkv7_from_official_state_dict(sd, num_token_per_image=value)
+
+
+def test_assign_state_dict_is_load_state_dict_child_by_child(x070):
+    from rwkv_vision.checkpoint.diff import assign_state_dict
+    from rwkv_vision.checkpoint.official import config_from_official_x070_state_dict
+    from rwkv_vision.models.rwkv7 import RWKV7
+
+    sd = {k: v for k, v in x070.items()}
+    sd.update({f"blocks.0.att.{n}": torch.zeros(s) for n, s in (("v0", (1, 1, 32)), ("v1", (32, 4)), ("v2", (4, 32)))})
+    model = RWKV7(config_from_official_x070_state_dict(sd), device="meta")
+    assign_state_dict(model, sd)
+    got = model.state_dict()
+    assert got.keys() == sd.keys() and all(got[k] is sd[k] or got[k].data_ptr() == sd[k].data_ptr() for k in sd)
+    for broken in (
+        {k: v for k, v in sd.items() if k != "blocks.1.ffn.key.weight"},
+        {**sd, "blocks.1.junk": torch.ones(1)},
+    ):
+        with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+            assign_state_dict(RWKV7(model.config, device="meta"), broken)

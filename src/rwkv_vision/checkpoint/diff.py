@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import StateDictError, natural_key
 
-__all__ = ["diff_state_dict", "check_state_dict"]
+__all__ = ["diff_state_dict", "check_state_dict", "assign_state_dict"]
 
 
 def diff_state_dict(
@@ -42,3 +42,25 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
         if not hint and any(key.startswith("rwkv.") for key in unexpected):
             hint = "hint: keys start with 'rwkv.'; strip that prefix (official checkpoints carry it)"
         raise StateDictError(missing, unexpected, mismatched, hint)
+
+
+def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state_dict, strict=True, assign=True)``, one child at a time.
+
+    torch's loader filters the whole dict once per child module, which is quadratic in the number of
+    children: a file of 1024 tiny blocks spent 24 s there. Here each module only sees its own keys (keys
+    without a child prefix make that module load itself in one call, as torch would)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        head, dot, tail = key.partition(".")
+        if not dot or head not in module._modules:
+            module.load_state_dict(state_dict, strict=True, assign=True)  # own tensors: one plain load
+            return
+        groups.setdefault(head, {})[tail] = value
+    for name, child in module.named_children():
+        if name in groups:
+            assign_state_dict(child, groups.pop(name))
+        elif child.state_dict():
+            child.load_state_dict({}, strict=True, assign=True)  # raises, naming the missing keys
+    if groups:  # a key under a child name that is not a module (cannot happen after the key checks)
+        module.load_state_dict(state_dict, strict=True, assign=True)

@@ -43,7 +43,7 @@ from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from .atomic import atomic_save
 from .config_json import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, parse_dtype
-from .diff import diff_state_dict
+from .diff import assign_state_dict, diff_state_dict
 from .files import PICKLE_SUFFIXES, _read_safetensors, check_device, load_checkpoint, read_tensor_specs
 from .hub import _REPO_ID, _hub_download, resolve_checkpoint
 from .official import official_architecture, rwkv6_from_official_state_dict, rwkv7_from_official_state_dict
@@ -181,7 +181,7 @@ def load_language_model(
                 missing, unexpected, mismatched, hint=f"in {weights} (the model config.json describes)"
             )
         sd = _read_safetensors(weights, dtype=dtype, device=device, progress=progress)
-        model.load_state_dict(sd, strict=True, assign=True)
+        assign_state_dict(model, sd)  # child by child: torch's one call is quadratic in the layer count
         return _with_tokenizer(model, config["tokenizer"] is not None).eval()
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(

@@ -44,7 +44,7 @@ from .config_json import (
     model_to_config,
     parse_dtype,
 )
-from .diff import diff_state_dict
+from .diff import assign_state_dict, diff_state_dict
 from .files import PICKLE_SUFFIXES, _cast, _read_safetensors, check_device, load_checkpoint, read_tensor_specs
 from .hub import resolve_checkpoint
 from .official import OFFICIAL_PREFIXES, visualrwkv_from_official_state_dict
@@ -88,20 +88,6 @@ def _check_layer_counts(config: Mapping[str, Any], specs: Mapping[str, Any], sou
             raise CheckpointError(f"{source}: {field} is {want!r} but {weights} holds {have} layer(s) of that part")
 
 
-#: The top-level parts of a VisualRWKV's state dict (its child modules holding tensors).
-PARTS = ("rwkv", "encoder", "proj")
-
-
-def _check_parts(specs: Mapping[str, Any], weights: Path) -> None:
-    """Keys outside every part of a VisualRWKV fail before anything is built (building the encoder imports
-    timm: seconds that a file of junk keys should not cost)."""
-    stray = [k for k in specs if k.split(".", 1)[0] not in PARTS]
-    if stray:
-        raise StateDictError(
-            [], stray, [], hint=f"in {weights}: keys outside the model's parts {list(PARTS)} (missing keys not checked)"
-        )
-
-
 def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: Any) -> VisualRWKV:
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
@@ -109,15 +95,13 @@ def _load_directory(directory: Path, *, cls, dtype, device, progress, **kwargs: 
         raise CheckpointError(f"{weights}: missing; a save_pretrained directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     specs = read_tensor_specs(weights)
     _check_layer_counts(config, specs, directory / CONFIG_NAME, weights)
-    if cls in (None, VisualRWKV):  # a subclass may hold more parts
-        _check_parts(specs, weights)
     # Built on the meta device: nothing is allocated or initialised, every tensor comes from the file.
     model = model_from_config(
         config, cls=cls, device="meta", directory=directory, source=str(directory / CONFIG_NAME), **kwargs
     )
     _check_weights(model, specs, weights)
     sd = _read_safetensors(weights, dtype=dtype, device=device, progress=progress)
-    model.load_state_dict(sd, strict=True, assign=True)
+    assign_state_dict(model, sd)  # child by child: torch's one call is quadratic in the layer count
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"{weights}: no values for {left} (tensors the model has outside its state dict)")
