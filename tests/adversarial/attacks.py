@@ -488,6 +488,58 @@ def x070_safetensors_header_claims_huge_vocab(work):
     load_language_model(work / "hugevocab.safetensors")
 
 
+def _lm_dir(work: Path, name: str, fn) -> None:
+    from rwkv_vision.checkpoint.lm import load_language_model, save_language_model
+    from rwkv_vision.checkpoint.official import rwkv7_from_official_state_dict
+
+    out = save_language_model(rwkv7_from_official_state_dict(PREPARED["x070"]), work / name)
+    _edit_config(out, fn)
+    load_language_model(out)
+
+
+@attack
+def x070_dir_n_layer_1e9(work):
+    _lm_dir(work, "lmdepth", lambda c: c["rwkv"].update(n_layer=10**9))
+
+
+@attack
+def x070_dir_lora_rank_1e9(work):
+    _lm_dir(work, "lmlora", lambda c: c["rwkv"].update(d_w=10**9))
+
+
+@attack
+def x070_dir_head_size_not_dividing(work):
+    _lm_dir(work, "lmhead", lambda c: c["rwkv"].update(head_size=7))
+
+
+@attack
+def x070_dir_n_layer_disagrees_with_the_weights(work):
+    _lm_dir(work, "lmcount", lambda c: c["rwkv"].update(n_layer=1000))
+
+
+@attack
+def x070_dir_unknown_field(work):
+    _lm_dir(work, "lmfield", lambda c: c.update(kernel="os.system"))
+
+
+@attack
+def cli_info_on_an_expanded_x070_file(work):
+    from rwkv_vision import cli
+
+    sd = dict(PREPARED["x070"])
+    sd["emb.weight"] = torch.zeros(1).expand(2**24, 32)
+    torch.save(sd, work / "cli-expanded.pth")
+    err = io.StringIO()
+    old, sys.stderr = sys.stderr, err
+    try:
+        code = cli.main(["info", str(work / "cli-expanded.pth")])
+    finally:
+        sys.stderr = old
+    text = err.getvalue()
+    assert code == 1 and text.count("\n") == 1 and text.startswith("rwkv-vision info: error: "), text
+    raise RWKVVisionError(text.strip())
+
+
 # --- VisualRWKV-7 / HD files and their config.json ---------------------------------------------------------
 
 
