@@ -137,7 +137,7 @@ def _wkv7_step(r, w, k, v, a, b, state: torch.Tensor, backend: str | None) -> to
     wrapper's Python checks, a fifth of a small step's time, are skipped); otherwise the public op."""
     chosen = wkv7_default_backend() if backend is None else backend
     if chosen in ("auto", "kernel") and r.device.type == "cpu" and _kernel_reason(r) is None:
-        return kernel_ops7().wkv7_step(r, w.to(state.dtype), k, v, a, b, state)
+        return kernel_ops7().wkv7_step(r, w if w.dtype == state.dtype else w.to(state.dtype), k, v, a, b, state)
     return wkv7_step(r, w, k, v, a, b, state, backend=backend)
 
 
@@ -367,9 +367,9 @@ class TimeMix7(nn.Module):
             w = log_decay7(x_w, self.w0, self.w1, self.w2)
         iclr = torch.addmm(self.a0.reshape(1, c), x_a @ self.a1, self.a2).sigmoid_()
         g = (x_g @ self.g1).sigmoid_() @ self.g2
-        kk = (k * self.k_k.reshape(c)).view(b, h, n)  # F.normalize's arithmetic in three ops, not five
+        kk = (k * self.k_k).view(b, h, n)  # F.normalize's arithmetic in three ops, not five
         kk = kk.div_(torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(_KK_EPS))
-        k = k.addcmul(k * self.k_a.reshape(c), iclr - 1)  # k * (1 + (iclr - 1) * k_a)
+        k = k.addcmul(k * self.k_a, iclr - 1)  # k * (1 + (iclr - 1) * k_a); [1, b, c] (k_a is [1, 1, c])
         if self.layer_id == 0:
             if v_first is not None:
                 raise ValueError(
@@ -385,7 +385,7 @@ class TimeMix7(nn.Module):
                     f"{list(v_first.shape)}"
                 )
             gate = torch.addmm(self.v0.reshape(1, c), x_v @ self.v1, self.v2).sigmoid_()
-            v = torch.lerp(v, v_first.to(v.dtype), gate)
+            v = torch.lerp(v, v_first if v_first.dtype == v.dtype else v_first.to(v.dtype), gate)
 
         r3, k3, v3 = r.view(b, h, n), k.view(b, h, n), v.view(b, h, n)
         y = _wkv7_step(r3, w.view(b, h, n), k3, v3, -kk, kk * iclr.view(b, h, n), wkv, self.backend)
