@@ -43,8 +43,45 @@ def _check_fields(cls: type, data: Mapping[str, Any], source: str) -> None:
         raise ConfigError("; ".join(problems))
 
 
+class _LanguageModelConfig:
+    """What :class:`RWKV6Config` and :class:`RWKV7Config` share: the size checks, ``n_head`` and the
+    ``config.json`` round trip (a mixin of the two frozen dataclasses; not a config itself)."""
+
+    def _check_heads_and_ffn(self, owner: str, default_dim_ffn: int) -> None:
+        """n_embd a multiple of head_size; dim_ffn resolved from ``default_dim_ffn`` when None, then bounded."""
+        if self.n_embd % self.head_size != 0:
+            raise ConfigError(f"{owner}: n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})")
+        if self.dim_ffn is None:
+            object.__setattr__(self, "dim_ffn", default_dim_ffn)
+        _check_int(owner, "dim_ffn", self.dim_ffn, high=LIMITS["dim_ffn"])
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    def replace(self, **changes: Any) -> "_LanguageModelConfig":
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values (the ``rwkv`` section of config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "_LanguageModelConfig":
+        """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
+        ``source`` and the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
+        _check_fields(cls, data, source)
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
-class RWKV6Config:
+class RWKV6Config(_LanguageModelConfig):
     """The hyperparameters of an :class:`~rwkv_vision.models.RWKV6` language model.
 
     Attributes:
@@ -74,39 +111,11 @@ class RWKV6Config:
         for name in ("data_dependent_lerp", "data_dependent_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{owner}.{name} must be True or False, got {getattr(self, name)!r}")
-        if self.n_embd % self.head_size != 0:
-            raise ConfigError(f"{owner}: n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})")
-        if self.dim_ffn is None:
-            object.__setattr__(self, "dim_ffn", default_dim_ffn(self.n_embd))
-        _check_int(owner, "dim_ffn", self.dim_ffn, high=LIMITS["dim_ffn"])
-
-    @property
-    def n_head(self) -> int:
-        return self.n_embd // self.head_size
-
-    def replace(self, **changes: Any) -> "RWKV6Config":
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values (the ``rwkv`` section of config.json)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "RWKV6Config":
-        """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
-        ``source`` and the field."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
-        _check_fields(cls, data, source)
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        self._check_heads_and_ffn(owner, default_dim_ffn(self.n_embd))
 
 
 @dataclasses.dataclass(frozen=True)
-class RWKV7Config:
+class RWKV7Config(_LanguageModelConfig):
     """The hyperparameters of an :class:`~rwkv_vision.models.RWKV7` ("x070", "Goose") language model.
 
     Attributes:
@@ -140,40 +149,12 @@ class RWKV7Config:
         owner = "RWKV7Config"
         for name in ("n_layer", "n_embd", "head_size", "vocab_size"):
             _check_int(owner, name, getattr(self, name), high=LIMITS[name])
-        if self.n_embd % self.head_size != 0:
-            raise ConfigError(f"{owner}: n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})")
-        if self.dim_ffn is None:
-            object.__setattr__(self, "dim_ffn", 4 * self.n_embd)
-        _check_int(owner, "dim_ffn", self.dim_ffn, high=LIMITS["dim_ffn"])
+        self._check_heads_and_ffn(owner, 4 * self.n_embd)
         defaults = default_lora_sizes7(self.n_embd)
         for name in ("d_w", "d_a", "d_v", "d_g"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
             _check_int(owner, name, getattr(self, name), high=LIMITS["d_decay"])
-
-    @property
-    def n_head(self) -> int:
-        return self.n_embd // self.head_size
-
-    def replace(self, **changes: Any) -> "RWKV7Config":
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values (the ``rwkv`` section of config.json)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rwkv") -> "RWKV7Config":
-        """Read the ``to_dict`` form; unknown or missing fields and bad values raise ``ConfigError`` naming
-        ``source`` and the field."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source} must be an object, got {type(data).__name__}")
-        _check_fields(cls, data, source)
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
 
 
 def _frozen_section(owner: str, name: str, value: Any) -> Mapping[str, Any]:

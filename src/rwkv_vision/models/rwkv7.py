@@ -26,32 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.block import LN_EPS, Block
+from ..layers.block import Block
 from ..layers.time_mix7 import _gemv_weight, _orthogonal_
-from ..ops.cu_seqlens import check_cu_seqlens
 from ..state import RWKVState
 from .config import RWKV7Config
-from .output import (
-    IGNORE_INDEX,
-    ModelOutput,
-    mask_padded_labels,
-    next_token_loss,
-    padding_mask,
-    reject_unknown_keywords,
-)
+from .language_model import RWKVLanguageModel
 
 __all__ = ["RWKV7", "RWKV7Config"]
-
-_FORWARD_KEYWORDS = (
-    "input_ids",
-    "inputs_embeds",
-    "state",
-    "chunk_size",
-    "logits_to_keep",
-    "labels",
-    "attention_mask",
-    "cu_seqlens",
-)
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -61,7 +42,7 @@ def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-class RWKV7(nn.Module):
+class RWKV7(RWKVLanguageModel):
     """The RWKV-7 ("x070") language model.
 
     Args:
@@ -79,115 +60,51 @@ class RWKV7(nn.Module):
         >>> model = RWKV7(n_layer=2, n_embd=64, head_size=16, vocab_size=100)
         >>> out = model(torch.randint(0, 100, (1, 9)))                      # logits [1, 9, 100], state
         >>> logits = model.step(torch.tensor([5]), out.state)               # one more token, in place
+
+    ``forward``, ``forward_blocks``, ``embed``, ``unembed`` and ``init_state`` are the shared ones of
+    :class:`~rwkv_vision.models.language_model.RWKVLanguageModel`.
     """
 
+    _name = "RWKV7"
+    config_class = RWKV7Config
+
     def __init__(self, config: RWKV7Config | None = None, *, device=None, dtype=None, **fields):
-        super().__init__()
-        if config is None:
-            config = RWKV7Config(**fields)
-        elif fields:
-            raise TypeError(f"RWKV7: pass a config or its fields, not both (got config and {sorted(fields)})")
-        if not isinstance(config, RWKV7Config):
-            raise TypeError(f"RWKV7: config must be an RWKV7Config, got {type(config).__name__}")
-        self._config = config
-        n_layer, n_embd, head_size, vocab_size = config.n_layer, config.n_embd, config.head_size, config.vocab_size
-        self.n_layer, self.n_embd, self.head_size = n_layer, n_embd, head_size
-        self.n_head, self.vocab_size = n_embd // head_size, vocab_size
-        factory = dict(device=device, dtype=dtype)
-
-        self.emb = nn.Embedding(vocab_size, n_embd, **factory)
-        self.blocks = nn.ModuleList(
-            Block.rwkv7(
-                n_embd=n_embd,
-                layer_id=i,
-                n_layer=n_layer,
-                head_size=head_size,
-                dim_ffn=config.dim_ffn,
-                d_w=config.d_w,
-                d_a=config.d_a,
-                d_v=config.d_v,
-                d_g=config.d_g,
-                **factory,
-            )
-            for i in range(n_layer)
-        )
-        self.ln_out = nn.LayerNorm(n_embd, eps=LN_EPS, **factory)
-        self.head = nn.Linear(n_embd, vocab_size, bias=False, **factory)
+        super().__init__(config, device=device, dtype=dtype, **fields)
         self.tokenizer = None  # set by from_pretrained for World-vocabulary models
-        with torch.no_grad():
-            # The "small init embedding" (with ln0 after it): early updates move it far relative to its size.
-            self.emb.weight.uniform_(-1e-4, 1e-4)
-            gain = 0.5 * (vocab_size / n_embd) ** 0.5 if vocab_size > n_embd else 0.5
-            _orthogonal_(self.head.weight, gain)
 
-    @property
-    def config(self) -> RWKV7Config:
-        """The configuration this model was built from (``RWKV7(model.config)`` builds another)."""
-        return self._config
+    def _make_block(self, config: RWKV7Config, layer_id: int, factory: dict) -> Block:
+        return Block.rwkv7(
+            n_embd=config.n_embd,
+            layer_id=layer_id,
+            n_layer=config.n_layer,
+            head_size=config.head_size,
+            dim_ffn=config.dim_ffn,
+            d_w=config.d_w,
+            d_a=config.d_a,
+            d_v=config.d_v,
+            d_g=config.d_g,
+            **factory,
+        )
+
+    def _init_head(self) -> None:
+        vocab_size, n_embd = self.vocab_size, self.n_embd
+        gain = 0.5 * (vocab_size / n_embd) ** 0.5 if vocab_size > n_embd else 0.5
+        _orthogonal_(self.head.weight, gain)
 
     @property
     def architecture(self) -> str:
         """``"rwkv7"`` (official checkpoint format "x070")."""
         return self._config.architecture
 
-    # --- state --------------------------------------------------------------------------------------------
-
-    def init_state(self, batch_size: int, *, device=None, dtype=None) -> RWKVState:
-        """A zero state (the state before any token): shift states in ``dtype`` (default: the model's)."""
-        weight = self.emb.weight
-        return RWKVState.zeros(
-            n_layer=self.n_layer,
-            batch_size=batch_size,
-            n_embd=self.n_embd,
-            n_head=self.n_head,
-            head_size=self.head_size,
-            device=device or weight.device,
-            dtype=dtype or weight.dtype,
-        )
-
     def check_state(self, state: RWKVState, batch_size: int) -> None:
-        """Raise a ValueError naming the first tensor of ``state`` whose shape does not fit this model."""
-        if not isinstance(state, RWKVState):
-            raise TypeError(f"RWKV7.forward: state must be an RWKVState or None, got {type(state).__name__}")
-        if len(state) != self.n_layer:
-            raise ValueError(f"RWKV7.forward: state has {len(state)} layers but the model has {self.n_layer}")
-        b, c, h, n = batch_size, self.n_embd, self.n_head, self.head_size
-        want = {"att_shift": (b, c), "wkv": (b, h, n, n), "ffn_shift": (b, c)}
-        for i, layer in enumerate(state):
-            for name, shape in want.items():
-                got = tuple(getattr(layer, name).shape)
-                if got != shape:
-                    raise ValueError(
-                        f"RWKV7.forward: state[{i}].{name} must be {list(shape)} for a batch of {b} "
-                        f"(batch, channels {c}, heads {h}, head size {n}), got {list(got)}"
-                    )
+        """Raise a ValueError naming the first tensor of ``state`` whose shape does not fit this model (a
+        TypeError if it is no ``RWKVState``)."""
+        self._check_state_type(state)
+        super().check_state(state, batch_size)
 
-    # --- the three stages, for callers that run blocks themselves ----------------------------------------
+    # --- the blocks (forward_blocks, embed and unembed are the shared ones) ---------------------------------
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings: input_ids [b, t] (int) -> [b, t, c]. Block 0's ln0 comes later, in the block."""
-        return self.emb(input_ids)
-
-    def forward_blocks(
-        self,
-        x: torch.Tensor,
-        state: RWKVState | None = None,
-        *,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, RWKVState]:
-        """All blocks: x [b, t, c] (embeddings) -> (hidden [b, t, c] before ln_out, new state). ``cu_seqlens``
-        (packed sequences, x [1, T, c], state of N rows) and ``attention_mask`` ([b, t] bool padding) go to
-        every block.
-
-        A wrapper that acts between blocks runs the same loop, carrying block 0's value::
-
-            v_first = None
-            for i, block in enumerate(model.blocks):
-                x, layer_state, v_first = block(x, None if state is None else state[i], return_state=True,
-                                                v_first=v_first, return_v_first=True)
-        """
-        seq = {k: v for k, v in (("cu_seqlens", cu_seqlens), ("attention_mask", attention_mask)) if v is not None}
+    def _run_blocks(self, x: torch.Tensor, state: RWKVState | None, seq: dict) -> tuple[torch.Tensor, RWKVState]:
         layers = []
         v_first = None
         for i, block in enumerate(self.blocks):
@@ -196,129 +113,6 @@ class RWKV7(nn.Module):
             )
             layers.append(layer_state)
         return x, RWKVState(layers)
-
-    def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits from the last hidden states: x [b, t, c] -> head(ln_out(x)) [b, t, v]."""
-        return self.head(self.ln_out(x))
-
-    # --- the model ----------------------------------------------------------------------------------------
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        state: RWKVState | None = None,
-        chunk_size: int | None = None,
-        logits_to_keep: int = 0,
-        *,
-        labels: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        **unknown: Any,
-    ) -> ModelOutput:
-        """Logits for a sequence, continuing from ``state``; the arguments are those of ``RWKV6.forward``.
-
-        Args:
-            input_ids: [b, t] token ids; or inputs_embeds: [b, t, c]. Exactly one.
-            state: the ``RWKVState`` after the tokens before these (None: a fresh sequence).
-            chunk_size: read the sequence ``chunk_size`` tokens at a time through all blocks, carrying the state
-                (bounded activation memory without gradients; equal to one pass up to float rounding).
-            logits_to_keep: 0 for logits at every position, k > 0 for the last k only ([b, k, v]).
-            labels: [b, t] targets aligned with the inputs, -100 where not scored (shifted inside); gives loss.
-            attention_mask: [b, t] 1 for tokens and 0 for padding, on the left (as for generation), the right,
-                or both; each row's tokens one contiguous run. Padded steps leave the recurrent state as it is
-                (k = 0, no decay and no low-rank update there, and the token shift skips them), so a row's
-                logits at its tokens equal that row run alone and ``out.state`` row i is the state after row
-                i's last token. Padded positions are never scored (nor a left-padded row's first token).
-            cu_seqlens: [N + 1] offsets of N sequences packed into one row (input_ids [1, T]; no padding;
-                ``rwkv_vision.ops.pack_offsets``): each sequence is read from its own state (``state`` with N
-                rows, or zeros), ``out.state`` has one row per sequence, and with labels no target crosses a
-                boundary. Not with ``attention_mask`` or ``chunk_size``.
-
-        Returns:
-            ``ModelOutput``: ``.logits``, ``.state``, ``.loss``; ``logits, state = model(...)`` unpacks.
-        """
-        where = "RWKV7.forward"
-        reject_unknown_keywords(where, unknown, _FORWARD_KEYWORDS)
-        if (input_ids is None) == (inputs_embeds is None):
-            which = "both" if input_ids is not None else "neither"
-            raise ValueError(f"{where}: pass exactly one of input_ids [b, t] or inputs_embeds [b, t, c]; got {which}")
-        if input_ids is not None:
-            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-                shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-                raise ValueError(
-                    f"{where}: input_ids must be a [b, t] tensor (use ids.unsqueeze(0) for one sequence), got {shape}"
-                )
-            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-                raise TypeError(f"{where}: input_ids must be an integer tensor, got {input_ids.dtype}")
-            if input_ids.numel():
-                # Checked here (one device sync): an out-of-range id on CUDA is an opaque device assert.
-                low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
-                if low < 0 or high >= self.vocab_size:
-                    raise ValueError(
-                        f"{where}: input_ids must be in [0, vocab_size = {self.vocab_size}), got values in "
-                        f"[{low}, {high}]"
-                    )
-            b, t = input_ids.shape
-        else:
-            if (
-                not isinstance(inputs_embeds, torch.Tensor)
-                or inputs_embeds.dim() != 3
-                or inputs_embeds.shape[-1] != self.n_embd
-            ):
-                shape = (
-                    tuple(inputs_embeds.shape)
-                    if isinstance(inputs_embeds, torch.Tensor)
-                    else type(inputs_embeds).__name__
-                )
-                raise ValueError(f"{where}: inputs_embeds must be [b, t, c = {self.n_embd}], got {shape}")
-            b, t, _ = inputs_embeds.shape
-            inputs_embeds = inputs_embeds.to(self.emb.weight.dtype)
-        if t == 0:
-            raise ValueError(f"{where}: the sequence is empty (t = 0); pass at least one token")
-        chunk_size = t if chunk_size is None else chunk_size
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"{where}: chunk_size must be a positive int or None, got {chunk_size!r}")
-        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
-            raise ValueError(f"{where}: logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
-        rows = b
-        if cu_seqlens is not None:
-            if attention_mask is not None:
-                raise ValueError(f"{where}: pass cu_seqlens (packed) or attention_mask (padded), not both")
-            if chunk_size != t:
-                raise ValueError(f"{where}: chunk_size cannot split packed sequences (cu_seqlens); leave it None")
-            rows = check_cu_seqlens(cu_seqlens, b, t, where)
-        if state is not None:
-            self.check_state(state, rows)
-        mask = padding_mask(where, attention_mask, b, t)
-        if labels is not None and logits_to_keep:
-            raise ValueError(f"{where}: labels score every position; pass logits_to_keep=0 with them")
-
-        first_kept = max(t - logits_to_keep, 0) if logits_to_keep else 0
-        logits = []
-        for start in range(0, t, chunk_size):
-            end = min(start + chunk_size, t)
-            x = self.embed(input_ids[:, start:end]) if input_ids is not None else inputs_embeds[:, start:end]
-            seq = {"cu_seqlens": cu_seqlens} if cu_seqlens is not None else {}
-            if mask is not None:
-                seq["attention_mask"] = mask[:, start:end].to(x.device)
-            x, state = self.forward_blocks(x, state, **seq)
-            if end > first_kept:
-                logits.append(self.unembed(x[:, max(first_kept - start, 0) :]))
-        logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
-        loss = None
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (b, t):
-                got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-                raise ValueError(f"{where}: labels must be [b, t] = {[b, t]} like the inputs, got {got}")
-            if mask is not None:
-                labels = mask_padded_labels(labels, mask)
-            if cu_seqlens is not None:  # a sequence's first label is no target of the sequence before it
-                cu = cu_seqlens.to(device=labels.device, dtype=torch.long)
-                labels = labels.clone()
-                labels[:, cu[:-1][cu[1:] > cu[:-1]]] = IGNORE_INDEX
-            loss = next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, state=state, loss=loss)
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: RWKVState) -> torch.Tensor:
@@ -399,13 +193,3 @@ class RWKV7(nn.Module):
         from ..checkpoint.lm import save_language_model
 
         return save_language_model(self, path, dtype=dtype)
-
-    def check_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Raise ``StateDictError`` listing every key of ``state_dict`` that does not fit this model."""
-        from ..checkpoint.diff import check_state_dict
-
-        check_state_dict(self, state_dict)
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters under their official x070 names: the module's own."""
-        return dict(self.state_dict())
